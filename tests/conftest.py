@@ -1,0 +1,30 @@
+"""Shared test setup: small thread counts, a private probe cache, and a quiet progress bar."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+# Tests run on a 2-core CI machine: keep probes out of the user's cache and progress bars off.
+os.environ.setdefault("WORKBENCH_NO_PROGRESS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_probe_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("workbench-cache")
+    previous = os.environ.get("WORKBENCH_CACHE_DIR")
+    os.environ["WORKBENCH_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("WORKBENCH_CACHE_DIR", None)
+    else:
+        os.environ["WORKBENCH_CACHE_DIR"] = previous
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT

@@ -1,0 +1,74 @@
+"""The single entry point: ``workbench <command> ...``.
+
+Each command lives in the package it belongs to, as a module with ``add_arguments(parser)`` and ``run(args) -> int``;
+it is imported only when that command runs, so ``workbench info`` does not pay for importing the trainer.
+User errors (bad flags, configs, paths, devices) print one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help). Add a command by adding a line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("workbench.device.cli", "devices, library versions, training dtype, measured GEMM peak and bandwidth"),
+    "models": ("workbench.model.cli", "list model presets with total and active parameters"),
+    "train": ("workbench.train.cli", "train a model preset on a corpus (checkpoints, metrics, MFU)"),
+    "kernels": ("workbench.kernels.cli", "list kernel implementations available here, or benchmark them"),
+    "launch": ("workbench.distributed.launch_cli", "launch a distributed run with torchrun (or write a Slurm script)"),
+    "comm-bench": ("workbench.distributed.comm_bench", "benchmark collectives (all-reduce, all-gather, ...)"),
+    "profile": ("workbench.profiling.cli", "profile training steps: trace, op table, step breakdown, MFU waterfall"),
+    "simulate": ("workbench.perfmodel.cli", "simulate cluster-scale training from a JSON spec"),
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from workbench.device.detect import DeviceUnavailableError
+    from workbench.errors import WorkbenchError
+
+    return (WorkbenchError, DeviceUnavailableError, ValueError, KeyError, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError, PermissionError, UnicodeDecodeError)
+
+
+def _top_level_help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: workbench <command> [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Run `workbench <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_top_level_help())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from workbench import __version__
+
+        print(__version__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"workbench: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"workbench {command}", description=text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)  # argparse itself prints one usage line and exits 2 on bad flags
+    try:
+        return int(module.run(args) or 0)
+    except _user_errors() as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"workbench {command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"workbench {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""Device detection and the ``Device`` object every other module talks to.
+
+Detection order for ``device="auto"``: npu, cuda, xpu, mps, cpu (NPU first, as HF accelerate does, so that
+``torch_npu.contrib.transfer_to_npu`` cannot make an NPU host look like a CUDA one). ``torch.accelerator`` answers
+where it applies; backend-specific calls (``torch.cuda.*``, ``torch.npu.*``) live only in this package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.util
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "npu", "xpu", "mps")
+AUTO_ORDER = ("npu", "cuda", "xpu", "mps", "cpu")
+
+# Distributed backend per device type (torch_npu registers "hccl" for npu; "xccl" is Intel's).
+DIST_BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl", "xpu": "xccl", "mps": "gloo"}
+
+# How to get a missing device, said in the error when one is asked for and is not there.
+HOW_TO_GET = {
+    "cuda": "install a CUDA build of torch==2.13.0 on a host with an NVIDIA GPU and driver",
+    "npu": "install the `npu` extra (pip install -e '.[npu]', torch-npu==2.13.0) on an Ascend host with CANN installed",
+    "xpu": "install an XPU build of torch==2.13.0 on a host with an Intel GPU",
+    "mps": "run on Apple silicon with macOS 12.3+ and an arm64 build of torch",
+}
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A device was asked for that this machine cannot provide. The message says what is missing and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torch_npu is optional and cannot be imported without Huawei's CANN toolkit; guard it and remember why it failed.
+# --------------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _import_torch_npu() -> tuple[Any | None, str | None]:
+    """Import torch_npu if it is installed and loadable. Returns (module or None, reason it is not usable)."""
+    if importlib.util.find_spec("torch_npu") is None:
+        return None, "torch_npu is not installed"
+    try:
+        module = importlib.import_module("torch_npu")
+    except Exception as exc:  # ImportError, OSError for missing CANN libraries, ...
+        return None, f"torch_npu is installed but failed to import ({type(exc).__name__}: {exc}); is CANN installed?"
+    return module, None
+
+
+def _backend_module(device_type: str) -> Any | None:
+    """torch.cuda / torch.npu / torch.xpu / torch.mps, or None when this torch build lacks it."""
+    if device_type == "npu":
+        module, _ = _import_torch_npu()
+        if module is None:
+            return None
+    return getattr(torch, device_type, None)
+
+
+def _availability(device_type: str) -> str | None:
+    """None when ``device_type`` is usable here, otherwise the reason it is not."""
+    if device_type == "cpu":
+        return None
+    if device_type not in SUPPORTED_DEVICE_TYPES:
+        return f"unknown device type {device_type!r}"
+    if device_type == "npu":
+        module, reason = _import_torch_npu()
+        if module is None:
+            return reason
+    backend = _backend_module(device_type)
+    try:
+        if backend is None or not backend.is_available():
+            return f"no {device_type} device visible to torch {torch.__version__}"
+    except Exception as exc:  # a broken driver should read as "not available", with the reason
+        return f"{device_type} check failed: {exc}"
+    return None
+
+
+def available_device_types() -> list[str]:
+    """Device types usable on this machine, best first (cpu is always last)."""
+    return [t for t in AUTO_ORDER if _availability(t) is None]
+
+
+def _parse_device_string(spec: str) -> tuple[str, int | None]:
+    spec = str(spec).strip().lower()
+    if ":" in spec:
+        kind, _, index = spec.partition(":")
+        if not index.isdigit():
+            raise ValueError(f"bad device {spec!r}: the index after ':' must be a number, e.g. 'cuda:0'")
+        return kind, int(index)
+    return spec, None
+
+
+def get_device(spec: str | torch.device | "Device" = "auto") -> "Device":
+    """Return the ``Device`` for ``spec``: "auto", a type ("cpu", "cuda", "npu", "xpu", "mps") or "type:index".
+
+    Raises ``DeviceUnavailableError`` naming what is missing and how to get it, and ``ValueError`` for a string that
+    is not a device at all.
+    """
+    if isinstance(spec, Device):
+        return spec
+    if isinstance(spec, torch.device):
+        kind, index = spec.type, spec.index
+    else:
+        kind, index = _parse_device_string(spec)
+    if kind == "auto":
+        kind = available_device_types()[0]
+    if kind not in SUPPORTED_DEVICE_TYPES:
+        raise ValueError(
+            f"unknown device {spec!r}; choose one of: auto, {', '.join(SUPPORTED_DEVICE_TYPES)} (optionally ':index')"
+        )
+    reason = _availability(kind)
+    if reason is not None:
+        raise DeviceUnavailableError(f"device {kind!r} is not available: {reason}. To use it, {HOW_TO_GET[kind]}.")
+    device = Device(kind, index)
+    if index is not None and index >= device.count:
+        raise DeviceUnavailableError(f"device {kind}:{index} asked for, but only {device.count} {kind} device(s) exist")
+    return device
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The Device object
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class _CpuTimer:
+    start_s: float = 0.0
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class Device:
+    """One device type (and optionally index) on this machine, with every question about it answered here."""
+
+    type: str
+    index: int | None = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ---- identity ---------------------------------------------------------------------------------------------
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.type if self.index is None else f"{self.type}:{self.index}")
+
+    @property
+    def is_accelerator(self) -> bool:
+        return self.type != "cpu"
+
+    @property
+    def backend(self) -> Any | None:
+        """The torch backend module (torch.cuda, torch.npu, ...) or None for cpu."""
+        return None if self.type == "cpu" else _backend_module(self.type)
+
+    @property
+    def dist_backend(self) -> str:
+        """torch.distributed backend for this device: gloo (cpu), nccl (cuda), hccl (npu), xccl (xpu)."""
+        return DIST_BACKENDS[self.type]
+
+    @property
+    def count(self) -> int:
+        """Number of devices of this type (cpu: 1 device; see ``cpu_threads`` for its cores)."""
+        if self.type == "cpu":
+            return 1
+        backend = self.backend
+        if self.type == "mps":
+            return 1
+        return int(backend.device_count())
+
+    @property
+    def name(self) -> str:
+        """A human name of the chip: 'NVIDIA H200', 'Ascend910B2', or the CPU model."""
+        if "name" not in self._cache:
+            self._cache["name"] = self._read_name()
+        return self._cache["name"]
+
+    def _read_name(self) -> str:
+        if self.type == "cpu":
+            return cpu_model_name()
+        if self.type == "mps":
+            return "Apple MPS"
+        try:
+            return str(self.backend.get_device_name(self.index or 0))
+        except Exception:
+            return self.type
+
+    @property
+    def cpu_threads(self) -> int:
+        return torch.get_num_threads()
+
+    def set_current(self, local_rank: int | None = None) -> "Device":
+        """Bind this process to device ``local_rank`` (distributed workers call this). Returns the indexed Device."""
+        if self.type == "cpu" or local_rank is None:
+            return self
+        self.backend.set_device(local_rank)
+        return Device(self.type, local_rank)
+
+    # ---- synchronisation and timing ---------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        if self.type != "cpu":
+            self.backend.synchronize()
+
+    @contextlib.contextmanager
+    def timer(self) -> Iterator[_CpuTimer]:
+        """Time a block: ``with dev.timer() as t: ...; t.elapsed_s``. Device events where the backend has them,
+        otherwise a synchronised wall clock."""
+        result = _CpuTimer()
+        event_cls = getattr(self.backend, "Event", None) if self.type in ("cuda", "npu", "xpu") else None
+        if event_cls is not None:
+            start, end = event_cls(enable_timing=True), event_cls(enable_timing=True)
+            start.record()
+            yield result
+            end.record()
+            end.synchronize()
+            result.elapsed_s = start.elapsed_time(end) / 1e3
+            return
+        self.synchronize()
+        result.start_s = time.perf_counter()
+        yield result
+        self.synchronize()
+        result.elapsed_s = time.perf_counter() - result.start_s
+
+    # ---- memory -----------------------------------------------------------------------------------------------
+    def memory_stats(self) -> dict[str, Any]:
+        """Allocated and peak allocated bytes where the backend tracks them; on cpu the process RSS and its peak."""
+        if self.type == "cpu":
+            current, peak = _process_rss_bytes()
+            return {"allocated_bytes": current, "peak_bytes": peak, "source": "process RSS (cpu)"}
+        backend = self.backend
+        if not hasattr(backend, "memory_allocated"):
+            return {"allocated_bytes": None, "peak_bytes": None, "source": f"not tracked by torch.{self.type}"}
+        return {
+            "allocated_bytes": int(backend.memory_allocated()),
+            "peak_bytes": int(backend.max_memory_allocated()) if hasattr(backend, "max_memory_allocated") else None,
+            "source": f"torch.{self.type} caching allocator",
+        }
+
+    def total_memory_bytes(self) -> int | None:
+        if self.type == "cpu":
+            try:
+                return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (ValueError, OSError, AttributeError):
+                return None
+        try:
+            return int(self.backend.get_device_properties(self.index or 0).total_memory)
+        except Exception:
+            return None
+
+    def reset_peak_memory(self) -> None:
+        backend = self.backend
+        if backend is not None and hasattr(backend, "reset_peak_memory_stats"):
+            backend.reset_peak_memory_stats()
+
+    def empty_cache(self) -> None:
+        backend = self.backend
+        if backend is not None and hasattr(backend, "empty_cache"):
+            backend.empty_cache()
+
+    # ---- random state (checkpoints save and restore it) --------------------------------------------------------
+    def get_rng_state(self) -> torch.Tensor | None:
+        if self.type == "cpu" or not hasattr(self.backend, "get_rng_state"):
+            return None
+        return self.backend.get_rng_state()
+
+    def set_rng_state(self, state: torch.Tensor | None) -> None:
+        if state is not None and self.type != "cpu" and hasattr(self.backend, "set_rng_state"):
+            self.backend.set_rng_state(state)
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)  # seeds every device type torch knows, cpu included
+
+    # ---- precision --------------------------------------------------------------------------------------------
+    def fast_bf16(self) -> tuple[bool, str]:
+        """Whether bf16 matmuls run fast here, and how we know."""
+        if "fast_bf16" not in self._cache:
+            self._cache["fast_bf16"] = _fast_bf16(self)
+        return self._cache["fast_bf16"]
+
+    @property
+    def training_dtype(self) -> torch.dtype:
+        """bf16 (autocast) where bf16 is fast; fp32 otherwise. ``WORKBENCH_DTYPE=fp32|bf16`` overrides."""
+        forced = os.environ.get("WORKBENCH_DTYPE", "").strip().lower()
+        if forced:
+            return parse_dtype(forced)
+        return torch.bfloat16 if self.fast_bf16()[0] else torch.float32
+
+    def autocast(self, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager:
+        """Autocast to ``dtype`` (default: the training dtype); a no-op context for fp32."""
+        dtype = dtype or self.training_dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.type, dtype=dtype)
+
+    def supports_fused_adamw(self) -> bool:
+        """torch's fused AdamW kernels exist for cuda, xpu, mps, cpu and (via torch_npu) npu."""
+        return self.type in ("cuda", "xpu", "npu", "mps", "cpu")
+
+    # ---- peaks ------------------------------------------------------------------------------------------------
+    def peak_flops(self, dtype: torch.dtype | None = None, allow_probe: bool = True):
+        """Peak dense FLOP/s for ``dtype`` (default: training dtype) with its source.
+
+        The hardware catalog when this chip is known (datasheet figure), otherwise a short GEMM probe on this
+        machine, cached per machine. Returns a ``PeakEstimate`` (value may be None if probing is disallowed).
+        """
+        from workbench.device.probes import peak_flops_for
+
+        return peak_flops_for(self, dtype or self.training_dtype, allow_probe=allow_probe)
+
+    def memory_bandwidth(self, allow_probe: bool = True):
+        """Memory bandwidth (bytes/s) with its source: catalog for known chips, otherwise a copy probe."""
+        from workbench.device.probes import bandwidth_for
+
+        return bandwidth_for(self, allow_probe=allow_probe)
+
+    def catalog_entry(self):
+        """The hardware catalog's row for this chip, or None (cpus and unknown chips)."""
+        if self.type == "cpu":
+            return None
+        from workbench.hardware.catalog import match_device_name
+
+        return match_device_name(self.name)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary (used by ``workbench info`` and notebooks)."""
+        fast, how = self.fast_bf16()
+        return {
+            "type": self.type,
+            "torch_device": str(self.torch_device),
+            "name": self.name,
+            "count": self.count,
+            "dist_backend": self.dist_backend,
+            "fast_bf16": fast,
+            "fast_bf16_source": how,
+            "training_dtype": dtype_name(self.training_dtype),
+            "total_memory_gb": _gb(self.total_memory_bytes()),
+            "cpu_threads": self.cpu_threads if self.type == "cpu" else None,
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    key = str(name).strip().lower().replace("torch.", "")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of: fp32, bf16, fp16")
+    return _DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+def _gb(value: int | None) -> float | None:
+    return None if value is None else round(value / 1e9, 2)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _fast_bf16(device: Device) -> tuple[bool, str]:
+    if device.type == "cuda":
+        major, _ = device.backend.get_device_capability(device.index or 0)
+        fast = major >= 8  # Ampere and newer have bf16 tensor cores
+        return fast, f"known: compute capability {major}.x {'>=' if fast else '<'} 8.0"
+    if device.type == "npu":
+        return True, "known: Ascend 910-series cube units run bf16/fp16"
+    if device.type in ("xpu", "mps"):
+        return True, f"assumed for {device.type}"
+    # CPU: without AMX / AVX512-BF16 (or ARM BF16) bf16 matmuls are emulated, ~100x slower than fp32. With them
+    # they may still lose to fp32 (seen: AVX512-BF16 Xeon, bf16 0.6x fp32), so measure and cache the verdict.
+    flags = cpu_flags()
+    has_bf16_isa = bool({"amx_bf16", "avx512_bf16"} & flags) or (
+        platform.machine() in ("arm64", "aarch64") and "bf16" in flags)
+    if not has_bf16_isa:
+        return False, "known: CPU lacks AMX/AVX512-BF16 (bf16 matmul is emulated, far slower than fp32)"
+    from workbench.device.probes import measure_bf16_speedup
+
+    speedup = measure_bf16_speedup(device)
+    fast = speedup >= CPU_BF16_MIN_SPEEDUP
+    return fast, (f"measured: bf16 GEMM runs {speedup:.2f}x fp32 on this CPU "
+                  f"({'>=' if fast else '<'} {CPU_BF16_MIN_SPEEDUP}x needed to train in bf16)")
+
+
+# bf16 autocast on CPU adds casts around every matmul; it only pays off when bf16 GEMMs are clearly faster.
+CPU_BF16_MIN_SPEEDUP = 1.25
+
+
+def _process_rss_bytes() -> tuple[int | None, int | None]:
+    """Current and peak resident set size of this process (Linux /proc; peak via getrusage elsewhere)."""
+    current = peak = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    current = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) * 1024
+    except OSError:
+        try:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        except Exception:
+            pass
+    return current, peak
+
+
+def device_table() -> list[dict[str, Any]]:
+    """One row per device type torch could use, with whether it is available here and why not."""
+    rows = []
+    for kind in AUTO_ORDER:
+        reason = _availability(kind)
+        row: dict[str, Any] = {"type": kind, "available": reason is None, "reason": reason or ""}
+        if reason is None:
+            dev = Device(kind)
+            row.update(name=dev.name, count=dev.count, dist_backend=dev.dist_backend,
+                       training_dtype=dtype_name(dev.training_dtype))
+        else:
+            row.update(name="", count=0, dist_backend=DIST_BACKENDS[kind], training_dtype="")
+        rows.append(row)
+    return rows

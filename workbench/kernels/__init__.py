@@ -1,0 +1,51 @@
+"""Kernels with per-device implementations, chosen through a registry (see ``registry.py``).
+
+The model calls the functions below; each one looks up the implementation for its input's device type and runs it.
+Implementations: ``reference`` (eager, readable, everywhere), and where they exist ``torch`` (SDPA / fused /
+compiled), ``triton`` (CUDA, or the interpreter with TRITON_INTERPRET=1) and ``npu`` (torch_npu fused ops).
+Notebook: notebooks/02_kernels.ipynb.
+"""
+
+from __future__ import annotations
+
+from workbench.kernels.registry import (
+    availability_table,
+    get_overrides,
+    implementations,
+    ops,
+    register,
+    resolve,
+    resolve_impl,
+    set_overrides,
+    use_kernels,
+)
+
+
+def rms_norm(x, weight, eps: float = 1e-6):
+    return resolve("rms_norm", x.device.type)(x, weight, eps)
+
+
+def rope(x, cos, sin, interleaved: bool = False):
+    return resolve("rope", x.device.type)(x, cos, sin, interleaved)
+
+
+def swiglu(x):
+    return resolve("swiglu", x.device.type)(x)
+
+
+def attention(q, k, v, causal: bool = True, scale: float | None = None, topk_indices=None):
+    return resolve("attention", q.device.type)(q, k, v, causal=causal, scale=scale, topk_indices=topk_indices)
+
+
+def moe(x, expert_indices, expert_weights, w_gate_up, w_down):
+    return resolve("moe", x.device.type)(x, expert_indices, expert_weights, w_gate_up, w_down)
+
+
+def cross_entropy(hidden, weight, labels, ignore_index: int = -100):
+    return resolve("cross_entropy", hidden.device.type)(hidden, weight, labels, ignore_index=ignore_index)
+
+
+__all__ = [
+    "attention", "availability_table", "cross_entropy", "get_overrides", "implementations", "moe", "ops",
+    "register", "resolve", "resolve_impl", "rms_norm", "rope", "set_overrides", "swiglu", "use_kernels",
+]

@@ -1,0 +1,166 @@
+"""The kernel registry: every op has named implementations, and the model asks the registry, never a backend.
+
+An implementation is registered with the device types it runs on, a priority, and an availability check that
+returns None (usable) or the reason it is not (e.g. "triton is not installed"). Which one runs is decided, in order:
+
+1. an explicit ``impl=`` argument to ``resolve``;
+2. the environment variable ``WORKBENCH_KERNELS``, e.g. ``WORKBENCH_KERNELS="attention=reference,rms_norm=torch"``
+   (or ``WORKBENCH_KERNELS=reference`` for every op);
+3. overrides set in code or config through ``set_overrides({"attention": "torch"})`` / ``use_kernels(...)``;
+4. the available implementation with the highest priority for the tensor's device type.
+
+``reference`` (plain eager PyTorch, written to be read) is always present and always runs everywhere.
+Used by ``workbench.model`` and by notebooks/02_kernels.ipynb and 04_profiling.ipynb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+ENV_VAR = "WORKBENCH_KERNELS"
+ALL_DEVICES = ("cpu", "cuda", "npu", "xpu", "mps")
+
+
+@dataclass
+class KernelImpl:
+    op: str
+    name: str  # "reference" | "torch" | "triton" | "npu" | ...
+    fn: Callable
+    devices: tuple[str, ...]
+    priority: int
+    available: Callable[[], str | None] = field(default=lambda: None)
+    description: str = ""
+
+    def unavailable_reason(self, device_type: str) -> str | None:
+        if device_type not in self.devices:
+            return f"does not run on {device_type} (runs on: {', '.join(self.devices)})"
+        return self.available()
+
+
+_REGISTRY: dict[str, dict[str, KernelImpl]] = {}
+_OVERRIDES: dict[str, str] = {}
+_RESOLVED: dict[tuple[str, str], Callable] = {}  # cache; cleared whenever overrides or registrations change
+
+
+def register(op: str, name: str, *, devices: tuple[str, ...] = ALL_DEVICES, priority: int = 0,
+             available: Callable[[], str | None] | None = None, description: str = ""):
+    """Decorator: ``@register("rms_norm", "torch", devices=("cpu", "cuda"), priority=10)``."""
+
+    def decorate(fn: Callable) -> Callable:
+        impl = KernelImpl(op, name, fn, tuple(devices), priority, available or (lambda: None),
+                          description or (fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY.setdefault(op, {})[name] = impl
+        _RESOLVED.clear()
+        return fn
+
+    return decorate
+
+
+def ops() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def implementations(op: str) -> dict[str, KernelImpl]:
+    _ensure_loaded()
+    if op not in _REGISTRY:
+        raise KeyError(f"unknown kernel op {op!r}; known ops: {', '.join(sorted(_REGISTRY))}")
+    return dict(_REGISTRY[op])
+
+
+def _env_overrides() -> dict[str, str]:
+    text = os.environ.get(ENV_VAR, "").strip()
+    if not text:
+        return {}
+    if "=" not in text:  # one implementation name for every op
+        return {op: text for op in _REGISTRY}
+    pairs = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        op, sep, name = item.partition("=")
+        if not sep:
+            raise ValueError(f"{ENV_VAR}={text!r}: expected 'op=impl' items separated by commas, got {item!r}")
+        pairs[op.strip()] = name.strip()
+    return pairs
+
+
+def set_overrides(choices: dict[str, str] | None) -> None:
+    """Choose implementations per op for this process (``None`` or {} clears). Validated against the registry."""
+    _ensure_loaded()
+    choices = dict(choices or {})
+    for op, name in choices.items():
+        if name not in implementations(op):
+            raise ValueError(f"unknown implementation {name!r} for op {op!r}; "
+                             f"registered: {', '.join(implementations(op))}")
+    _OVERRIDES.clear()
+    _OVERRIDES.update(choices)
+    _RESOLVED.clear()
+
+
+def get_overrides() -> dict[str, str]:
+    return dict(_OVERRIDES)
+
+
+@contextlib.contextmanager
+def use_kernels(choices: dict[str, str]) -> Iterator[None]:
+    """Temporarily choose implementations: ``with use_kernels({"attention": "reference"}): ...``."""
+    previous = get_overrides()
+    set_overrides({**previous, **choices})
+    try:
+        yield
+    finally:
+        set_overrides(previous)
+
+
+def resolve_impl(op: str, device_type: str, impl: str | None = None) -> KernelImpl:
+    """The implementation that runs ``op`` on ``device_type`` (see the module docstring for the order)."""
+    impls = implementations(op)
+    requested = impl or _env_overrides().get(op) or _OVERRIDES.get(op)
+    if requested is not None:
+        if requested not in impls:
+            raise ValueError(f"unknown implementation {requested!r} for op {op!r}; registered: {', '.join(impls)}")
+        reason = impls[requested].unavailable_reason(device_type)
+        if reason is not None:
+            raise RuntimeError(f"kernel {op}/{requested} was requested but cannot run on {device_type}: {reason}")
+        return impls[requested]
+    usable = [i for i in impls.values() if i.unavailable_reason(device_type) is None]
+    return max(usable, key=lambda i: i.priority)
+
+
+def resolve(op: str, device_type: str, impl: str | None = None) -> Callable:
+    """The function that runs ``op`` on ``device_type``; cached until registrations or overrides change."""
+    if impl is None and not os.environ.get(ENV_VAR):
+        key = (op, device_type)
+        fn = _RESOLVED.get(key)
+        if fn is None:
+            fn = _RESOLVED[key] = resolve_impl(op, device_type).fn
+        return fn
+    return resolve_impl(op, device_type, impl).fn
+
+
+def availability_table(device_type: str) -> list[dict]:
+    """Rows of (op, implementation, available, reason, selected) for ``workbench kernels list``."""
+    rows = []
+    for op in ops():
+        chosen = resolve_impl(op, device_type).name
+        for name, impl in sorted(implementations(op).items(), key=lambda kv: -kv[1].priority):
+            reason = impl.unavailable_reason(device_type)
+            rows.append({"op": op, "impl": name, "available": reason is None, "reason": reason or "",
+                         "selected": name == chosen, "priority": impl.priority, "description": impl.description})
+    return rows
+
+
+_LOADED = False
+
+
+def _ensure_loaded() -> None:
+    """Import the implementation modules once, so their ``@register`` decorators run."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from workbench.kernels import _implementations  # noqa: F401
