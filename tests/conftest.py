@@ -11,6 +11,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 # Tests run on a 2-core CI machine: keep probes out of the user's cache and progress bars off.
 os.environ.setdefault("WORKBENCH_NO_PROGRESS", "1")
+# Notebooks executed by tests/test_notebooks.py inherit this: no widgets, static figures only.
+os.environ.setdefault("WORKBENCH_HEADLESS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

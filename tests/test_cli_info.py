@@ -1,0 +1,49 @@
+"""`workbench info` (table and --json) and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from workbench.cli import COMMANDS, main
+
+
+def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def test_info_json_has_devices_versions_dtype_and_measurements():
+    result = run_cli("info", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["selected"]["type"] == "cpu"
+    assert info["selected"]["training_dtype"] in ("fp32", "bf16")
+    assert info["libraries"]["torch"].startswith("2.13.0")
+    measured = info["measured"]
+    assert measured["gemm_flops"] > 1e9 and measured["bandwidth_bytes_s"] > 1e8
+    assert info["peak_flops"]["source"]
+    assert {row["type"] for row in info["devices"]} == {"cpu", "cuda", "npu", "xpu", "mps"}
+
+
+def test_info_table_is_readable():
+    result = run_cli("info", "--no-probe")
+    assert result.returncode == 0, result.stderr
+    assert "devices:" in result.stdout and "training dtype" in result.stdout and "torch" in result.stdout
+
+
+def test_missing_device_is_one_clear_line_without_traceback():
+    result = run_cli("info", "--device", "npu")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "npu" in lines[0] and "extra" in lines[0]
+
+
+def test_unknown_command_and_help(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)

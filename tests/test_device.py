@@ -1,0 +1,158 @@
+"""The device layer: detection, clear errors for missing devices, dtype choice, timers, memory, peaks and probes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from workbench.device import DeviceUnavailableError, get_device
+from workbench.device import detect, probes
+
+
+def test_auto_picks_cpu_here_with_gloo():
+    dev = get_device("auto")
+    assert dev.type == "cpu"  # CI has no accelerator
+    assert dev.torch_device == torch.device("cpu")
+    assert dev.dist_backend == "gloo"
+    assert dev.count == 1
+
+
+@pytest.mark.parametrize("kind, backend", [("cpu", "gloo"), ("cuda", "nccl"), ("npu", "hccl"), ("xpu", "xccl")])
+def test_backend_per_device_type(kind, backend):
+    assert detect.Device(kind).dist_backend == backend
+
+
+def test_missing_npu_names_the_extra_and_cann():
+    with pytest.raises(DeviceUnavailableError) as err:
+        get_device("npu")
+    message = str(err.value)
+    assert "torch_npu" in message and "npu" in message and "CANN" in message
+
+
+def test_missing_cuda_says_how_to_get_it():
+    with pytest.raises(DeviceUnavailableError, match="CUDA build of torch"):
+        get_device("cuda:0")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "tpu"])
+def test_unknown_device_strings_are_rejected(spec):
+    with pytest.raises(ValueError):
+        get_device(spec)
+
+
+def test_cpu_index_out_of_range():
+    with pytest.raises(DeviceUnavailableError, match="only 1"):
+        get_device("cpu:3")
+
+
+def test_torch_npu_import_is_guarded(monkeypatch):
+    """A torch_npu that fails to import (no CANN) makes npu unavailable with the reason, not a crash."""
+    detect._import_torch_npu.cache_clear()
+    monkeypatch.setattr(detect.importlib.util, "find_spec", lambda name: object() if name == "torch_npu" else None)
+
+    def broken_import(name):
+        raise ImportError("libascendcl.so: cannot open shared object file")
+
+    monkeypatch.setattr(detect.importlib, "import_module", broken_import)
+    try:
+        assert "npu" not in detect.available_device_types()
+        with pytest.raises(DeviceUnavailableError, match="libascendcl"):
+            get_device("npu")
+    finally:
+        detect._import_torch_npu.cache_clear()
+
+
+def test_fake_npu_backend_is_detected_first(monkeypatch):
+    """With a (fake) loadable torch_npu and an npu backend that reports devices, auto picks npu and hccl."""
+    detect._import_torch_npu.cache_clear()
+    fake_npu = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 8,
+                                     get_device_name=lambda i: "Ascend910B2")
+    monkeypatch.setattr(detect, "_import_torch_npu", lambda: (types.ModuleType("torch_npu"), None))
+    monkeypatch.setattr(torch, "npu", fake_npu, raising=False)
+    dev = get_device("auto")
+    assert (dev.type, dev.dist_backend, dev.count, dev.name) == ("npu", "hccl", 8, "Ascend910B2")
+    peak = dev.peak_flops(torch.bfloat16, allow_probe=False)
+    assert peak.source.startswith("catalog: Ascend 910B2")
+    assert peak.value == pytest.approx(353.89e12)
+    assert dev.fast_bf16()[0] is True and dev.training_dtype == torch.bfloat16
+
+
+def test_training_dtype_follows_measured_bf16_speed(monkeypatch):
+    dev = detect.Device("cpu")
+    monkeypatch.setattr(detect, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert dev.fast_bf16()[0] is False and dev.training_dtype == torch.float32
+    dev = detect.Device("cpu")
+    monkeypatch.setattr(detect, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(probes, "measure_bf16_speedup", lambda d: 3.0)
+    assert dev.fast_bf16()[0] is True and dev.training_dtype == torch.bfloat16
+    dev = detect.Device("cpu")
+    monkeypatch.setattr(probes, "measure_bf16_speedup", lambda d: 0.6)
+    assert dev.training_dtype == torch.float32 and "0.60x" in dev.fast_bf16()[1]
+
+
+def test_dtype_env_override(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DTYPE", "bf16")
+    assert get_device("cpu").training_dtype == torch.bfloat16
+    monkeypatch.setenv("WORKBENCH_DTYPE", "int3")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        get_device("cpu").training_dtype
+
+
+def test_timer_measures_elapsed_time():
+    import time
+
+    dev = get_device("cpu")
+    with dev.timer() as t:
+        time.sleep(0.05)
+    assert 0.04 < t.elapsed_s < 1.0
+
+
+def test_memory_stats_on_cpu_report_rss():
+    stats = get_device("cpu").memory_stats()
+    assert stats["allocated_bytes"] > 0 and stats["peak_bytes"] >= stats["allocated_bytes"]
+    assert "RSS" in stats["source"]
+
+
+def test_gemm_probe_is_plausible_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
+    dev = get_device("cpu")
+    first = dev.peak_flops(torch.float32)
+    assert first.source.startswith("measured: fp32 GEMM probe")
+    assert 1e9 < first.value < 1e13  # between 1 GFLOP/s and 10 TFLOP/s on any CPU
+    cached = json.loads((tmp_path / "probes.json").read_text())
+    assert any(key.startswith("gemm-fp32|cpu") for key in cached)
+    monkeypatch.setattr(probes, "measure_gemm_peak", lambda *a, **k: pytest.fail("probe ran again despite cache"))
+    second = dev.peak_flops(torch.float32)
+    assert second.value == first.value and "cached" in second.source
+
+
+def test_bandwidth_probe_is_plausible(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
+    value, how = probes.measure_memory_bandwidth(get_device("cpu"), megabytes=32, min_time_s=0.05)
+    assert 1e8 < value < 1e13 and "copy probe" in how
+
+
+def test_probing_can_be_disabled():
+    peak = get_device("cpu").peak_flops(torch.float32, allow_probe=False)
+    assert peak.value is None and "unknown" in peak.source
+
+
+def test_catalog_matches_torch_device_names():
+    from workbench.hardware import match_device_name
+
+    assert match_device_name("NVIDIA H100 80GB HBM3").chip == "NVIDIA H100 SXM"
+    assert match_device_name("NVIDIA H200").chip == "NVIDIA H200 SXM"
+    assert match_device_name("Ascend910B2").chip == "Ascend 910B2"
+    assert match_device_name("Ascend910B").chip == "Ascend 910B (generic)"
+    assert match_device_name("Intel(R) Xeon(R) Processor") is None
+
+
+def test_device_table_lists_every_type_with_reasons():
+    rows = {row["type"]: row for row in detect.device_table()}
+    assert set(rows) == {"cpu", "cuda", "npu", "xpu", "mps"}
+    assert rows["cpu"]["available"] and rows["cpu"]["training_dtype"] in ("fp32", "bf16")
+    assert not rows["npu"]["available"] and rows["npu"]["reason"]

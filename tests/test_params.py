@@ -1,0 +1,52 @@
+"""Notebook parameter validation: papermill's strings become typed values, bad values get one clear message."""
+
+import pytest
+
+from workbench.errors import WorkbenchError
+from workbench.params import Param, validate_params
+
+SCHEMA = {
+    "steps": Param(int, min=1),
+    "lr": Param(float, min=0.0),
+    "device": Param(str, choices=["auto", "cpu", "cuda", "npu"]),
+    "compile": Param(bool),
+    "data": Param(str, allow_none=True),
+    "ops": Param(list, choices=["attention", "rms_norm"]),
+}
+
+
+def test_strings_from_papermill_are_coerced():
+    clean = validate_params({"steps": "10", "lr": "3e-4", "device": "cpu", "compile": "false", "data": "None",
+                             "ops": "attention, rms_norm"}, SCHEMA)
+    assert clean == {"steps": 10, "lr": 3e-4, "device": "cpu", "compile": False, "data": None,
+                     "ops": ["attention", "rms_norm"]}
+
+
+def test_native_values_pass_through():
+    clean = validate_params({"steps": 5, "lr": 0.1, "device": "auto", "compile": True, "data": "x.txt",
+                             "ops": ["rms_norm"]}, SCHEMA)
+    assert clean["steps"] == 5 and clean["compile"] is True and clean["ops"] == ["rms_norm"]
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("steps", "-3", "below its minimum"),
+    ("steps", "2.5", "not a valid int"),
+    ("steps", True, "not a valid int"),
+    ("lr", "fast", "not a valid float"),
+    ("device", "tpu", "not one of"),
+    ("compile", "maybe", "not a valid bool"),
+    ("ops", "attention,conv", "not one of"),
+])
+def test_bad_values_are_named(name, value, expected):
+    values = {"steps": 1, "lr": 0.1, "device": "cpu", "compile": False, "data": None, "ops": []}
+    values[name] = value
+    with pytest.raises(WorkbenchError, match=expected) as err:
+        validate_params(values, SCHEMA)
+    assert repr(name) in str(err.value)
+
+
+def test_all_problems_are_reported_together():
+    with pytest.raises(WorkbenchError) as err:
+        validate_params({"steps": "0", "lr": "x", "typo": 1}, SCHEMA)
+    text = str(err.value)
+    assert "'steps'" in text and "'lr'" in text and "typo" in text and "'device' is missing" in text
