@@ -1,7 +1,9 @@
 """The kernel registry: every op has named implementations, and the model asks the registry, never a backend.
 
 An implementation is registered with the device types it runs on, a priority, and an availability check that
-returns None (usable) or the reason it is not (e.g. "triton is not installed"). Which one runs is decided, in order:
+returns None (usable) or the reason it is not (e.g. "triton is not installed"); the check may take the device type
+(``available(device_type)``) when the answer differs per device (Triton runs on cpu only under its interpreter).
+Which one runs is decided, in order:
 
 1. an explicit ``impl=`` argument to ``resolve``;
 2. the environment variable ``WORKBENCH_KERNELS``, e.g. ``WORKBENCH_KERNELS="attention=reference,rms_norm=torch"``
@@ -16,6 +18,7 @@ Used by ``workbench.model`` and by notebooks/02_kernels.ipynb and 04_profiling.i
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -31,12 +34,14 @@ class KernelImpl:
     fn: Callable
     devices: tuple[str, ...]
     priority: int
-    available: Callable[[], str | None] = field(default=lambda: None)
+    available: Callable[..., str | None] = field(default=lambda: None)
     description: str = ""
 
     def unavailable_reason(self, device_type: str) -> str | None:
         if device_type not in self.devices:
             return f"does not run on {device_type} (runs on: {', '.join(self.devices)})"
+        if inspect.signature(self.available).parameters:  # the check wants to know the device type
+            return self.available(device_type)
         return self.available()
 
 
@@ -46,8 +51,11 @@ _RESOLVED: dict[tuple[str, str], Callable] = {}  # cache; cleared whenever overr
 
 
 def register(op: str, name: str, *, devices: tuple[str, ...] = ALL_DEVICES, priority: int = 0,
-             available: Callable[[], str | None] | None = None, description: str = ""):
-    """Decorator: ``@register("rms_norm", "torch", devices=("cpu", "cuda"), priority=10)``."""
+             available: Callable[..., str | None] | None = None, description: str = ""):
+    """Decorator: ``@register("rms_norm", "torch", devices=("cpu", "cuda"), priority=10)``.
+
+    ``available`` is ``() -> reason | None`` or ``(device_type) -> reason | None``.
+    """
 
     def decorate(fn: Callable) -> Callable:
         impl = KernelImpl(op, name, fn, tuple(devices), priority, available or (lambda: None),
@@ -75,8 +83,12 @@ def _env_overrides() -> dict[str, str]:
     text = os.environ.get(ENV_VAR, "").strip()
     if not text:
         return {}
-    if "=" not in text:  # one implementation name for every op
-        return {op: text for op in _REGISTRY}
+    if "=" not in text:  # one implementation name for every op that has it (the rest keep their default)
+        chosen = {op: text for op, impls in _REGISTRY.items() if text in impls}
+        if not chosen:
+            raise ValueError(f"{ENV_VAR}={text!r}: no op has an implementation of that name; "
+                             f"names: {', '.join(sorted({n for impls in _REGISTRY.values() for n in impls}))}")
+        return chosen
     pairs = {}
     for item in text.split(","):
         if not item.strip():

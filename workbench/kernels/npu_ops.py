@@ -1,0 +1,129 @@
+"""``npu`` implementations: Ascend's fused operators from torch_npu, called with the layouts they document.
+
+torch_npu is reached only through the device layer's guarded import (``workbench.device.detect``), never imported
+here, so this module loads on any machine. What each wrapper does (see /work/shared/reference/torch_npu.md):
+
+- rms_norm  -> ``npu_rms_norm(x, gamma, epsilon)``, which returns (y, rstd); we keep y;
+- rope      -> ``npu_rotary_mul(x, cos, sin, rotary_mode)`` on a 4-D tensor with full-width cos/sin
+              ("half" repeats cos twice, "interleave" repeats each entry); partial RoPE slices the rotary part first;
+- swiglu    -> ``npu_swiglu(x, dim=-1)``;
+- attention -> ``npu_fusion_attention(q, k, v, head_num, "BNSD", atten_mask=..., scale=..., sparse_mode=...)``:
+              causal uses sparse_mode=3 (right-down causal, the reference's alignment) with the documented
+              compressed 2048x2048 mask; DSA top-k uses sparse_mode=0 with the full [B,1,Sq,Sk] mask
+              (bool, True = masked out); GQA passes kv heads as they are (they must divide query heads);
+- moe       -> ``npu_grouped_matmul`` twice (gate_up, down) over tokens sorted by expert, group_type=0 (groups
+              split the rows), group_list = cumulative rows per expert, split_item=2 (one output tensor).
+
+NOT RUN ON ASCEND HARDWARE. tests/test_kernels_npu.py checks the arguments and layouts against a fake torch_npu
+(a test double implementing the documented semantics in plain torch). Used through the registry on npu devices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from workbench.kernels import torch_ops
+from workbench.kernels.registry import register
+
+PRIORITY = 30  # the fused Ascend operators are the reason to be on an NPU: preferred there
+CAUSAL_MASK_SIZE = 2048  # sparse_mode 2/3 take a compressed 2048x2048 upper-triangular mask
+MAX_GROUPS = 128  # npu_grouped_matmul handles at most 128 groups
+
+
+def _torch_npu():
+    """The torch_npu module from the device layer's guarded import, or a RuntimeError saying why not."""
+    from workbench.device import detect
+
+    module, reason = detect._import_torch_npu()
+    if module is None:
+        raise RuntimeError(f"npu kernels need torch_npu: {reason}")
+    return module
+
+
+def _available() -> str | None:
+    from workbench.device import detect
+
+    return detect._import_torch_npu()[1]
+
+
+@register("rms_norm", "npu", devices=("npu",), priority=PRIORITY, available=_available)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """torch_npu.npu_rms_norm (returns y and rstd; rstd is what its backward reuses)."""
+    y, _rstd = _torch_npu().npu_rms_norm(x, weight, epsilon=eps)
+    return y
+
+
+def full_width(cos: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """[.., R/2] angles -> [.., R] as npu_rotary_mul expects: (c0..c_{h-1}, c0..c_{h-1}) for half style,
+    (c0, c0, c1, c1, ...) for interleaved."""
+    return cos.repeat_interleave(2, dim=-1) if interleaved else torch.cat((cos, cos), dim=-1)
+
+
+@register("rope", "npu", devices=("npu",), priority=PRIORITY, available=_available)
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """torch_npu.npu_rotary_mul on the rotary slice, as a 4-D tensor; the rest of the channels pass through."""
+    rotary = 2 * cos.shape[-1]
+    rot, rest = x[..., :rotary], x[..., rotary:]
+    shape = rot.shape
+    rot4 = rot.reshape((-1,) + shape[-3:]) if rot.dim() >= 4 else rot.reshape((1,) * (4 - rot.dim()) + shape)
+    cos4, sin4 = (full_width(t.to(x.dtype), interleaved) for t in (cos, sin))
+    cos4 = cos4.reshape((1,) * (4 - cos4.dim()) + cos4.shape) if cos4.dim() < 4 else cos4
+    sin4 = sin4.reshape((1,) * (4 - sin4.dim()) + sin4.shape) if sin4.dim() < 4 else sin4
+    mode = "interleave" if interleaved else "half"
+    out = _torch_npu().npu_rotary_mul(rot4, cos4, sin4, rotary_mode=mode).reshape(shape)
+    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+
+@register("swiglu", "npu", devices=("npu",), priority=PRIORITY, available=_available)
+def swiglu(x: torch.Tensor) -> torch.Tensor:
+    """torch_npu.npu_swiglu: silu(first half) * second half along the last axis."""
+    return _torch_npu().npu_swiglu(x, dim=-1)
+
+
+@register("attention", "npu", devices=("npu",), priority=PRIORITY, available=_available)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float | None = None,
+              topk_indices: torch.Tensor | None = None) -> torch.Tensor:
+    """torch_npu.npu_fusion_attention in BNSD layout (our [B, H, S, D] as it is, no transposes)."""
+    head_dim = q.shape[-1]
+    if head_dim % 16 or head_dim > 512:
+        raise ValueError(f"npu_fusion_attention needs a head dim that is a multiple of 16 and at most 512, got "
+                         f"{head_dim}; choose the reference with WORKBENCH_KERNELS=attention=reference")
+    scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
+    kwargs = {"scale": scale}
+    if topk_indices is not None:
+        keep = torch_ops.attention_keep_mask(q.shape[2], k.shape[2], causal, topk_indices, q.device)
+        kwargs.update(atten_mask=~keep, sparse_mode=0)  # [B, 1, Sq, Sk], True = masked out
+    elif causal:
+        mask = torch.ones(CAUSAL_MASK_SIZE, CAUSAL_MASK_SIZE, dtype=torch.bool, device=q.device).triu(diagonal=1)
+        kwargs.update(atten_mask=mask, sparse_mode=3)  # right-down causal, compressed mask
+    out = _torch_npu().npu_fusion_attention(q, k, v, q.shape[1], "BNSD", **kwargs)[0]
+    if topk_indices is not None:  # rows whose every key is masked: zeros, as the reference defines them
+        empty = ~keep.any(dim=-1, keepdim=True)
+        out = torch.where(empty, torch.zeros((), dtype=out.dtype, device=out.device), out)
+    return out
+
+
+@register("moe", "npu", devices=("npu",), priority=PRIORITY, available=_available)
+def moe(x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Tensor, w_gate_up: torch.Tensor,
+        w_down: torch.Tensor) -> torch.Tensor:
+    """Sort by expert -> npu_grouped_matmul (gate_up) -> npu_swiglu -> npu_grouped_matmul (down) -> unpermute."""
+    n_experts = w_gate_up.shape[0]
+    if n_experts > MAX_GROUPS:  # the fused op's limit; the torch grouped path has none
+        return torch_ops.moe(x, expert_indices, expert_weights, w_gate_up, w_down)
+    npu = _torch_npu()
+    n_tokens, top_k = expert_indices.shape
+    flat_experts = expert_indices.reshape(-1)
+    order = torch.argsort(flat_experts, stable=True)
+    group_list = torch.bincount(flat_experts, minlength=n_experts).cumsum(0)  # cumulative rows per expert
+    x_sorted = x[order // top_k]
+
+    def grouped(rows: torch.Tensor, weights_ENK: torch.Tensor) -> torch.Tensor:
+        weight_list = [weights_ENK[e].t() for e in range(n_experts)]  # [K, N] per expert
+        return npu.npu_grouped_matmul([rows], weight_list, group_list=group_list, split_item=2, group_type=0)[0]
+
+    hidden = npu.npu_swiglu(grouped(x_sorted, w_gate_up), dim=-1)
+    y = grouped(hidden, w_down)[torch.argsort(order)].view(n_tokens, top_k, -1)
+    return (y * expert_weights.to(x.dtype)[..., None]).sum(dim=1)
+
