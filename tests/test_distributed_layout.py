@@ -1,0 +1,133 @@
+"""Layout parsing/validation, launcher argv, Slurm script and comm-bench arithmetic: no processes started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from workbench.distributed.comm_bench import bus_factor, parse_size, size_sweep
+from workbench.distributed.launcher import LaunchConfig, SlurmConfig, slurm_script, torchrun_argv, worker_argv
+from workbench.distributed.layout import ParallelLayout, parse_layout
+from workbench.errors import ConfigError
+
+DENSE = SimpleNamespace(n_heads=4, n_kv_heads=2, n_layers=2, n_experts=None)
+MOE = SimpleNamespace(n_heads=4, n_kv_heads=2, n_layers=2, n_experts=4)
+
+
+def test_parse_layout_reads_sizes_and_defaults_to_one():
+    layout = parse_layout("dp=2,tp=1,pp=1,ep=1")
+    assert (layout.dp, layout.tp, layout.pp, layout.ep, layout.fsdp) == (2, 1, 1, 1, 1)
+    assert layout.world_size == 2 and layout.data_parallel_size == 2
+    assert parse_layout("fsdp=2, tp=2").mesh_shape() == (("fsdp", "tp"), (2, 2))
+    assert parse_layout("pp=2,schedule=gpipe").n_microbatches == 2
+
+
+def test_auto_and_empty_fill_the_world():
+    assert parse_layout("", world_size=4).dp == 4
+    assert parse_layout("dp=auto,tp=2", world_size=4).dp == 2
+    with pytest.raises(ConfigError, match="does not divide"):
+        parse_layout("dp=auto,tp=3", world_size=4)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("dp=2,tp=2", "sizes multiply to 4 but the world has 2"),
+    ("dp=two", "not a whole number"),
+    ("dq=2", "unknown name"),
+    ("dp", "not name=value"),
+    ("dp=0", ">= 1"),
+    ("pp=2,schedule=zigzag", "schedule"),
+    ("pp=2,tp=2", "not supported"),
+])
+def test_bad_layouts_get_clear_errors(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_layout(spec, world_size=2)
+
+
+def test_layout_is_checked_against_the_model():
+    parse_layout("tp=2").check_model(DENSE)
+    with pytest.raises(ConfigError, match="tp=4 must divide the 2 key/value heads"):
+        parse_layout("tp=4").check_model(DENSE)
+    with pytest.raises(ConfigError, match="tp=3 must divide the 4 attention heads"):
+        parse_layout("tp=3").check_model(DENSE)
+    with pytest.raises(ConfigError, match="pp=4 stages need at least 4 layers"):
+        parse_layout("pp=4").check_model(DENSE)
+    with pytest.raises(ConfigError, match="needs a mixture-of-experts model"):
+        parse_layout("ep=2").check_model(DENSE)
+    with pytest.raises(ConfigError, match="ep=3 must divide the 4 experts"):
+        parse_layout("ep=3").check_model(MOE)
+    parse_layout("ep=2,dp=2").check_model(MOE)
+
+
+def test_batch_must_split_over_data_ranks_and_microbatches():
+    ParallelLayout(dp=2, pp=1).check_batch(4)
+    with pytest.raises(ConfigError, match="divisible by dp\\*fsdp\\*ep = 2"):
+        ParallelLayout(dp=2).check_batch(3)
+    with pytest.raises(ConfigError, match="microbatches=4"):
+        ParallelLayout(pp=2, microbatches=4).check_batch(2)
+
+
+def test_worker_argv_forms(tmp_path):
+    assert worker_argv(["--", "train", "--steps", "3"]) == ["-m", "workbench", "train", "--steps", "3"]
+    assert worker_argv(["-m", "pkg.mod", "x"]) == ["-m", "pkg.mod", "x"]
+    script = tmp_path / "s.py"
+    script.write_text("")
+    assert worker_argv([str(script), "a"]) == [str(script), "a"]
+    with pytest.raises(ConfigError, match="cannot launch"):
+        worker_argv(["rm", "-rf"])
+    with pytest.raises(ConfigError, match="nothing to launch"):
+        worker_argv([])
+
+
+def test_torchrun_argv_single_and_multi_node():
+    argv = torchrun_argv(LaunchConfig(nproc=2, max_restarts=1), ["train"])
+    assert argv[argv.index("--nproc-per-node") + 1] == "2" and argv[argv.index("--max-restarts") + 1] == "1"
+    assert argv[argv.index("--rdzv-endpoint") + 1].startswith("127.0.0.1:")
+    assert argv[-3:] == ["--module", "workbench", "train"]
+    multi = torchrun_argv(LaunchConfig(nproc=8, nnodes=2, node_rank=1, rdzv_endpoint="node0:29500"), ["train"])
+    assert multi[multi.index("--node-rank") + 1] == "1" and multi[multi.index("--nnodes") + 1] == "2"
+    assert multi[multi.index("--rdzv-endpoint") + 1] == "node0:29500"
+    with pytest.raises(ConfigError, match="rdzv-endpoint"):
+        LaunchConfig(nproc=2, nnodes=2)
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        LaunchConfig(nnodes=2, rdzv_endpoint="node0")
+    with pytest.raises(ConfigError, match="node_rank"):
+        LaunchConfig(nnodes=2, node_rank=2, rdzv_endpoint="a:1")
+
+
+def test_slurm_script_is_valid_bash_and_runs_torchrun(tmp_path):
+    text = slurm_script(SlurmConfig(nodes=4, nproc_per_node=8, max_restarts=2, partition="gpu"),
+                        ["train", "--preset", "glm4-tiny", "--parallel", "fsdp=16,tp=2"])
+    assert "#SBATCH --nodes=4" in text and "#SBATCH --gpus-per-node=8" in text and "#SBATCH --partition=gpu" in text
+    assert "--nproc-per-node 8" in text and "--max-restarts 2" in text and "--rdzv-endpoint $HEAD_NODE:29500" in text
+    assert "--module workbench train --preset glm4-tiny --parallel fsdp=16,tp=2" in text
+    assert "--gres=npu:8" in slurm_script(SlurmConfig(device_type="npu"), ["train"])
+    path = tmp_path / "job.sbatch"
+    path.write_text(text)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+def test_launch_cli_writes_slurm_script(tmp_path):
+    out = tmp_path / "job.sbatch"
+    proc = subprocess.run([sys.executable, "-m", "workbench", "launch", "--slurm", str(out), "--nnodes", "2",
+                           "--nproc", "4", "--", "train", "--preset", "glm4-tiny"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "#SBATCH --nodes=2" in out.read_text()
+    bad = subprocess.run([sys.executable, "-m", "workbench", "launch", "--nnodes", "2", "--", "train"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "rdzv-endpoint" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_comm_bench_arithmetic():
+    assert parse_size("1K") == 1024 and parse_size("256MB") == 256 << 20 and parse_size(4096) == 4096
+    assert size_sweep("1K", "256M", 4)[-1] == 256 << 20 and size_sweep("1K", "256M", 4)[0] == 1024
+    assert len(size_sweep("1K", "256M", 4)) == 10
+    assert bus_factor("all_reduce", 8) == pytest.approx(1.75)
+    assert bus_factor("all_gather", 4) == bus_factor("reduce_scatter", 4) == bus_factor("all_to_all", 4) == 0.75
+    assert bus_factor("broadcast", 8) == 1.0
+    with pytest.raises(ConfigError):
+        parse_size("lots")
+    with pytest.raises(ConfigError):
+        bus_factor("gossip", 2)

@@ -1,0 +1,221 @@
+"""Run a command on N processes with torchrun, stream its logs, and gather every rank's results JSON.
+
+The command after ``--`` is one of:
+- a workbench command (``train --preset glm4-tiny ...``): each worker runs ``python -m workbench train ...``;
+- a Python script (``path/to/script.py args``);
+- a module (``-m package.module args``).
+Workers find ``WORKBENCH_RESULTS_DIR`` in their environment; ``write_rank_results(payload)`` writes
+``rank{RANK}.json`` there, and ``launch()`` returns those dicts in rank order.
+
+torchrun (``python -m torch.distributed.run``) does the real work: rendezvous, one process per rank, restarts of
+the whole group on failure (``max_restarts``). We only build its argv. Used by ``workbench launch`` and
+notebooks/03_distributed.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from workbench.errors import ConfigError
+from workbench.results import write_json_atomic
+
+RESULTS_ENV = "WORKBENCH_RESULTS_DIR"
+
+
+@dataclass
+class LaunchConfig:
+    """torchrun settings. One node by default; for several give nnodes, node_rank and rdzv_endpoint on each."""
+
+    nproc: int = 2
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None  # HOST:PORT of node 0's rendezvous; None on one node = a free local port
+    rdzv_id: str = "workbench"
+    max_restarts: int = 0
+    monitor_interval_s: float = 0.5  # how often torchrun checks its workers (its default, 5 s, slows restarts)
+    threads_per_proc: int | None = None  # OMP_NUM_THREADS per worker; None = cores // nproc (at least 1)
+
+    def __post_init__(self):
+        if self.nproc < 1:
+            raise ConfigError(f"nproc={self.nproc}: need at least 1 process per node")
+        if self.nnodes < 1:
+            raise ConfigError(f"nnodes={self.nnodes}: need at least 1 node")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(f"node_rank={self.node_rank} must be in [0, nnodes={self.nnodes})")
+        if self.max_restarts < 0:
+            raise ConfigError(f"max_restarts={self.max_restarts} must be >= 0")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ConfigError(f"nnodes={self.nnodes}: give --rdzv-endpoint HOST:PORT (node 0's address), the "
+                              "same on every node")
+        if self.rdzv_endpoint:
+            host, sep, port = self.rdzv_endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"rdzv_endpoint={self.rdzv_endpoint!r} must be HOST:PORT, e.g. node0:29500")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+
+@dataclass
+class LaunchResult:
+    returncode: int
+    run_dir: Path
+    results: list[dict | None] = field(default_factory=list)  # one per rank of this node (None: rank wrote none)
+    log: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def check(self) -> "LaunchResult":
+        """Raise with the log's tail if the run failed."""
+        if not self.ok:
+            tail = "\n".join(self.log[-40:])
+            raise RuntimeError(f"distributed run failed (exit {self.returncode}); last log lines:\n{tail}")
+        return self
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_argv(command: Sequence[str]) -> list[str]:
+    """The part of torchrun's argv after its own flags: what each worker runs."""
+    command = list(command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ConfigError("nothing to launch: give a command after `--`, e.g. `-- train --preset glm4-tiny`")
+    if command[0] in ("-m", "--module"):
+        if len(command) < 2:
+            raise ConfigError("`-m` needs a module name, e.g. `-- -m mypackage.worker`")
+        return ["-m", *command[1:]]
+    if command[0].endswith(".py"):
+        if not Path(command[0]).exists():
+            raise FileNotFoundError(f"script {command[0]!r} does not exist")
+        return command
+    from workbench.cli import COMMANDS
+
+    if command[0] in COMMANDS:
+        return ["-m", "workbench", *command]
+    raise ConfigError(f"cannot launch {command[0]!r}: give a workbench command ({', '.join(COMMANDS)}), "
+                      "a .py script, or `-m module`")
+
+
+def torchrun_argv(config: LaunchConfig, command: Sequence[str], log_dir: str | Path | None = None) -> list[str]:
+    """torchrun's full argv (without the interpreter) for ``command`` under ``config``."""
+    argv = ["--nproc-per-node", str(config.nproc), "--nnodes", str(config.nnodes),
+            "--max-restarts", str(config.max_restarts), "--monitor-interval", str(config.monitor_interval_s)]
+    if config.nnodes == 1 and not config.rdzv_endpoint:
+        argv += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id",
+                 config.rdzv_id]
+    else:
+        argv += ["--node-rank", str(config.node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                 config.rdzv_endpoint, "--rdzv-id", config.rdzv_id]
+    if log_dir is not None:
+        # Per-rank log files under log_dir, and every line also on the console prefixed "[default<rank>]:".
+        argv += ["--log-dir", str(log_dir), "--tee", "3"]
+    work = worker_argv(command)
+    if work[0] == "-m":
+        argv += ["--module", *work[1:]]
+    else:
+        argv += work
+    return argv
+
+
+def rank_results_path(rank: int | None = None, results_dir: str | Path | None = None) -> Path | None:
+    """Where rank ``rank`` (default: this process's RANK) writes its results, or None outside a launch."""
+    results_dir = results_dir or os.environ.get(RESULTS_ENV)
+    if not results_dir:
+        return None
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    return Path(results_dir) / f"rank{rank}.json"
+
+
+def write_rank_results(payload: dict[str, Any]) -> Path | None:
+    """A worker's last step: write its results dict for the launcher to collect (no-op outside a launch)."""
+    path = rank_results_path()
+    return write_json_atomic(path, payload) if path else None
+
+
+def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_dir: str | Path = "runs/launch",
+           on_line: Callable[[str], None] | None = print, timeout_s: float | None = None,
+           env: dict[str, str] | None = None) -> LaunchResult:
+    """Run ``command`` under torchrun; stream each log line to ``on_line``; return exit code, log and results.
+
+    ``timeout_s`` kills the whole process group (torchrun and its workers) when exceeded (exit code 124).
+    """
+    config = config or LaunchConfig()
+    run_dir = Path(run_dir)
+    results_dir = run_dir / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for stale in results_dir.glob("rank*.json"):
+        stale.unlink()
+    argv = [sys.executable, "-m", "torch.distributed.run",
+            *torchrun_argv(config, command, log_dir=run_dir / "logs")]
+    threads = config.threads_per_proc or max(1, (os.cpu_count() or 1) // config.nproc)
+    child_env = {**os.environ, RESULTS_ENV: str(results_dir.resolve()), "OMP_NUM_THREADS": str(threads),
+                 "PYTHONUNBUFFERED": "1", **(env or {})}
+    log: list[str] = []
+    start = time.perf_counter()
+    # A new session makes torchrun the leader of its own process group, so a timeout can end all of it.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env,
+                            start_new_session=True, bufsize=1)
+    timer = None
+    timed_out = threading.Event()
+    if timeout_s is not None:
+        def _kill():
+            timed_out.set()
+            _kill_group(proc)
+        timer = threading.Timer(timeout_s, _kill)
+        timer.daemon = True
+        timer.start()
+    try:
+        with open(run_dir / "launch.log", "w") as log_file:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                log.append(line)
+                log_file.write(line + "\n")
+                if on_line is not None:
+                    on_line(line)
+        proc.wait()
+    except BaseException:  # KeyboardInterrupt in a notebook: take the workers down with us
+        _kill_group(proc)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    code = 124 if timed_out.is_set() else proc.returncode
+    n_ranks = config.nproc
+    first = config.node_rank * config.nproc
+    results = [_read_json(rank_results_path(first + r, results_dir)) for r in range(n_ranks)]
+    return LaunchResult(code, run_dir, results, log, time.perf_counter() - start)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group we created with start_new_session
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,84 @@
+"""Process-group start-up and the device mesh: the one place that calls ``init_process_group``.
+
+``init_distributed()`` reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), takes the
+backend from the device layer (gloo on cpu, nccl on cuda, hccl on npu) and binds the process to its local device.
+``build_mesh(layout)`` turns a ``ParallelLayout`` into a named ``DeviceMesh`` (pp, dp, fsdp, ep, tp).
+Used by the trainer, the tests and notebooks/03_distributed.ipynb (through the launched workers).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from workbench.device import Device, get_device
+from workbench.distributed.layout import ParallelLayout, parse_layout
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: Device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment; (0, 1, 0) outside one."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_launched() -> bool:
+    """True inside a torchrun worker (the environment names a world)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device: str | Device = "auto", timeout_s: float = 300.0) -> DistInfo:
+    """Join the process group torchrun set up (idempotent). Outside torchrun: a world of one, no group."""
+    rank, world_size, local_rank = env_world()
+    dev = get_device(device)
+    dev = dev.set_current(local_rank) if dev.is_accelerator else dev
+    backend = dev.dist_backend
+    if is_launched() and not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                **({"device_id": dev.torch_device} if dev.is_accelerator else {}))
+    return DistInfo(rank, world_size, local_rank, dev, backend)
+
+
+def destroy_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def build_mesh(layout: ParallelLayout | str, device: str | Device = "auto") -> DeviceMesh:
+    """A DeviceMesh with one named dim per active parallelism (``mesh["tp"]``, ``mesh["dp"]``...)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    layout = parse_layout(layout, world_size=world)
+    names, shape = layout.mesh_shape()
+    return init_device_mesh(get_device(device).type, shape, mesh_dim_names=names)
+
+
+def submesh(mesh: DeviceMesh, name: str) -> DeviceMesh | None:
+    """``mesh[name]`` when the mesh has that dim, else None."""
+    return mesh[name] if mesh.mesh_dim_names and name in mesh.mesh_dim_names else None
+
+
+def all_reduce_mean(value: float, group=None) -> float:
+    """Average a python number over a process group (a no-op outside a distributed run)."""
+    if not dist.is_initialized():
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend(group) != "gloo":
+        tensor = tensor.to(get_device().torch_device)
+    dist.all_reduce(tensor, group=group)
+    return float(tensor.item()) / dist.get_world_size(group)
