@@ -1,0 +1,144 @@
+"""Data pipeline: default corpus, recipes and their errors, tokenizers, packing, and the deterministic loader."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.data import (ByteTokenizer, TokenLoader, build_tokenizer, load_corpus, load_tokenizer, pack_corpus,
+                            token_dtype)
+from workbench.data.stories import generate_stories
+from workbench.errors import WorkbenchError
+
+
+# ---- corpus ---------------------------------------------------------------------------------------------------
+def test_default_corpus_is_deterministic_and_sized():
+    a, b = generate_stories(50), generate_stories(50)
+    assert a == b
+    assert generate_stories(50, seed=1) != a
+    corpus = load_corpus("default")
+    assert 1_000_000 < corpus.num_chars < 10_000_000  # a few MB, under the ~10 MB limit
+    assert corpus.sha256 == load_corpus(None).sha256
+
+
+def test_text_jsonl_and_folder_recipes(tmp_path):
+    (tmp_path / "a.txt").write_text("first doc\nline two\n\nsecond doc\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "third"}\n"fourth"\n\n')
+    (tmp_path / "ignored.bin").write_bytes(b"\xff\xfe")
+    assert load_corpus(tmp_path / "a.txt").documents == ["first doc\nline two", "second doc"]
+    assert load_corpus(tmp_path / "b.jsonl").documents == ["third", "fourth"]
+    folder = load_corpus(tmp_path)
+    assert folder.documents == ["first doc\nline two", "second doc", "third", "fourth"]
+    assert folder.sha256 != load_corpus(tmp_path / "a.txt").sha256
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    (b"", "is empty"),
+    (b"  \n\n", "is empty"),
+    (b"caf\xe9 latin-1", "not UTF-8"),
+])
+def test_bad_data_files_raise_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(WorkbenchError, match=message):
+        load_corpus(path)
+
+
+def test_bad_jsonl_line_names_the_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok"}\n{"txt": "no text field"}\n')
+    with pytest.raises(WorkbenchError, match=r"d.jsonl:2"):
+        load_corpus(path)
+
+
+def test_hf_source_without_datasets_package_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("no datasets")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(WorkbenchError, match="optional `datasets` package"):
+        load_corpus("hf:roneneldan/TinyStories")
+
+
+# ---- tokenizers -----------------------------------------------------------------------------------------------
+def test_byte_tokenizer_round_trip():
+    tok = ByteTokenizer()
+    text = "Hello, wörld — 你好!"
+    ids = tok.encode(text)
+    assert max(ids) < 256 and tok.decode(ids) == text
+    packed = tok.encode_documents(["ab", "c"])
+    assert packed.tolist() == [97, 98, 256, 99, 256]
+    assert tok.decode(packed.tolist()) == "ab<|endoftext|>c<|endoftext|>"
+
+
+def test_bpe_is_trained_locally_saved_and_reloaded(tmp_path):
+    docs = generate_stories(300)
+    tok = build_tokenizer("bpe", docs, vocab_size=400)
+    assert 300 <= tok.vocab_size <= 400
+    ids = tok.encode(docs[0])
+    assert len(ids) < len(docs[0].encode()) / 1.5  # merges compress the text
+    assert tok.decode(ids) == docs[0]
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again.identity == tok.identity and again.encode(docs[1]) == tok.encode(docs[1])
+    assert build_tokenizer("bpe", docs, vocab_size=400).identity == tok.identity  # training is deterministic
+    ByteTokenizer().save(tmp_path / "b")
+    assert isinstance(load_tokenizer(tmp_path / "b"), ByteTokenizer)
+    with pytest.raises(WorkbenchError, match="unknown tokenizer"):
+        build_tokenizer("wordpiece")
+
+
+# ---- packing --------------------------------------------------------------------------------------------------
+def test_pack_is_deterministic_cached_and_split(tmp_path):
+    (tmp_path / "c.txt").write_text("\n\n".join(generate_stories(40)))
+    corpus = load_corpus(tmp_path / "c.txt")
+    tok = ByteTokenizer()
+    packed = pack_corpus(corpus, tok, val_fraction=0.1, cache_dir=tmp_path / "cache")
+    assert packed.train.dtype == np.uint16
+    total = len(packed.train) + len(packed.val)
+    assert total == len(tok.encode_documents(corpus.documents))
+    assert abs(len(packed.val) - 0.1 * total) <= 1
+    again = pack_corpus(corpus, tok, val_fraction=0.1, cache_dir=tmp_path / "cache")
+    assert again.directory == packed.directory and np.array_equal(again.train, packed.train)
+    other = pack_corpus(corpus, tok, val_fraction=0.2, cache_dir=tmp_path / "cache")
+    assert other.directory != packed.directory
+    meta = json.loads((packed.directory / "meta.json").read_text())
+    assert meta["tokenizer"] == tok.identity and meta["corpus_sha256"] == corpus.sha256
+
+
+def test_token_dtype_by_vocab():
+    assert token_dtype(257) == np.uint16 and token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32 and token_dtype(154880) == np.uint32
+
+
+# ---- loader ---------------------------------------------------------------------------------------------------
+def test_loader_is_deterministic_shifted_and_sharded():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    loader = TokenLoader(tokens, batch_size=4, seq_len=16, seed=7)
+    x, y = loader.batch(step=3)
+    assert x.shape == (4, 16) and x.dtype == torch.int64
+    assert torch.equal(y[:, :-1], x[:, 1:])  # y[t] = x[t+1]
+    assert torch.equal(x, TokenLoader(tokens, 4, 16, seed=7).batch(3)[0])  # same (seed, step) -> same batch
+    assert not torch.equal(x, loader.batch(4)[0]) and not torch.equal(x, loader.batch(3, micro_step=1)[0])
+    # data-parallel: two ranks split the same global batch a single rank with twice the batch would see
+    whole = TokenLoader(tokens, 8, 16, seed=7).batch(5)[0]
+    r0 = TokenLoader(tokens, 4, 16, seed=7, rank=0, world_size=2).batch(5)[0]
+    r1 = TokenLoader(tokens, 4, 16, seed=7, rank=1, world_size=2).batch(5)[0]
+    assert torch.equal(torch.cat([r0, r1]).sort(0).values, whole.sort(0).values)
+    assert torch.equal(r0, whole[0::2])
+
+
+def test_loader_rejects_a_split_shorter_than_a_sequence():
+    with pytest.raises(WorkbenchError, match="seq-len"):
+        TokenLoader(np.arange(10, dtype=np.uint16), batch_size=2, seq_len=16, name="val")

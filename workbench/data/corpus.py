@@ -1,0 +1,133 @@
+"""Corpus recipes: where training text comes from, returned as a list of documents (strings).
+
+Sources (the ``data`` setting of a run, the ``--data`` flag, the notebook's ``data`` parameter):
+- ``"default"`` (or None): the bundled synthetic stories, generated deterministically (workbench/data/stories.py);
+- a local UTF-8 text file (``.txt``, ``.md``, anything not ``.jsonl``/``.json``): documents split on blank lines;
+- a local JSONL file: one JSON object per line, text in the ``"text"`` field (or a plain JSON string per line);
+- a local folder: every ``*.txt``, ``*.md`` and ``*.jsonl`` file below it, in sorted path order;
+- ``"hf:NAME"`` or ``"hf:NAME:SPLIT"``: a Hugging Face ``datasets`` dataset (optional dependency, needs network the
+  first time; never used by tests).
+Bad input (missing path, empty or non-UTF-8 file, no text found) raises ``WorkbenchError`` with a clear message.
+Used by the trainer, ``make demo`` and notebooks/01_training.ipynb.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+@dataclass
+class Corpus:
+    """Documents plus where they came from and a content hash (the packing cache key)."""
+
+    documents: list[str]
+    source: str
+    sha256: str
+
+    @property
+    def num_chars(self) -> int:
+        return sum(len(d) for d in self.documents)
+
+
+def load_corpus(data: str | Path | None = "default", text_field: str = "text") -> Corpus:
+    """Load documents from ``data`` (see the module docstring for what it may be)."""
+    spec = "default" if data is None or str(data).strip() == "" else str(data).strip()
+    if spec == "default":
+        from workbench.data.stories import VERSION, generate_stories
+
+        docs, source = generate_stories(), f"default ({VERSION}, generated)"
+    elif spec.startswith("hf:"):
+        docs, source = _load_hf(spec[3:], text_field), spec
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise WorkbenchError(f"data path {str(path)!r} does not exist; pass a UTF-8 text/JSONL file, a folder, "
+                                 f"'default', or 'hf:NAME'")
+        docs = _load_folder(path, text_field) if path.is_dir() else _load_file(path, text_field)
+        source = str(path.resolve())
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise WorkbenchError(f"data {spec!r} holds no text; give a non-empty UTF-8 text or JSONL file")
+    return Corpus(docs, source, _hash_documents(docs))
+
+
+def _hash_documents(docs: list[str]) -> str:
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _read_utf8(path: Path) -> str:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise WorkbenchError(f"data file {str(path)!r} is empty; give a file with some UTF-8 text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(f"data file {str(path)!r} is not UTF-8 text (bad byte at offset {exc.start}); "
+                             f"convert it, e.g. `iconv -t UTF-8`") from None
+
+
+def _load_file(path: Path, text_field: str) -> list[str]:
+    text = _read_utf8(path)
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return _parse_jsonl(text, path, text_field)
+    # Plain text: documents are paragraphs separated by blank lines (a single-paragraph file is one document).
+    return [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
+
+
+def _parse_jsonl(text: str, path: Path, text_field: str) -> list[str]:
+    docs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise WorkbenchError(f"{path}:{number}: not valid JSON ({exc.msg}); JSONL needs one object per line") \
+                from None
+        if isinstance(item, str):
+            docs.append(item)
+        elif isinstance(item, dict) and isinstance(item.get(text_field), str):
+            docs.append(item[text_field])
+        else:
+            raise WorkbenchError(f"{path}:{number}: expected a JSON string or an object with a string "
+                                 f"{text_field!r} field")
+    return docs
+
+
+def _load_folder(path: Path, text_field: str) -> list[str]:
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
+    if not files:
+        raise WorkbenchError(f"folder {str(path)!r} holds no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
+    docs: list[str] = []
+    for f in files:
+        docs.extend(_load_file(f, text_field))
+    return docs
+
+
+def _load_hf(spec: str, text_field: str) -> list[str]:
+    name, _, split = spec.partition(":")
+    try:
+        import datasets  # optional: pip install -e '.[hf-datasets]'
+    except ImportError:
+        raise WorkbenchError("data 'hf:...' needs the optional `datasets` package: pip install -e '.[hf-datasets]'") \
+            from None
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:  # offline, unknown name, gated dataset, ...
+        raise WorkbenchError(f"could not load Hugging Face dataset {name!r} ({type(exc).__name__}: {exc}); "
+                             f"are you online? Or use a local file / 'default'") from None
+    if text_field not in ds.column_names:
+        raise WorkbenchError(f"dataset {name!r} has no {text_field!r} column; columns: {ds.column_names}")
+    return [t for t in ds[text_field] if isinstance(t, str)]

@@ -1,0 +1,103 @@
+"""Corpus -> packed token files: ``train.bin`` and ``val.bin`` (numpy memmaps, uint16 when the vocab fits, else uint32).
+
+Documents are tokenized, joined with the end-of-text token, and the stream is split deterministically: the first
+``1 - val_fraction`` of the tokens train, the rest validate. The files are cached under
+``$WORKBENCH_CACHE_DIR/packed/<key>/`` (default ``~/.cache/workbench``), keyed by (corpus hash, tokenizer identity,
+val fraction), and written atomically (temp folder + rename), so two runs never see half a file.
+Used by the trainer and notebooks/01_training.ipynb.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workbench.data.corpus import Corpus
+from workbench.errors import WorkbenchError
+
+PACK_VERSION = "pack-v1"
+
+
+@dataclass
+class PackedData:
+    """Memory-mapped train/val token arrays and their metadata."""
+
+    train: np.ndarray
+    val: np.ndarray
+    meta: dict
+    directory: Path
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (< 65536), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def cache_root() -> Path:
+    root = os.environ.get("WORKBENCH_CACHE_DIR") or os.path.join(Path.home(), ".cache", "workbench")
+    return Path(root) / "packed"
+
+
+def pack_key(corpus_sha256: str, tokenizer_identity: str, val_fraction: float) -> str:
+    text = f"{PACK_VERSION}|{corpus_sha256}|{tokenizer_identity}|{val_fraction!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def pack_corpus(corpus: Corpus, tokenizer, val_fraction: float = 0.05, cache_dir: str | Path | None = None
+                ) -> PackedData:
+    """Tokenize and pack ``corpus`` (or reuse the cached pack) and return memmaps of the train/val tokens."""
+    if not 0.0 < val_fraction < 0.5:
+        raise WorkbenchError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    directory = root / pack_key(corpus.sha256, tokenizer.identity, val_fraction)
+    if not (directory / "meta.json").exists():
+        _write_pack(directory, corpus, tokenizer, val_fraction)
+    return open_pack(directory)
+
+
+def open_pack(directory: str | Path) -> PackedData:
+    directory = Path(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    train = np.memmap(directory / "train.bin", dtype=dtype, mode="r", shape=(meta["train_tokens"],))
+    val = np.memmap(directory / "val.bin", dtype=dtype, mode="r", shape=(meta["val_tokens"],))
+    return PackedData(train, val, meta, directory)
+
+
+def _write_pack(directory: Path, corpus: Corpus, tokenizer, val_fraction: float) -> None:
+    tokens = tokenizer.encode_documents(corpus.documents)
+    dtype = token_dtype(tokenizer.vocab_size)
+    n_val = max(1, int(round(len(tokens) * val_fraction)))
+    n_train = len(tokens) - n_val
+    if n_train < 2:
+        raise WorkbenchError(f"corpus {corpus.source!r} is too small to train on ({len(tokens)} tokens)")
+    meta = {
+        "version": PACK_VERSION, "source": corpus.source, "corpus_sha256": corpus.sha256,
+        "tokenizer": tokenizer.identity, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+        "dtype": dtype.name, "train_tokens": int(n_train), "val_tokens": int(n_val), "val_fraction": val_fraction,
+        "documents": len(corpus.documents),
+    }
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        for name, part in (("train.bin", tokens[:n_train]), ("val.bin", tokens[n_train:])):
+            with open(tmp / name, "wb") as f:
+                f.write(part.astype(dtype).tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, directory)
+        except OSError:  # another process packed the same corpus meanwhile: theirs is identical
+            if not (directory / "meta.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

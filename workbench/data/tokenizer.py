@@ -1,0 +1,148 @@
+"""Tokenizers: byte-level (the default, 256 bytes + an end-of-text token) and BPE trained locally with HF ``tokenizers``.
+
+Both have the same small interface: ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``encode_documents(docs)
+-> np.ndarray`` (documents joined by ``eos_id``), ``vocab_size``, ``eos_id``, ``save(dir)``, and ``identity`` (a
+string that changes whenever the token ids would change; the packing cache keys on it). A run saves its tokenizer
+in its run folder (``tokenizer.json``) and ``load_tokenizer(run_dir)`` reads it back on resume.
+Used by the trainer and notebooks/01_training.ipynb.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+
+EOS = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_KINDS = ("byte", "bpe")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes are the tokens 0..255; ``<|endoftext|>`` is 256. Needs no training and never fails to encode."""
+
+    kind = "byte"
+
+    def __init__(self) -> None:
+        self.eos_id = 256
+        self.vocab_size = 257
+
+    @property
+    def identity(self) -> str:
+        return "byte-v1"
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = list(ids)
+        out, chunk = [], bytearray()
+        for i in ids:
+            if i < 256:
+                chunk.append(i)
+            else:  # end-of-text (or anything out of range): flush and mark it
+                out.append(chunk.decode("utf-8", errors="replace"))
+                chunk = bytearray()
+                out.append(EOS if i == self.eos_id else "")
+        out.append(chunk.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def encode_documents(self, docs: list[str]) -> np.ndarray:
+        parts = []
+        eos = np.array([self.eos_id], dtype=np.int64)
+        for d in docs:
+            parts.append(np.frombuffer(d.encode("utf-8"), dtype=np.uint8).astype(np.int64))
+            parts.append(eos)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"workbench_tokenizer": "byte", "vocab_size": self.vocab_size}))
+        return path
+
+
+class BPETokenizer:
+    """Byte-level BPE (GPT-2 style) trained with HF ``tokenizers`` on the run's corpus; saved as tokenizer.json."""
+
+    kind = "bpe"
+
+    def __init__(self, tok) -> None:  # tok: tokenizers.Tokenizer
+        self._tok = tok
+        self.eos_id = tok.token_to_id(EOS)
+        if self.eos_id is None:
+            raise WorkbenchError(f"BPE tokenizer has no {EOS!r} token; was it trained by workbench?")
+        self.vocab_size = tok.get_vocab_size()
+
+    @classmethod
+    def train(cls, docs: list[str], vocab_size: int = 2048) -> "BPETokenizer":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        if vocab_size < 300:
+            raise WorkbenchError(f"bpe vocab_size must be >= 300 (256 bytes + merges), got {vocab_size}")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
+        return cls(tok)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "BPETokenizer":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)))
+
+    @property
+    def identity(self) -> str:
+        return "bpe-" + hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def encode_documents(self, docs: list[str]) -> np.ndarray:
+        parts = []
+        for enc in self._tok.encode_batch(docs):
+            parts.append(np.asarray(enc.ids, dtype=np.int64))
+            parts.append(np.array([self.eos_id], dtype=np.int64))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(path))
+        return path
+
+
+Tokenizer = ByteTokenizer | BPETokenizer
+
+
+def build_tokenizer(kind: str, docs: list[str] | None = None, vocab_size: int = 2048) -> Tokenizer:
+    """A fresh tokenizer of ``kind`` ("byte" or "bpe"; bpe is trained on ``docs``)."""
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "bpe":
+        if not docs:
+            raise WorkbenchError("training a BPE tokenizer needs the corpus documents")
+        return BPETokenizer.train(docs, vocab_size)
+    raise WorkbenchError(f"unknown tokenizer {kind!r}; choose one of {list(TOKENIZER_KINDS)}")
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Read the tokenizer a run saved in ``directory``."""
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.exists():
+        raise WorkbenchError(f"no {TOKENIZER_FILE} in {str(directory)!r}")
+    head = json.loads(path.read_text())
+    if head.get("workbench_tokenizer") == "byte":
+        return ByteTokenizer()
+    return BPETokenizer.from_file(path)
