@@ -1,0 +1,116 @@
+"""Checkpoints: round trip, last-K, manifest verification, fallback past corrupt/partial ones, RNG states."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from workbench.train import build_optimizer
+from workbench.train import checkpoint as ckpt
+
+
+def _model_and_optimizer(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 50))
+    model[1].weight = model[0].weight  # tied weights: safetensors needs them de-duplicated
+    model.register_buffer("expert_bias", torch.arange(4.0))
+    opt = build_optimizer(model, "adamw", lr=1e-2)
+    x = torch.randint(0, 50, (4, 6))
+    model(x).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def _save(root, step, model, opt, keep_last=3):
+    return ckpt.save_checkpoint(root, step, model, opt, {"step": step, "note": "test"}, keep_last=keep_last)
+
+
+def test_round_trip_restores_model_buffers_and_optimizer(tmp_path):
+    model, opt = _model_and_optimizer(0)
+    path = _save(tmp_path, 5, model, opt)
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        [ckpt.MODEL_FILE, ckpt.OPTIM_FILE, ckpt.STATE_FILE, ckpt.MANIFEST_FILE])
+    other, other_opt = _model_and_optimizer(1)
+    state = ckpt.load_checkpoint(path, other, other_opt)
+    assert state == {"step": 5, "note": "test"}
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert other[1].weight is other[0].weight  # still tied after loading
+    sa, sb = opt.state_dict()["adamw"]["state"], other_opt.state_dict()["adamw"]["state"]
+    assert torch.equal(sa[0]["exp_avg"], sb[0]["exp_avg"])
+
+
+def test_keeps_only_the_last_k_and_cleans_temp_folders(tmp_path):
+    model, opt = _model_and_optimizer()
+    stale = tmp_path / ".tmp-step_0000001-999999"  # left by a writer that was killed
+    stale.mkdir(parents=True)
+    for step in (1, 2, 3, 4):
+        _save(tmp_path, step, model, opt, keep_last=2)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("truncate", "has .* bytes"),
+    ("flip", "does not match its sha256"),
+    ("no_manifest", "is partial: no manifest.json"),
+    ("missing_file", "optimizer.pt is missing"),
+])
+def test_corrupt_or_partial_checkpoint_is_detected_and_skipped(tmp_path, damage, reason):
+    model, opt = _model_and_optimizer()
+    _save(tmp_path, 10, model, opt)
+    newest = _save(tmp_path, 20, model, opt)
+    target = newest / ckpt.MODEL_FILE
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:-7])
+    elif damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "no_manifest":
+        (newest / ckpt.MANIFEST_FILE).unlink()
+    else:
+        (newest / ckpt.OPTIM_FILE).unlink()
+    with pytest.raises(ckpt.CorruptCheckpointError, match=reason):
+        ckpt.verify_checkpoint(newest)
+    messages = []
+    good = ckpt.latest_good_checkpoint(tmp_path, warn=messages.append)
+    assert good is not None and good.name == "step_0000010"
+    assert len(messages) == 1 and "step_0000020" in messages[0] and "falling back" in messages[0]
+
+
+def test_no_good_checkpoint_gives_none(tmp_path):
+    assert ckpt.latest_good_checkpoint(tmp_path / "nothing") is None
+    (tmp_path / "step_0000003").mkdir()
+    assert ckpt.latest_good_checkpoint(tmp_path, warn=lambda m: None) is None
+
+
+def test_rng_states_round_trip_through_json():
+    import json
+
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = json.loads(json.dumps(ckpt.capture_rng_state()))
+    expected = (random.random(), np.random.rand(), torch.rand(()).item())
+    random.seed(10)
+    np.random.seed(20)
+    torch.manual_seed(30)
+    ckpt.restore_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+
+
+def test_state_dict_functions_can_be_swapped(tmp_path):
+    calls = []
+    default = ckpt.get_model_state
+    try:
+        ckpt.set_state_dict_functions(get_model=lambda m: calls.append("get") or default(m))
+        model, opt = _model_and_optimizer()
+        _save(tmp_path, 1, model, opt)
+    finally:
+        ckpt.set_state_dict_functions(get_model=default)
+    assert calls == ["get"]

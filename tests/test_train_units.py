@@ -1,0 +1,220 @@
+"""Trainer parts on a tiny stand-in model: schedule, Muon, optimizer groups, config validation, the loop, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from workbench.errors import ConfigError
+from workbench.train import (Muon, TrainConfig, Trainer, build_optimizer, lr_multiplier,
+                             newton_schulz_orthogonalize)
+from workbench.train.metrics import mfu, read_metrics
+
+
+@dataclass
+class _Out:
+    loss: torch.Tensor
+    logits: torch.Tensor
+    lm_loss: torch.Tensor | None = None
+
+
+class StandIn(nn.Module):
+    """A 2-block MLP language model with the workbench model's call signature (labels already shifted)."""
+
+    def __init__(self, vocab: int = 257, d: int = 32, n: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+                                    for _ in range(n))
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.bias_updates = 0
+
+    def forward(self, x, labels=None):
+        h = self.embed(x)
+        for layer in self.layers:
+            h = h + layer(h)
+        logits = self.lm_head(h)
+        loss = None if labels is None else nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return _Out(loss, logits, loss)
+
+    def update_expert_bias(self, rate=None):
+        self.bias_updates += 1
+        return {"max_violation": 0.0}
+
+
+def tiny_config(tmp_path, **changes) -> TrainConfig:
+    base = dict(steps=8, batch_size=4, seq_len=32, warmup_steps=2, eval_every=4, eval_batches=2, ckpt_every=4,
+                out_dir=str(tmp_path / "run"), device="cpu", progress=False, sample_tokens=8, log_every=100)
+    return TrainConfig(**{**base, **changes})
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+# ---- schedule -------------------------------------------------------------------------------------------------
+def test_warmup_then_cosine_to_min():
+    m = [lr_multiplier(s, total_steps=100, warmup_steps=10, min_lr_ratio=0.1) for s in range(100)]
+    assert m[0] == pytest.approx(0.1) and m[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(m[:10], m[1:10]))  # warmup rises
+    assert all(a >= b for a, b in zip(m[10:], m[11:]))  # cosine falls
+    assert m[10] == pytest.approx(1.0) and lr_multiplier(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert m[55] == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-9)  # halfway through decay
+
+
+# ---- Muon -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (3, 24, 40)])
+def test_newton_schulz_makes_singular_values_near_one(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    s = torch.linalg.svdvals(newton_schulz_orthogonalize(g))
+    assert s.min() > 0.5 and s.max() < 1.3, s
+
+
+def test_muon_trains_a_matrix_and_rejects_vectors():
+    torch.manual_seed(0)
+    target = torch.randn(16, 32)
+    w = nn.Parameter(torch.zeros(16, 32))
+    opt = Muon([w], lr=0.3)
+    x = torch.randn(256, 32)
+    losses = []
+    for i in range(60):
+        opt.param_groups[0]["lr"] = 0.3 * (1 - i / 60)  # Muon's step has a fixed size: decay it to converge
+        loss = ((x @ w.T - x @ target.T) ** 2).mean()
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < 0.05 * losses[0]
+    with pytest.raises(ValueError, match="ndim >= 2"):
+        Muon([nn.Parameter(torch.zeros(4))])
+
+
+def test_muon_leaves_embeddings_head_and_vectors_to_adamw():
+    model = StandIn()
+    opt = build_optimizer(model, "muon", lr=1e-3)
+    muon_ids = {id(p) for g in opt.optimizers["muon"].param_groups for p in g["params"]}
+    adam_ids = {id(p) for g in opt.optimizers["adamw"].param_groups for p in g["params"]}
+    assert id(model.embed.weight) in adam_ids and id(model.lm_head.weight) in adam_ids
+    assert id(model.layers[0][1].weight) in muon_ids and id(model.layers[0][1].bias) in adam_ids
+    assert muon_ids.isdisjoint(adam_ids)
+    assert len(muon_ids | adam_ids) == len(list(model.parameters()))
+    adamw_only = build_optimizer(model, "adamw")
+    assert list(adamw_only.optimizers) == ["adamw"]
+
+
+def test_fused_adamw_only_where_the_device_supports_it():
+    class NoFused:
+        def supports_fused_adamw(self):
+            return False
+
+    assert build_optimizer(StandIn(), device=NoFused()).implementation == "foreach"
+    from workbench.device import get_device
+
+    assert build_optimizer(StandIn(), device=get_device("cpu")).implementation == "fused"
+
+
+# ---- config ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("changes, message", [
+    (dict(steps=-1), "steps must be a positive integer"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(optimizer="sgd"), "optimizer must be one of"),
+    (dict(parallel=2), "parallel must be a string"),
+    (dict(lr=0.0), "lr and muon_lr must be > 0"),
+])
+def test_config_rejects_bad_values(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes)
+
+
+def test_mfu_is_none_without_a_peak():
+    assert mfu(1000.0, 6e6, None) is None and mfu(1000.0, None, 1e12) is None
+    assert mfu(1000.0, 6e6, 1e12) == pytest.approx(6e-3)
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+def test_fit_logs_metrics_writes_run_folder_and_learns(tmp_path):
+    config = tiny_config(tmp_path, steps=30, lr=1e-2, eval_every=10, ckpt_every=10, keep_last=2)
+    seen = []
+    trainer = Trainer(config, model=StandIn(), callbacks=[seen.append], log=quiet)
+    summary = trainer.fit()
+    run = tmp_path / "run"
+    records = read_metrics(run / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "step_time_s", "memory_bytes", "expert"):
+        assert key in train[0], key
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20, 30]
+    assert summary["final_train_loss"] < summary["first_train_loss"] - 0.5
+    assert summary["final_val_loss"] < 5.0 and summary["params"] == sum(p.numel() for p in trainer.raw_model.parameters())
+    assert "peak_source" in summary and summary["tokens_per_s"] > 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 30
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000020", "step_0000030"]
+    assert (run / "figures" / "loss.html").exists() and (run / "samples.txt").read_text().startswith("Once")
+    assert (run / "tokenizer.json").exists() and json.loads((run / "config.json").read_text())["train"]["steps"] == 30
+    assert trainer.raw_model.bias_updates == 30  # expert-bias update after every optimizer step
+    assert len(seen) == 31 and seen[-1]["kind"] == "eval"
+
+
+def test_grad_accumulation_counts_tokens_and_clipping_caps_the_norm(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, grad_accum=3, grad_clip=1e-3), model=StandIn(), log=quiet)
+    before = [p.detach().clone() for p in trainer.params]
+    record = trainer.train_step()
+    assert record["tokens_seen"] == 3 * 4 * 32
+    assert record["grad_norm"] > 1e-3  # reported before clipping
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params))
+
+
+def test_in_process_resume_is_bitwise_identical(tmp_path):
+    whole = Trainer(tiny_config(tmp_path / "a", steps=8, ckpt_every=4), model=StandIn(), log=quiet)
+    whole.fit()
+    # a second run stopped after its step-4 checkpoint, then resumed by a fresh Trainer
+    first = Trainer(tiny_config(tmp_path / "b", steps=8, ckpt_every=4), model=StandIn(), log=quiet)
+    for _ in range(6):  # steps 5 and 6 are logged but never checkpointed: resume must drop them
+        first.train_step()
+        if first.step == 4:
+            first.save_checkpoint()
+    torch.manual_seed(999)  # disturb global RNG: the resume must restore it
+    resumed = Trainer(tiny_config(tmp_path / "b", steps=8, ckpt_every=4, resume=True), model=StandIn(), log=quiet)
+    assert resumed.step == 4
+    resumed.fit()
+    a = [r for r in read_metrics(tmp_path / "a" / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    b = [r for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in b] == list(range(1, 9))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["grad_norm"] for r in a] == [r["grad_norm"] for r in b]
+
+
+def test_resume_with_different_settings_is_refused(tmp_path):
+    Trainer(tiny_config(tmp_path, steps=4), model=StandIn(), log=quiet).fit()
+    with pytest.raises(ValueError, match=r"settings \['batch_size'\] differ"):
+        Trainer(tiny_config(tmp_path, steps=4, batch_size=2, resume=True), model=StandIn(), log=quiet)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        Trainer(tiny_config(tmp_path, steps=4), model=StandIn(), log=quiet)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path), model=StandIn(), log=quiet)
+    with torch.no_grad():
+        trainer.raw_model.lm_head.weight.fill_(math.nan)
+    with pytest.raises(ValueError, match="loss became nan"):
+        trainer.train_step()
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
+    from workbench.train.trainer import apply_activation_checkpointing
+
+    torch.manual_seed(0)
+    plain = StandIn()
+    wrapped = StandIn()
+    wrapped.load_state_dict(plain.state_dict())
+    assert apply_activation_checkpointing(wrapped) == 2
+    x = torch.randint(0, 257, (2, 16))
+    for m in (plain, wrapped):
+        m(x, labels=x).loss.backward()
+    for a, b in zip(plain.parameters(), wrapped.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)

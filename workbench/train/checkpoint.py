@@ -1,0 +1,269 @@
+"""Checkpoints: atomic, verified, last-K, and everything a bitwise-identical resume needs.
+
+Layout of ``run_dir/checkpoints/step_0000100/``:
+    model.safetensors    model parameters and buffers (MoE expert biases included)
+    optimizer.pt         optimizer state (torch.save)
+    trainer_state.json   step, tokens seen, schedule, data position, RNG states (python, numpy, torch cpu, device), config
+    manifest.json        sha256 and size of each file above; written last, so its presence means "complete"
+A checkpoint is written into ``.tmp-step_.../``, every file fsynced, then renamed into place (a rename is atomic), so a
+crash leaves either the old set of checkpoints or the new one, never half of one. ``latest_good_checkpoint`` walks
+from the newest down, verifies each against its manifest, warns with a clear message about any that is corrupt or
+partial, and returns the newest good one.
+
+Seam for workbench/distributed: model/optimizer state-dict get/set are the four functions ``get_model_state``,
+``set_model_state``, ``get_optimizer_state``, ``set_optimizer_state``; an FSDP/DTensor run swaps them for
+``torch.distributed.checkpoint.state_dict`` helpers (``get_model_state_dict`` etc.) via ``set_state_dict_functions``.
+Used by the trainer (``--resume``) and notebooks/01_training.ipynb.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from workbench.errors import WorkbenchError
+
+MODEL_FILE, OPTIM_FILE, STATE_FILE, MANIFEST_FILE = ("model.safetensors", "optimizer.pt", "trainer_state.json",
+                                                     "manifest.json")
+STEP_DIR = re.compile(r"^step_(\d{7,})$")
+
+
+class CorruptCheckpointError(WorkbenchError):
+    """A checkpoint folder is incomplete or its files do not match their manifest."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# state-dict get/set: the one place a sharded (FSDP / DTensor) run needs to change
+# --------------------------------------------------------------------------------------------------------------
+def _default_get_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    state, seen = {}, {}
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu")
+        # safetensors refuses tensors sharing storage (tied embeddings): store a copy of the second one.
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        if key is not None and key in seen:
+            t = t.clone()
+        seen[key] = name
+        state[name] = t.contiguous()
+    return state
+
+
+def _default_set_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    model = getattr(model, "_orig_mod", model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CorruptCheckpointError(f"checkpoint does not fit this model: missing {missing[:5]}, "
+                                     f"unexpected {unexpected[:5]}; was it written for another preset?")
+
+
+def _default_get_optimizer_state(optimizer: Any) -> dict[str, Any]:
+    return optimizer.state_dict()
+
+
+def _default_set_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
+    optimizer.load_state_dict(state)
+
+
+get_model_state: Callable = _default_get_model_state
+set_model_state: Callable = _default_set_model_state
+get_optimizer_state: Callable = _default_get_optimizer_state
+set_optimizer_state: Callable = _default_set_optimizer_state
+
+
+def set_state_dict_functions(get_model=None, set_model=None, get_optim=None, set_optim=None) -> None:
+    """Swap the state-dict functions (workbench/distributed does this for FSDP/DTensor runs); None keeps one."""
+    global get_model_state, set_model_state, get_optimizer_state, set_optimizer_state
+    get_model_state = get_model or get_model_state
+    set_model_state = set_model or set_model_state
+    get_optimizer_state = get_optim or get_optimizer_state
+    set_optimizer_state = set_optim or set_optimizer_state
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RNG states (JSON-able)
+# --------------------------------------------------------------------------------------------------------------
+def _b64(t: torch.Tensor | None) -> str | None:
+    return None if t is None else base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+
+def _unb64(s: str | None) -> torch.Tensor | None:
+    return None if s is None else torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+
+
+def capture_rng_state(device=None) -> dict[str, Any]:
+    """Python, numpy, torch-cpu and (via the device layer) accelerator RNG states, as JSON-able values."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)  # {"bit_generator": "MT19937", "state": {"key": [...], "pos": n}}
+    np_state = {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}}
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": np_state,
+        "torch_cpu": _b64(torch.get_rng_state()),
+        "device": _b64(device.get_rng_state()) if device is not None else None,
+    }
+
+
+def restore_rng_state(state: dict[str, Any], device=None) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state({**np_state, "state": {"key": np.asarray(np_state["state"]["key"], dtype=np.uint32),
+                                               "pos": int(np_state["state"]["pos"])}})
+    torch.set_rng_state(_unb64(state["torch_cpu"]))
+    if device is not None and state.get("device") is not None:
+        device.set_rng_state(_unb64(state["device"]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not support fsync on directories
+    finally:
+        os.close(fd)
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimizer: Any,
+                    trainer_state: dict[str, Any], keep_last: int = 2) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically, then delete all but the newest ``keep_last``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_file(get_model_state(model), str(tmp / MODEL_FILE), metadata={"step": str(step)})
+        buffer = io.BytesIO()
+        torch.save(get_optimizer_state(optimizer), buffer)
+        (tmp / OPTIM_FILE).write_bytes(buffer.getvalue())
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True))
+        files = {}
+        for name in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
+            _fsync_file(tmp / name)
+            files[name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+        (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        _fsync_file(tmp / MANIFEST_FILE)
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving the same step (e.g. final save after a periodic one): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune_checkpoints(root, keep_last)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every finished checkpoint folder under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def prune_checkpoints(root: str | Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` checkpoints; also remove temp folders left by crashed writers."""
+    root = Path(root)
+    for _, path in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+    for p in root.glob(".tmp-step_*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------------------------
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Check ``path`` against its manifest; return its trainer_state. Raises CorruptCheckpointError saying why."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.exists():
+        raise CorruptCheckpointError(f"checkpoint {path} is partial: no {MANIFEST_FILE}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError) as exc:
+        raise CorruptCheckpointError(f"checkpoint {path} has an unreadable manifest ({exc})") from None
+    for name, expected in files.items():
+        f = path / name
+        if not f.exists():
+            raise CorruptCheckpointError(f"checkpoint {path} is partial: {name} is missing")
+        if f.stat().st_size != expected["bytes"]:
+            raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {name} has {f.stat().st_size} bytes, "
+                                         f"the manifest says {expected['bytes']}")
+        if _sha256(f) != expected["sha256"]:
+            raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {name} does not match its sha256")
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def latest_good_checkpoint(root: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint under ``root`` that verifies, or None. Each bad one is reported through ``warn``."""
+    warn = warn or (lambda message: warnings.warn(message, stacklevel=2))
+    for _, path in reversed(list_checkpoints(root)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CorruptCheckpointError as exc:
+            warn(f"{exc}; falling back to the previous checkpoint")
+    return None
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: Any | None = None,
+                    device=None) -> dict[str, Any]:
+    """Verify ``path``, load model (and optimizer) state into the given objects, return the trainer state."""
+    path = Path(path)
+    state = verify_checkpoint(path)
+    set_model_state(model, load_file(str(path / MODEL_FILE)))
+    if optimizer is not None:
+        map_location = device.torch_device if device is not None else "cpu"
+        set_optimizer_state(optimizer, torch.load(path / OPTIM_FILE, map_location=map_location, weights_only=True))
+    return state

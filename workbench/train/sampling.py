@@ -1,0 +1,46 @@
+"""Text sampling from a (trained) model: temperature + top-k, with its own seeded generator.
+
+No KV cache (the models here are small and this is for eyeballing progress): each new token re-runs the model on
+the last ``context`` tokens. A private ``torch.Generator`` is used, so sampling never moves the global RNG and a
+run's loss trajectory is the same with or without samples. Used by the trainer and notebooks/01_training.ipynb.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, context: int,
+             temperature: float = 0.8, top_k: int | None = 40, seed: int = 0, device: torch.device | str = "cpu",
+             stop_id: int | None = None, autocast=None) -> list[int]:
+    """Continue ``prompt_ids`` by up to ``max_new_tokens`` tokens; stops early at ``stop_id``. Returns new ids."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.tensor([prompt_ids or [0]], dtype=torch.long, device=device)
+    new: list[int] = []
+    try:
+        for _ in range(max_new_tokens):
+            window = ids[:, -context:]
+            if autocast is not None:
+                with autocast():
+                    out = model(window)
+            else:
+                out = model(window)
+            logits = getattr(out, "logits", out)[:, -1, :].float().cpu()
+            if temperature <= 0:
+                nxt = int(logits.argmax(-1))
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            if stop_id is not None and nxt == stop_id:
+                break
+            new.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]], device=ids.device)], dim=1)
+    finally:
+        model.train(was_training)
+    return new

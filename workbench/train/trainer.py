@@ -1,0 +1,401 @@
+"""The training loop: ``Trainer`` (one ``train_step()`` at a time) and ``train(config)`` (the whole run).
+
+```
+trainer = Trainer(TrainConfig(preset="glm4-tiny", steps=200))
+metrics = trainer.train_step()      # one optimizer step (all micro-steps), returns loss, lr, grad_norm, tok/s, MFU
+summary = trainer.fit()             # loop + eval + checkpoints + samples + summary.json
+```
+Each step's phases run inside ``torch.profiler.record_function("workbench/data" | "workbench/forward" |
+"workbench/backward" | "workbench/optimizer")`` so a profiler attributes step time (workbench/profiling drives
+``train_step`` directly).
+
+Seams for workbench/distributed (single-process behaviour in brackets):
+- ``Trainer(..., parallelize=fn)``: ``fn(model, device, config) -> model`` runs right after the model is built
+  (identity); ``config.parallel`` is the string it reads ("dp=1");
+- rank and world size come only from ``torch.distributed.is_initialized()`` (0 and 1); the loader shards the
+  global batch by them; only rank 0 writes metrics, checkpoints, samples and summary;
+- model/optimizer state-dict get/set live in workbench/train/checkpoint.py (``set_state_dict_functions``).
+Used by ``workbench train``, ``make demo`` and notebooks/01_training.ipynb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch.profiler import record_function
+
+from workbench.data import TokenLoader, build_tokenizer, load_corpus, load_tokenizer, pack_corpus
+from workbench.device import get_device
+from workbench.errors import WorkbenchError
+from workbench.results import write_json_atomic
+from workbench.train import checkpoint as ckpt
+from workbench.train.config import TrainConfig
+from workbench.train.metrics import MetricsLogger, mfu, progress_enabled, read_metrics
+from workbench.train.optim import build_optimizer
+from workbench.train.sampling import generate
+from workbench.train.schedule import WarmupCosine
+
+# ModelConfig fields that may hold the model's maximum number of positions (the seq-len check reads the first).
+POSITION_FIELDS = ("max_position_embeddings", "max_seq_len", "max_positions", "block_size", "context_length")
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when a process group exists, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def model_max_positions(model_config: Any) -> int | None:
+    for name in POSITION_FIELDS:
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def build_model_config(config: TrainConfig, vocab_size: int):
+    """The preset's ModelConfig with the tokenizer's vocab and the user's overrides; checks seq_len fits."""
+    from workbench.model import get_preset, list_presets
+
+    names = list(list_presets())
+    if config.preset not in names:
+        raise WorkbenchError(f"unknown preset {config.preset!r}; choose one of: {', '.join(names)}")
+    base = get_preset(config.preset)
+    fields = {f.name for f in dataclasses.fields(base)}
+    bad = sorted(set(config.model_overrides) - fields)
+    if bad:
+        raise WorkbenchError(f"unknown model setting(s) {bad} for preset {config.preset!r}; "
+                             f"known: {', '.join(sorted(fields))}")
+    model_config = dataclasses.replace(base, **{**config.model_overrides, "vocab_size": vocab_size})
+    limit = model_max_positions(model_config)
+    if limit is not None and config.seq_len > limit:
+        raise WorkbenchError(f"seq_len {config.seq_len} is beyond the {limit} positions of preset {config.preset!r}; "
+                             f"use --seq-len <= {limit}")
+    return model_config
+
+
+def apply_activation_checkpointing(model: torch.nn.Module) -> int:
+    """Recompute each transformer block in backward instead of storing its activations. Returns blocks wrapped."""
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = None
+    for name in ("layers", "blocks", "h"):
+        holder = getattr(model, name, None) or getattr(getattr(model, "model", None), name, None)
+        if isinstance(holder, torch.nn.ModuleList):
+            blocks = holder
+            break
+    if blocks is None:
+        raise WorkbenchError("activation checkpointing: the model has no `layers`/`blocks` ModuleList to wrap")
+    for block in blocks:
+        forward = block.forward
+
+        def checkpointed(*args, _forward=forward, **kwargs):
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = checkpointed
+    return len(blocks)
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule, data and run folder of one training run."""
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module | None = None, model_config: Any = None,
+                 parallelize: Callable | None = None, callbacks: Iterable[Callable[[dict], None]] = (),
+                 log: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.callbacks = list(callbacks)
+        self.device = get_device(config.device)
+        self.rank, self.world_size = dist_rank_world()
+        self.is_main_process = self.rank == 0
+        self.run_dir = Path(config.out_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.dtype = self.device.training_dtype
+        self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.is_main_process)
+
+        resume_from = self._find_resume_checkpoint()
+        self._setup_data(resume_from is not None)
+
+        # model: the preset (or a given module, e.g. a tiny stand-in in tests), built on the device
+        torch.manual_seed(config.seed)
+        if model is None:
+            from workbench.model import build_model
+
+            model_config = build_model_config(config, self.tokenizer.vocab_size)
+            model = build_model(model_config)
+        self.model_config = model_config
+        self.raw_model = model.to(self.device.torch_device)
+        if config.seq_len > (model_max_positions(model_config) or config.seq_len):
+            raise WorkbenchError(f"seq_len {config.seq_len} is beyond the model's positions")
+        self.model = (parallelize or (lambda m, device, cfg: m))(self.raw_model, self.device, config)
+        if config.activation_checkpointing:
+            apply_activation_checkpointing(self.raw_model)
+        if config.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(self.raw_model, config.optimizer, lr=config.lr,
+                                         weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
+                                         muon_lr=config.muon_lr, device=self.device)
+        self.scheduler = WarmupCosine(self.optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
+        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.num_params = sum(p.numel() for p in self.raw_model.parameters())
+        self.flops_per_token = self._flops_per_token()
+        self.peak = self.device.peak_flops(self.dtype)
+        self.step = 0
+        self.tokens_seen = 0
+        self.history: list[dict[str, Any]] = []
+        if resume_from is not None:
+            self._load(resume_from)
+        elif self.is_main_process:
+            self.metrics.reset()
+
+    # ---- setup ------------------------------------------------------------------------------------------------
+    def _find_resume_checkpoint(self) -> Path | None:
+        if not self.config.resume:
+            if ckpt.list_checkpoints(self.ckpt_dir):
+                raise WorkbenchError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run, "
+                                     f"or choose another --out")
+            return None
+        found = ckpt.latest_good_checkpoint(self.ckpt_dir, warn=lambda m: self.log(f"warning: {m}"))
+        if found is None:
+            self.log(f"--resume: no usable checkpoint in {self.ckpt_dir}; starting from step 0")
+        return found
+
+    def _setup_data(self, resuming: bool) -> None:
+        c = self.config
+        corpus = load_corpus(c.data)
+        if resuming and (self.run_dir / "tokenizer.json").exists():
+            self.tokenizer = load_tokenizer(self.run_dir)  # the exact tokenizer of the run, never re-trained
+        else:
+            self.tokenizer = build_tokenizer(c.tokenizer, corpus.documents, c.bpe_vocab_size)
+            if self.is_main_process:
+                self.tokenizer.save(self.run_dir)
+        self.packed = pack_corpus(corpus, self.tokenizer, c.val_fraction)
+        self.corpus_source = corpus.source
+        dev = self.device.torch_device
+        self.train_loader = TokenLoader(self.packed.train, c.batch_size, c.seq_len, seed=c.seed, rank=self.rank,
+                                        world_size=self.world_size, device=dev, name="train")
+        self.val_loader = TokenLoader(self.packed.val, c.batch_size, c.seq_len, seed=c.seed + 1, rank=self.rank,
+                                      world_size=self.world_size, device=dev, name="val")
+
+    def _flops_per_token(self) -> float | None:
+        try:
+            from workbench.model.accounting import flops_per_token
+
+            return float(flops_per_token(self.model_config, self.config.seq_len))
+        except Exception:  # a stand-in model without a ModelConfig: MFU is reported as unknown
+            return None
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor, y: torch.Tensor):
+        with self.device.autocast(self.dtype):
+            return self.model(x, labels=y)
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over ``grad_accum`` micro-batches. Returns this step's metrics (also logged)."""
+        c = self.config
+        step = self.step
+        lr = self.scheduler.apply(step)
+        self.model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device.torch_device)
+        lm_sum = torch.zeros((), device=self.device.torch_device)
+        for micro in range(c.grad_accum):
+            with record_function("workbench/data"):
+                x, y = self.train_loader.batch(step, micro)
+            with record_function("workbench/forward"):
+                out = self._forward(x, y)
+                loss = out.loss / c.grad_accum
+            with record_function("workbench/backward"):
+                loss.backward()
+            loss_sum += out.loss.detach().float()
+            lm = getattr(out, "lm_loss", None)
+            lm_sum += (lm if lm is not None else out.loss).detach().float()
+        with record_function("workbench/optimizer"):
+            max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            expert = {}
+            update_bias = getattr(self.raw_model, "update_expert_bias", None)
+            if update_bias is not None:
+                expert = update_bias(rate=c.expert_bias_rate) or {}
+        loss_value = float(loss_sum / c.grad_accum)  # .item(): also waits for the device
+        self.device.synchronize()
+        elapsed = time.perf_counter() - start
+        tokens = c.batch_size * c.seq_len * c.grad_accum * self.world_size
+        self.step += 1
+        self.tokens_seen += tokens
+        tok_s = tokens / elapsed
+        record = {
+            "kind": "train", "step": self.step, "loss": loss_value, "lm_loss": float(lm_sum / c.grad_accum),
+            "lr": lr, "grad_norm": float(grad_norm), "step_time_s": elapsed, "tokens_per_s": tok_s,
+            "mfu": mfu(tok_s, self.flops_per_token, self.peak.value), "tokens_seen": self.tokens_seen,
+        }
+        if "muon" in getattr(self.optimizer, "optimizers", {}):
+            record["muon_lr"] = self.optimizer.optimizers["muon"].param_groups[0]["lr"]
+        mem = self.device.memory_stats()
+        record["memory_bytes"] = mem.get("allocated_bytes")
+        record["peak_memory_bytes"] = mem.get("peak_bytes")
+        if expert:
+            record["expert"] = expert
+        if not math.isfinite(loss_value):
+            raise WorkbenchError(f"loss became {loss_value} at step {self.step}; lower --lr or raise warmup_steps")
+        self.metrics.log(record)
+        self.history.append(record)
+        return record
+
+    # ---- eval, sampling, checkpoints ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean LM loss over ``eval_batches`` fixed validation batches (the same batches at every eval)."""
+        self.model.eval()
+        losses = []
+        for i in range(self.config.eval_batches):
+            x, y = self.val_loader.batch(i)
+            out = self._forward(x, y)
+            lm = getattr(out, "lm_loss", None)
+            losses.append(float((lm if lm is not None else out.loss).float()))
+        self.model.train()
+        val = sum(losses) / len(losses)
+        record = {"kind": "eval", "step": self.step, "val_loss": val}
+        self.metrics.log(record)
+        self.history.append(record)
+        return val
+
+    def sample(self, prompt: str | None = None, max_new_tokens: int | None = None, seed: int | None = None,
+               temperature: float = 0.8) -> str:
+        prompt = self.config.sample_prompt if prompt is None else prompt
+        ids = generate(self.raw_model, self.tokenizer.encode(prompt), max_new_tokens or self.config.sample_tokens,
+                       context=self.config.seq_len, temperature=temperature,
+                       seed=self.config.seed if seed is None else seed, device=self.device.torch_device,
+                       stop_id=self.tokenizer.eos_id, autocast=lambda: self.device.autocast(self.dtype))
+        return prompt + self.tokenizer.decode(ids)
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "tokens_seen": self.tokens_seen, "scheduler": self.scheduler.state_dict(),
+            "data": {"next_step": self.step, "seed": self.config.seed, "loader": "random-windows-v1",
+                     "pack": self.packed.meta, "world_size": self.world_size},
+            "rng": ckpt.capture_rng_state(self.device), "config": self.config.to_dict(),
+            "model_config": _as_dict(self.model_config), "tokenizer": self.tokenizer.identity,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.is_main_process:
+            return None
+        return ckpt.save_checkpoint(self.ckpt_dir, self.step, self.raw_model, self.optimizer, self.trainer_state(),
+                                    keep_last=self.config.keep_last)
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.verify_checkpoint(path)
+        saved = TrainConfig.from_dict(state["config"])
+        different = self.config.trajectory_mismatch(saved)
+        if different:
+            raise WorkbenchError(f"--resume: settings {different} differ from the checkpoint in {path}; "
+                                 f"resume with the same settings or start a new --out")
+        if state.get("tokenizer") != self.tokenizer.identity:
+            raise WorkbenchError(f"--resume: the tokenizer in {self.run_dir} differs from the checkpoint's")
+        ckpt.load_checkpoint(path, self.raw_model, self.optimizer, self.device)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.total_steps = self.config.steps  # --steps may extend a finished run
+        ckpt.restore_rng_state(state["rng"], self.device)
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.metrics.truncate_after(self.step)
+        if self.metrics.path.exists():
+            self.history = read_metrics(self.metrics.path)
+        self.log(f"resumed from {path} at step {self.step}")
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to ``config.steps``: log, evaluate, checkpoint, sample; write summary.json. Returns the summary."""
+        c = self.config
+        if self.is_main_process:
+            write_json_atomic(self.run_dir / "config.json", {"train": c.to_dict(), "model": _as_dict(self.model_config)})
+        bar = None
+        if progress_enabled(c.progress) and self.is_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            while self.step < c.steps:
+                record = self.train_step()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                elif self.step % c.log_every == 0 or self.step == 1:
+                    self.log(_format_record(record, c.steps))
+                if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps:
+                    val = self.evaluate()
+                    record = {**record, "val_loss": val}
+                    if bar is None:
+                        self.log(f"step {self.step}: val_loss {val:.4f}")
+                if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < c.steps:
+                    self.save_checkpoint()
+                for callback in self.callbacks:
+                    callback(record)
+        finally:
+            if bar is not None:
+                bar.close()
+        val = self.evaluate()
+        for callback in self.callbacks:
+            callback({"kind": "eval", "step": self.step, "val_loss": val})
+        self.save_checkpoint()
+        summary = self.summary(val)
+        if self.is_main_process:
+            samples = [self.sample(seed=c.seed + i) for i in range(2)] if c.sample_tokens else []
+            summary["samples"] = samples
+            (self.run_dir / "samples.txt").write_text("\n\n---\n\n".join(samples) + "\n")
+            summary["figures"] = self.write_figures()
+            write_json_atomic(self.run_dir / "summary.json", summary)
+        self.metrics.close()
+        return summary
+
+    def summary(self, val_loss: float) -> dict[str, Any]:
+        train = [r for r in self.history if r.get("kind") == "train"]
+        tail = train[-max(1, min(10, len(train) // 10)):]
+        timed = train[1:] or train  # the first step pays for warm-up (allocations, compilation)
+        total_time = sum(r["step_time_s"] for r in timed)
+        tok_s = sum(r["step_time_s"] * r["tokens_per_s"] for r in timed) / total_time if total_time else 0.0
+        return {
+            "preset": self.config.preset, "steps": self.step, "device": str(self.device.torch_device),
+            "device_name": self.device.name, "dtype": str(self.dtype).replace("torch.", ""),
+            "params": self.num_params, "tokens_seen": self.tokens_seen,
+            "first_train_loss": train[0]["lm_loss"] if train else None,
+            "final_train_loss": sum(r["lm_loss"] for r in tail) / len(tail) if tail else None,
+            "final_val_loss": val_loss, "tokens_per_s": tok_s, "flops_per_token": self.flops_per_token,
+            "mfu": mfu(tok_s, self.flops_per_token, self.peak.value), "peak_flops": self.peak.value,
+            "peak_source": self.peak.source, "optimizer": getattr(self.optimizer, "implementation", ""),
+            "tokenizer": self.tokenizer.identity, "vocab_size": self.tokenizer.vocab_size,
+            "data": self.corpus_source, "run_dir": str(self.run_dir.resolve()),
+        }
+
+    def write_figures(self) -> dict[str, str]:
+        """run_dir/figures/loss.html: train and validation loss against step."""
+        from workbench.train.plots import loss_figure
+        from workbench.viz import save_figure
+
+        return save_figure(loss_figure(self.history), self.run_dir / "figures" / "loss.html")
+
+
+def _as_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def _format_record(r: dict[str, Any], total: int) -> str:
+    mfu_text = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+    return (f"step {r['step']}/{total}: loss {r['loss']:.4f}  lr {r['lr']:.2e}  grad_norm {r['grad_norm']:.2f}  "
+            f"{r['tokens_per_s']:,.0f} tok/s  MFU {mfu_text}")
+
+
+def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
+    """Build a ``Trainer`` for ``config`` and run it to the end. Returns the summary (also in summary.json)."""
+    return Trainer(config, **kwargs).fit()
