@@ -1,0 +1,24 @@
+"""Profiling: where a training step's time goes, on CPU, CUDA or an Ascend NPU, with one API.
+
+    from workbench.profiling import ProfileConfig, profile_steps, analyze
+    run = profile_steps(step_fn, ProfileConfig(wait=1, warmup=1, active=3), out_dir="runs/profile")
+    report = analyze(run, flops_per_step=6 * n_params * tokens, peak=get_device().peak_flops())
+    report.save("runs/profile")   # trace.json (Perfetto), op tables (CSV/JSON), figures (plotly HTML)
+
+Modules, one job each: ``backends`` (which profiler for which device), ``session`` (run N steps under it and write
+the Chrome trace), ``trace`` (parse a trace: nesting, self time, categories), ``categories``, ``tables`` (op and
+category tables, top-N), ``breakdown`` (forward/backward/optimizer/data/communication, exposed vs overlapped),
+``waterfall`` (MFU waterfall), ``memory`` (peak and timeline), ``figures`` (plotly), ``analysis`` (all of it),
+``toy`` (a tiny model for tests and workshops), ``cli`` (``workbench profile``).
+Notebook: notebooks/04_profiling.ipynb.
+"""
+
+from workbench.profiling.analysis import ProfileReport, analyze, compare
+from workbench.profiling.categories import CATEGORIES, categorize
+from workbench.profiling.session import ProfileConfig, ProfileRun, profile_steps
+from workbench.profiling.trace import Trace, load_trace
+
+__all__ = [
+    "CATEGORIES", "ProfileConfig", "ProfileReport", "ProfileRun", "Trace", "analyze", "categorize", "compare",
+    "load_trace", "profile_steps",
+]

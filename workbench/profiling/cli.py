@@ -1,0 +1,100 @@
+"""``workbench profile``: profile N training steps of a preset and write the trace, tables and figures.
+
+    workbench profile --preset glm4-tiny --steps 3 --out runs/profile [--device auto] [--batch-size 4]
+        [--seq-len 64] [--kernels attention=reference] [--with-stack] [--top 15]
+
+``--preset toy`` profiles the small stand-in LM of ``workbench.profiling.toy`` (no corpus, no tokenizer).
+Writes DIR/trace.json (open in https://ui.perfetto.dev), DIR/op_table.csv, categories.csv, top_ops.csv,
+report.json and DIR/figures/*.html, and prints the category table, the step breakdown and the MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+
+def _kernel_choices(text: str) -> dict[str, str]:
+    choices = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        op, sep, impl = item.partition("=")
+        if not sep or not op.strip() or not impl.strip():
+            raise argparse.ArgumentTypeError(f"expected OP=IMPL[,OP=IMPL], e.g. attention=reference; got {item!r}")
+        choices[op.strip()] = impl.strip()
+    return choices
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="glm4-tiny", help="model preset (see `workbench models`), or 'toy'")
+    p.add_argument("--steps", type=int, default=3, help="active (recorded) steps")
+    p.add_argument("--wait", type=int, default=1, help="steps run before recording starts")
+    p.add_argument("--warmup", type=int, default=1, help="steps recorded and thrown away before the active ones")
+    p.add_argument("--out", default="runs/profile", help="output folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, npu (optionally :index)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--kernels", type=_kernel_choices, default={}, help="kernel choices, e.g. attention=reference")
+    p.add_argument("--with-stack", action="store_true",
+                   help="record Python frames too (attributes e.g. a reference attention's ops to attention)")
+    p.add_argument("--memory-timeline", default="auto", choices=["auto", "profiler", "rss", "both", "off"])
+    p.add_argument("--top", type=int, default=15, help="how many top ops to list")
+
+
+def _run_preset(args, config, out: Path):
+    from workbench.profiling.trainer_profile import profile_trainer
+    from workbench.train import TrainConfig, Trainer
+
+    train_cfg = TrainConfig(preset=args.preset, steps=config.total_steps, batch_size=args.batch_size,
+                            seq_len=args.seq_len, device=args.device, out_dir=str(out / "train"), progress=False,
+                            warmup_steps=0, eval_every=0, ckpt_every=0)
+    trainer = Trainer(train_cfg, log=lambda message: None)
+    return profile_trainer(trainer, config, out_dir=out, top_n=args.top)
+
+
+def _run_toy(args, config, out: Path):
+    from workbench.device import get_device
+    from workbench.profiling.analysis import analyze
+    from workbench.profiling.session import profile_steps
+    from workbench.profiling.toy import ToyConfig, toy_training_step
+
+    device = get_device(args.device)
+    toy = ToyConfig(seq_len=args.seq_len, batch=args.batch_size)
+    step, model = toy_training_step(toy, device)
+    run = profile_steps(step, config, device=device, out_dir=out)
+    report = analyze(run, flops_per_step=model.flops_per_token() * toy.batch * toy.seq_len,
+                     flops_source="toy LM: 6 x matmul params + attention", peak=device.peak_flops(), top_n=args.top)
+    return run, report
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench.kernels import use_kernels
+    from workbench.profiling.session import ProfileConfig
+    from workbench.viz import text_table
+
+    if args.top < 1:
+        raise WorkbenchError(f"--top must be >= 1, got {args.top}")
+    for name in ("batch_size", "seq_len"):
+        if getattr(args, name) < 1:
+            raise WorkbenchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    config = ProfileConfig(wait=args.wait, warmup=args.warmup, active=args.steps, with_stack=args.with_stack,
+                           memory_timeline=args.memory_timeline)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with use_kernels(args.kernels) if args.kernels else contextlib.nullcontext():
+        run_fn = _run_toy if args.preset == "toy" else _run_preset
+        run_, report = run_fn(args, config, out)
+    written = report.save(out)
+    summary = report.summary()
+    print(f"profiled {summary['n_steps']} steps of {args.preset} on {run_.device_type} with {run_.backend}: "
+          f"{summary['step_ms']:.2f} ms/step")
+    print(text_table(report.categories, ["category", "ms_per_step", "share", "count_per_step", "achieved_tflops"]))
+    print(text_table(report.breakdown["rows"], ["phase", "ms", "share"]))
+    mfu = summary["mfu"]
+    print(f"MFU: {'unknown (no peak)' if mfu is None else f'{mfu:.2%}'}  "
+          f"(peak: {report.waterfall['peak_source']}; FLOPs: {report.waterfall['flops_source']})")
+    print(f"trace: {run_.trace_path}  (open in https://ui.perfetto.dev)")
+    print(f"tables and figures: {out}  ({len(written)} files)")
+    return 0

@@ -1,0 +1,222 @@
+"""Chrome/Perfetto trace JSON -> plain events with nesting, self time and category. The analysis reads only this.
+
+Every backend (torch.profiler on CPU/CUDA, torch_npu.profiler on NPU) writes a Chrome trace ("traceEvents" of
+complete events ``ph: "X"`` with ``ts``/``dur`` in microseconds). Reading the trace, rather than a backend's
+profiler object, keeps the tables, the step breakdown and the waterfall identical across devices, and lets the
+tests feed hand-written traces. Self time = an event's duration minus its direct children's on the same thread,
+so summing self times never counts a nested op twice. Used by notebooks/04_profiling.ipynb via ``analysis``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from workbench.profiling.categories import categorize
+
+# Event kinds. Host events nest on their thread; device events (kernels, copies) run on streams and do not nest.
+HOST_CATS = {"cpu_op", "user_annotation", "python_function", "operator"}
+DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset", "mtia_ccp_events"}
+DEVICE_ANNOTATION_CATS = {"gpu_user_annotation"}
+STEP_PREFIX = "ProfilerStep#"
+PHASE_PREFIX = "workbench/"
+PHASE_NAMES = {PHASE_PREFIX + p for p in ("data", "forward", "backward", "optimizer")}
+FLOPS_ARG = "FLOPs"  # written into each op's args by ``annotate_flops`` (torch's own trace does not carry them)
+
+
+@dataclass
+class TraceEvent:
+    """One complete event of the trace. Times are microseconds; ``category`` and ``self_us`` are filled in by
+    ``load_events``."""
+
+    name: str
+    cat: str
+    ts: float
+    dur: float
+    pid: Any
+    tid: Any
+    args: dict = field(default_factory=dict)
+    parent: "TraceEvent | None" = field(default=None, repr=False)
+    self_us: float = 0.0
+    category: str = "other"
+    linked_op: "TraceEvent | None" = field(default=None, repr=False)  # device kernel -> the host op that launched it
+
+    @property
+    def end(self) -> float:
+        return self.ts + self.dur
+
+    @property
+    def is_device(self) -> bool:
+        return self.cat in DEVICE_CATS
+
+    @property
+    def flops(self) -> float:
+        return float(self.args.get(FLOPS_ARG) or 0.0)
+
+    @property
+    def thread(self) -> tuple:
+        return (self.pid, self.tid)
+
+    def ancestors(self) -> Iterable["TraceEvent"]:
+        node = self.parent
+        while node is not None:
+            yield node
+            node = node.parent
+
+
+@dataclass
+class MemoryEvent:
+    """One allocator event from ``profile_memory``: bytes (+/-) and the running total for that device."""
+
+    ts: float
+    bytes: int
+    total_allocated: int
+    device_type: int
+
+
+@dataclass
+class Trace:
+    """Everything the analysis needs from one trace file."""
+
+    events: list[TraceEvent]
+    memory: list[MemoryEvent]
+    path: str | None = None
+
+    @property
+    def steps(self) -> list[TraceEvent]:
+        """The ``ProfilerStep#N`` ranges (one per active step), oldest first."""
+        return sorted((e for e in self.events if e.name.startswith(STEP_PREFIX) and not e.is_device),
+                      key=lambda e: e.ts)
+
+    @property
+    def has_device_kernels(self) -> bool:
+        return any(e.is_device for e in self.events)
+
+
+def read_trace_json(path: str | os.PathLike) -> dict:
+    """The raw JSON of a trace file. Accepts a dict-with-traceEvents or a bare list of events (both are valid)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"trace file {path} does not exist; run a profile first (workbench profile ...)")
+    data = json.loads(path.read_text())
+    return {"traceEvents": data} if isinstance(data, list) else data
+
+
+def annotate_flops(trace: dict, flops_by_external_id: dict[int, float]) -> int:
+    """Write ``FLOPs`` into the args of each op whose ``External id`` has a FLOP count. Returns how many."""
+    done = 0
+    for event in trace.get("traceEvents", []):
+        args = event.get("args")
+        if not isinstance(args, dict) or event.get("cat") not in HOST_CATS:
+            continue
+        flops = flops_by_external_id.get(args.get("External id"))
+        if flops:
+            args[FLOPS_ARG] = int(flops)
+            done += 1
+    return done
+
+
+def load_trace(source: str | os.PathLike | dict) -> Trace:
+    """Parse a trace (file path or already-loaded JSON) into events with parents, self time and categories."""
+    raw = source if isinstance(source, dict) else read_trace_json(source)
+    events, memory = [], []
+    for item in raw.get("traceEvents", []):
+        ph, name = item.get("ph"), item.get("name", "")
+        if ph == "X" and "ts" in item and "dur" in item:
+            events.append(TraceEvent(name=str(name), cat=str(item.get("cat", "")), ts=float(item["ts"]),
+                                     dur=max(0.0, float(item["dur"])), pid=item.get("pid"), tid=item.get("tid"),
+                                     args=dict(item.get("args") or {})))
+        elif ph == "i" and name == "[memory]":
+            args = item.get("args") or {}
+            memory.append(MemoryEvent(ts=float(item["ts"]), bytes=int(args.get("Bytes", 0)),
+                                      total_allocated=int(args.get("Total Allocated", 0)),
+                                      device_type=int(args.get("Device Type", 0))))
+    _link_nesting(events)
+    _link_kernels(events)
+    forward_of = _forward_ops(events)
+    for event in events:
+        event.category = _category_of(event, forward_of)
+    memory.sort(key=lambda m: m.ts)
+    return Trace(events=events, memory=memory, path=None if isinstance(source, dict) else str(source))
+
+
+def _link_nesting(events: list[TraceEvent]) -> None:
+    """Set ``parent`` and ``self_us`` for host events, thread by thread, with a stack (events sorted by start)."""
+    by_thread: dict[tuple, list[TraceEvent]] = {}
+    for event in events:
+        event.self_us = event.dur
+        if event.cat in HOST_CATS:
+            by_thread.setdefault(event.thread, []).append(event)
+    eps = 1e-3  # the trace rounds to nanoseconds; a child may end a hair after its parent
+    for thread_events in by_thread.values():
+        thread_events.sort(key=lambda e: (e.ts, -e.dur))
+        stack: list[TraceEvent] = []
+        for event in thread_events:
+            while stack and stack[-1].end < event.end - eps:
+                stack.pop()
+            if stack:
+                event.parent = stack[-1]
+                stack[-1].self_us -= event.dur
+            stack.append(event)
+    for event in events:
+        event.self_us = max(0.0, event.self_us)
+
+
+def _link_kernels(events: list[TraceEvent]) -> None:
+    """Point each device kernel at the host op that launched it (shared ``External id``), for its category."""
+    ops = {e.args.get("External id"): e for e in events if e.cat == "cpu_op" and "External id" in e.args}
+    for event in events:
+        if event.is_device:
+            event.linked_op = ops.get(event.args.get("External id"))
+
+
+def _label(event: TraceEvent) -> str:
+    """The name to categorise by: a Python frame "path/file.py(12): attention" counts by its function name only,
+    so a kernel function named ``attention`` marks its ops but a module file named attention_gqa.py does not."""
+    if event.cat == "python_function":
+        return event.name.rsplit(": ", 1)[-1]
+    return event.name
+
+
+def _forward_ops(events: list[TraceEvent]) -> dict[int, TraceEvent]:
+    """Sequence number -> the outermost forward op that created the autograd node with that number."""
+    forward: dict[int, TraceEvent] = {}
+    for event in sorted(events, key=lambda e: e.ts):
+        seq = event.args.get("Sequence number")
+        if event.cat == "cpu_op" and seq is not None and "evaluate_function" not in event.name:
+            forward.setdefault(seq, event)
+    return forward
+
+
+def _context(event: TraceEvent, forward_of: dict[int, TraceEvent]) -> list[str]:
+    """Names enclosing ``event``, innermost first. A backward op also gets its forward op's context (linked by the
+    autograd sequence number), so the backward of a reference attention is attention time too."""
+    names, backward_node = [], None
+    for parent in event.ancestors():
+        names.append(_label(parent))
+        if backward_node is None and "evaluate_function" in parent.name:
+            backward_node = parent
+    if backward_node is None and "evaluate_function" in event.name:
+        backward_node = event
+    fwd = forward_of.get(backward_node.args.get("Sequence number")) if backward_node is not None else None
+    if fwd is not None:
+        names += [_label(fwd)] + [_label(a) for a in fwd.ancestors()]
+    return names
+
+
+def _category_of(event: TraceEvent, forward_of: dict[int, TraceEvent]) -> str:
+    if event.is_device and event.linked_op is not None:
+        op = event.linked_op
+        own = categorize(event.name)  # a kernel named nccl... is communication whoever launched it
+        if own == "communication":
+            return own
+        return categorize(_label(op), _context(op, forward_of))
+    return categorize(_label(event), _context(event, forward_of))
+
+
+def is_structural(event: TraceEvent) -> bool:
+    """Step and phase ranges (``ProfilerStep#N``, ``workbench/forward`` ...): they frame ops but are not ops."""
+    return event.name.startswith(STEP_PREFIX) or event.name in PHASE_NAMES

@@ -1,0 +1,29 @@
+"""Profile a ``workbench.train.Trainer``: its ``train_step`` under the profiler, with the model's FLOPs per step
+(``Trainer.flops_per_token`` from ``workbench.model.accounting``) and the device peak (``Trainer.peak``) feeding the
+MFU waterfall. Used by ``workbench profile`` and notebooks/04_profiling.ipynb.
+"""
+
+from __future__ import annotations
+
+import os
+
+from workbench.profiling.analysis import ProfileReport, analyze
+from workbench.profiling.session import ProfileConfig, ProfileRun, profile_steps
+
+
+def trainer_tokens_per_step(trainer) -> int:
+    """Tokens one ``train_step`` processes (all micro-batches, all data-parallel ranks)."""
+    c = trainer.config
+    return int(c.batch_size * c.seq_len * c.grad_accum * getattr(trainer, "world_size", 1))
+
+
+def profile_trainer(trainer, config: ProfileConfig | None = None, out_dir: str | os.PathLike | None = None,
+                    top_n: int = 10) -> tuple[ProfileRun, ProfileReport]:
+    """Profile ``trainer.train_step`` and analyze it with the model's FLOPs and the device's peak."""
+    run = profile_steps(trainer.train_step, config, device=trainer.device, out_dir=out_dir)
+    flops_per_token = getattr(trainer, "flops_per_token", None)
+    flops = flops_per_token * trainer_tokens_per_step(trainer) if flops_per_token else None
+    report = analyze(run, flops_per_step=flops, peak=getattr(trainer, "peak", None), top_n=top_n,
+                     flops_source="workbench.model.accounting.flops_per_token x tokens per step" if flops else "")
+    report.info["tokens_per_step"] = trainer_tokens_per_step(trainer)
+    return run, report
