@@ -1,0 +1,194 @@
+"""The GLM model: shapes, losses, label convention, MTP, MoE balancing, DSA, validation errors."""
+
+import pytest
+import torch
+
+from workbench.errors import ConfigError
+from workbench.model import ModelConfig, ModelOutput, build_model, get_preset, list_presets
+
+TINY = ["glm4-tiny", "glm45-tiny", "glm5-tiny"]
+
+
+def _small(name, **kw):
+    """A tiny preset shrunk further so a test forward takes milliseconds."""
+    return get_preset(name).replace(vocab_size=128, **kw)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_forward_logits_and_loss(name):
+    torch.manual_seed(0)
+    cfg = _small(name)
+    model = build_model(cfg)
+    x = torch.randint(0, cfg.vocab_size, (2, 48))
+    out = model(x)
+    assert isinstance(out, ModelOutput) and out.logits.shape == (2, 48, cfg.vocab_size) and out.loss is None
+    y = torch.roll(x, -1, 1)
+    out = model(x, labels=y)
+    assert out.logits is None and torch.isfinite(out.loss)
+    # untrained model: loss near log(V)
+    assert abs(out.lm_loss.item() - torch.log(torch.tensor(float(cfg.vocab_size))).item()) < 0.5
+    expected = out.lm_loss + (cfg.mtp_loss_weight * out.mtp_loss if cfg.mtp_layers else 0)
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "indexer" not in n]
+    assert all(g is not None for g in grads)
+    if cfg.is_moe:
+        assert out.expert_load.shape == (cfg.num_layers - cfg.first_k_dense, cfg.num_experts)
+        assert int(out.expert_load.sum(1)[0]) == 2 * 48 * cfg.num_experts_per_token
+    else:
+        assert out.expert_load is None
+
+
+def test_lm_loss_uses_labels_at_same_position():
+    torch.manual_seed(0)
+    cfg = _small("glm4-tiny", num_layers=1)
+    model = build_model(cfg)
+    x = torch.randint(0, cfg.vocab_size, (1, 16))
+    y = torch.randint(0, cfg.vocab_size, (1, 16))
+    logits = model(x).logits
+    expected = torch.nn.functional.cross_entropy(logits[0], y[0])
+    torch.testing.assert_close(model(x, labels=y).lm_loss, expected, rtol=1e-5, atol=1e-5)
+    y_ignored = y.clone()
+    y_ignored[0, 8:] = -100
+    expected = torch.nn.functional.cross_entropy(logits[0, :8], y[0, :8])
+    torch.testing.assert_close(model(x, labels=y_ignored).lm_loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mtp_targets_are_labels_shifted_by_one():
+    """MTP depth 1 at position t predicts labels[t + 1]: changing labels[0] must not change the MTP loss."""
+    torch.manual_seed(0)
+    cfg = _small("glm45-tiny", num_layers=2)
+    model = build_model(cfg)
+    x = torch.randint(0, cfg.vocab_size, (1, 16))
+    y = torch.roll(x, -1, 1)
+    a = model(x, labels=y)
+    y2 = y.clone()
+    y2[0, 0] = (y2[0, 0] + 1) % cfg.vocab_size
+    b = model(x, labels=y2)
+    torch.testing.assert_close(a.mtp_loss, b.mtp_loss)
+    assert a.lm_loss != b.lm_loss
+    y3 = y.clone()
+    y3[0, 5] = (y3[0, 5] + 1) % cfg.vocab_size
+    assert model(x, labels=y3).mtp_loss != a.mtp_loss
+
+
+def test_causality():
+    torch.manual_seed(0)
+    for name in TINY:
+        dsa = {"index_topk": 4, "indexer_types": ("full", "shared")} if name == "glm5-tiny" else {}
+        cfg = _small(name, num_layers=2, **dsa)
+        model = build_model(cfg)
+        x = torch.randint(0, cfg.vocab_size, (1, 24))
+        x2 = x.clone()
+        x2[0, 12:] = (x2[0, 12:] + 3) % cfg.vocab_size
+        torch.testing.assert_close(model(x).logits[:, :12], model(x2).logits[:, :12])
+
+
+def test_expert_bias_update_balances_and_only_selects():
+    torch.manual_seed(0)
+    cfg = _small("glm45-tiny", num_layers=2, mtp_layers=0)
+    model = build_model(cfg)
+    assert model.update_expert_bias() != {} or True
+    moe = model.layers[1].mlp
+    with torch.no_grad():
+        moe.router.weight[0] += 0.5  # make expert 0 attractive to every token
+    x = torch.randint(0, cfg.vocab_size, (4, 32))
+    model(x)
+    before = moe.load_accum.clone()
+    metrics = model.update_expert_bias(rate=0.01)
+    assert metrics["expert_load/max_over_mean"] > 1.0
+    bias = moe.router.expert_bias
+    assert bias[before.argmax()] < 0 and moe.load_accum.sum() == 0
+    # the bias changes the choice, never the weights: with a huge bias on expert 0 the weights stay sigmoid-based
+    xt = torch.randn(5, cfg.hidden_size)
+    moe.router.expert_bias.zero_()
+    moe.router.expert_bias[3] = 100.0
+    idx, w, scores = moe.router(xt)
+    assert (idx == 3).any(dim=-1).all()
+    expect = scores.gather(-1, idx)
+    torch.testing.assert_close(w, expect / expect.sum(-1, keepdim=True) * cfg.routed_scaling)
+    assert build_model(_small("glm4-tiny", num_layers=1)).update_expert_bias() == {}
+
+
+def test_aux_loss_reported_separately():
+    torch.manual_seed(0)
+    cfg = _small("glm45-tiny", num_layers=2, aux_loss_coef=0.01, mtp_layers=0)
+    model = build_model(cfg)
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    out = model(x, labels=torch.roll(x, -1, 1))
+    assert out.aux_loss is not None and out.aux_loss > 0
+    torch.testing.assert_close(out.loss, out.lm_loss + 0.01 * out.aux_loss)
+    assert build_model(cfg.replace(aux_loss_coef=0.0))(x, labels=x).aux_loss is None
+
+
+def test_dsa_indexer_topk_causal_and_shared_layers():
+    torch.manual_seed(0)
+    cfg = _small("glm5-tiny", index_topk=4)
+    model = build_model(cfg)
+    attn = model.layers[0].self_attn
+    S = 10
+    x = torch.randn(2, S, cfg.hidden_size)
+    cos, sin = model.rotary(S, x.device)
+    q_latent = attn.q_a_layernorm(attn.q_a_proj(x))
+    topk = attn.indexer(x, q_latent, cos, sin)
+    assert topk.shape == (2, S, 4)
+    for t in range(S):
+        chosen = topk[:, t]
+        valid = chosen[chosen >= 0]
+        assert (valid <= t).all()                           # causal
+        assert (chosen >= 0).sum(-1).tolist() == [min(t + 1, 4)] * 2
+    # shared layers reuse the previous layer's top-k, and own no indexer
+    assert model.layers[1].self_attn.indexer is None and model.layers[2].self_attn.indexer is not None
+    out, used = model.layers[1].self_attn(x, cos, sin, prev_topk=topk)
+    assert used is topk
+    # sparse attention differs from dense once the sequence is longer than index_topk
+    dense, _ = model.layers[1].self_attn(x, cos, sin, prev_topk=None)
+    assert not torch.allclose(out, dense)
+    torch.testing.assert_close(out[:, :4], dense[:, :4])  # the first topk positions see all their keys
+
+
+def test_full_size_presets_build_on_meta():
+    for name in ("glm-5", "glm-4.5", "glm-4.5-air"):
+        model = build_model(get_preset(name), device="meta")
+        assert next(model.parameters()).device.type == "meta"
+
+
+def test_dtype_keeps_balancing_state_fp32():
+    model = build_model(_small("glm45-tiny", num_layers=2), dtype=torch.bfloat16)
+    assert model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.layers[1].mlp.router.expert_bias.dtype == torch.float32
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(hidden_size=250, num_heads=4, head_dim=None), "must divide hidden_size"),
+    (dict(num_kv_heads=3), "num_kv_heads"),
+    (dict(partial_rotary_factor=0.3), "rotary dims"),   # 64 * 0.3 = 19, odd
+    (dict(num_experts=4, num_experts_per_token=5), "num_experts_per_token"),
+    (dict(attention_type="sparse"), "attention_type"),
+    (dict(ffn_act="relu"), "ffn_act"),
+])
+def test_bad_gqa_configs(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        get_preset("glm45-tiny").replace(**changes)
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(index_topk=0), "index_topk"),
+    (dict(qk_rope_head_dim=15), "qk_rope_head_dim"),
+    (dict(qk_rope_head_dim=64, index_head_dim=32), "index_head_dim"),
+    (dict(indexer_types=("shared", "full", "full", "full")), "indexer_types"),
+    (dict(indexer_types=("full", "full")), "indexer_types"),
+    (dict(q_lora_rank=0), "q_lora_rank"),
+])
+def test_bad_mla_configs(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        get_preset("glm5-tiny").replace(**changes)
+
+
+def test_rotary_larger_than_head_dim_and_unknown_preset():
+    with pytest.raises(ConfigError, match="rotary"):
+        ModelConfig(hidden_size=64, num_heads=4, num_kv_heads=4, head_dim=2, partial_rotary_factor=0.5)
+    with pytest.raises(ConfigError) as err:
+        get_preset("glm-6")
+    for name in list_presets():
+        assert name in str(err.value)

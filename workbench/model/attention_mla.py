@@ -1,0 +1,76 @@
+"""Multi-head latent attention (MLA), optionally sparse through the DSA lightning indexer: the attention of GLM-5.
+
+Paper: DeepSeek-V2 (DeepSeek-AI 2024), section 2.1. Keys and values are rebuilt from a small shared latent
+c_kv = RMSNorm(kv_a(x)) of ``kv_lora_rank`` channels (what an inference cache would hold), queries from a latent of
+``q_lora_rank`` channels. RoPE cannot pass through the low-rank up-projection, so position is carried by separate
+"decoupled" channels: ``qk_rope_head_dim`` rotated channels per query head and ONE rotated key head shared by all
+heads. Per head: q = [q_nope | q_rope] (192 + 64 in GLM-5), k = [k_nope | k_rope], v of ``v_head_dim``.
+
+With DSA (DeepSeek-V3.2 2025) each query attends only to the keys its layer's indexer picked; a "shared" layer
+reuses the previous layer's picks. When the sequence is no longer than ``index_topk`` every causal key is picked,
+so the layer skips the indexer's mask and runs plain causal attention (the same numbers, a faster kernel path).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench import kernels
+from workbench.model.config import ModelConfig
+from workbench.model.dsa_indexer import LightningIndexer
+from workbench.model.layers import RMSNorm
+
+
+class MLAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, indexer_type: str | None = None):
+        super().__init__()
+        self.n_heads = cfg.num_heads
+        self.nope, self.rope_dim, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.kv_rank, self.interleaved = cfg.kv_lora_rank, cfg.rope_interleaved
+        self.scale = (self.nope + self.rope_dim) ** -0.5
+        d, h, bias = cfg.hidden_size, cfg.num_heads, cfg.attention_bias
+        if cfg.q_lora_rank > 0:   # low-rank q: x -> latent -> heads
+            self.q_a_proj = nn.Linear(d, cfg.q_lora_rank, bias=bias)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.latent_norm_eps)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, h * (self.nope + self.rope_dim), bias=False)
+        else:
+            self.q_proj = nn.Linear(d, h * (self.nope + self.rope_dim), bias=False)
+        # kv_a yields the kv latent and the single shared rotary key head in one matmul ("with MQA")
+        self.kv_a_proj_with_mqa = nn.Linear(d, self.kv_rank + self.rope_dim, bias=bias)
+        self.kv_a_layernorm = RMSNorm(self.kv_rank, cfg.latent_norm_eps)
+        self.kv_b_proj = nn.Linear(self.kv_rank, h * (self.nope + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(h * self.v_dim, d, bias=bias)
+        # DSA: "full" layers own an indexer, "shared" layers reuse the previous layer's top-k, None = dense MLA
+        self.indexer_type = indexer_type
+        self.indexer = LightningIndexer(cfg) if indexer_type == "full" else None
+
+    def forward(self, x_BSD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                prev_topk: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (output [B, S, D], the top-k indices this layer used, or None when attention was dense)."""
+        B, S, _ = x_BSD.shape
+        if hasattr(self, "q_a_proj"):
+            q_latent = self.q_a_layernorm(self.q_a_proj(x_BSD))
+            q = self.q_b_proj(q_latent)
+        else:
+            q_latent, q = None, self.q_proj(x_BSD)
+        q = q.view(B, S, self.n_heads, self.nope + self.rope_dim).transpose(1, 2)   # [B, H, S, nope+rope]
+        q_nope, q_rope = q.split([self.nope, self.rope_dim], dim=-1)
+
+        kv_latent, k_rope = self.kv_a_proj_with_mqa(x_BSD).split([self.kv_rank, self.rope_dim], dim=-1)
+        kv = self.kv_b_proj(self.kv_a_layernorm(kv_latent))
+        kv = kv.view(B, S, self.n_heads, self.nope + self.v_dim).transpose(1, 2)     # [B, H, S, nope+v]
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+
+        q_rope = kernels.rope(q_rope, cos, sin, self.interleaved)
+        k_rope = kernels.rope(k_rope.view(B, 1, S, self.rope_dim), cos, sin, self.interleaved)  # one head for all
+        q = torch.cat([q_nope, q_rope], dim=-1)
+        k = torch.cat([k_nope, k_rope.expand(B, self.n_heads, S, self.rope_dim)], dim=-1)
+
+        topk = None
+        if self.indexer_type == "full":
+            topk = self.indexer(x_BSD, q_latent, cos, sin) if S > self.indexer.topk else None
+        elif self.indexer_type == "shared":
+            topk = prev_topk
+        out = kernels.attention(q, k, v, causal=True, scale=self.scale, topk_indices=topk)  # [B, H, S, v]
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.v_dim)), topk
