@@ -1,22 +1,54 @@
 """Load ``accelerators.csv`` (shipped in this package) into ``Chip`` records and look chips up by name.
 
-Two lookups: ``find_chip`` for names people type ("h100", "Ascend 910B"), and ``match_device_name`` for the name
-torch reports for a live device ("NVIDIA H100 80GB HBM3", "Ascend910B2"), through the ``device_name_patterns``
-column (lower-case substrings; the longest matching pattern wins, so "ascend910b2" beats "ascend910b").
+Two lookups: ``find_chip`` for names people type ("h100", "Ascend 910B", "H100-SXM"), and ``match_device_name`` for
+the name torch reports for a live device ("NVIDIA H100 80GB HBM3", "Ascend910B2"), through the
+``device_name_patterns`` column (lower-case substrings; the longest matching pattern wins, so "ascend910b2" beats
+"ascend910b").
+
+Sources: every row has a ``source`` and a ``confidence``; ``field_sources.csv`` refines them per field (FP8 peaks,
+measured bus bandwidths, power), and ``Chip.field_source(name)`` answers for one number. Users add their own chips
+with ``chip_from_dict`` / ``load_chip_file`` and ``register_chip``; "this machine" joins through
+``workbench.hardware.this_machine``. Used by the device layer, ``workbench.perfmodel`` and
+notebooks/05_hardware_comparison.ipynb.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import difflib
 import functools
+import json
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import WorkbenchError
+
+# Numeric fields of a chip, with their unit (used for validation, tables and custom chips).
+NUMERIC_FIELDS: dict[str, str] = {
+    "bf16_dense_tflops": "TFLOP/s", "fp8_dense_tflops": "TFLOP/s", "fp32_tflops": "TFLOP/s",
+    "hbm_gb": "GB", "hbm_tb_s": "TB/s",
+    "scale_up_gb_s": "GB/s", "scale_up_domain": "chips", "scale_up_busbw_gb_s": "GB/s",
+    "scale_out_gb_s_per_chip": "GB/s", "tdp_w": "W", "system_w_per_chip": "W", "measured_gemm_tflops": "TFLOP/s",
+}
+CONFIDENCES = ("high", "medium", "low", "measured", "user")
 
 
-def _float(text: str) -> float | None:
-    text = (text or "").strip()
-    return float(text) if text else None
+class UnknownChipError(WorkbenchError, KeyError):
+    """No chip of that name; the message lists close matches. A KeyError for old callers, a WorkbenchError for CLIs."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class FieldSource:
+    source: str
+    confidence: str
 
 
 @dataclass(frozen=True)
@@ -27,64 +59,239 @@ class Chip:
     fp8_dense_tflops: float | None
     hbm_gb: float | None
     hbm_tb_s: float | None
-    scale_up_gb_s: float | None
+    scale_up_gb_s: float | None  # vendor aggregate per chip (NVLink figures are bidirectional totals)
     scale_up_note: str
     scale_out_gb_s_per_chip: float | None
     tdp_w: float | None
     confidence: str
     source: str
     device_name_patterns: tuple[str, ...] = ()
+    scale_up_domain: int | None = None  # chips per NVLink/HCCS/UB domain
+    scale_up_busbw_gb_s: float | None = None  # measured all-reduce bus bandwidth inside the domain
+    system_w_per_chip: float | None = None  # all-in server power / accelerators
+    measured_gemm_tflops: float | None = None  # measured large bf16 matmul rate
+    fp32_tflops: float | None = None  # only for "this machine" (probe) and custom chips
+    field_sources: tuple[tuple[str, str, str], ...] = ()  # (field, source, confidence) refinements
 
     def peak_flops(self, dtype: str = "bf16") -> float | None:
-        """Dense peak FLOP/s for 'bf16'/'fp16' or 'fp8'; None where the catalog has no figure (e.g. fp32)."""
-        tflops = {"bf16": self.bf16_dense_tflops, "fp16": self.bf16_dense_tflops, "fp8": self.fp8_dense_tflops}.get(dtype)
+        """Dense peak FLOP/s for 'bf16'/'fp16', 'fp8' or 'fp32'; None where the catalog has no figure."""
+        tflops = {"bf16": self.bf16_dense_tflops, "fp16": self.bf16_dense_tflops, "fp8": self.fp8_dense_tflops,
+                  "fp32": self.fp32_tflops}.get(dtype)
         return None if tflops is None else tflops * 1e12
+
+    def field_source(self, field: str) -> FieldSource:
+        """Where one number comes from: a per-field entry of field_sources.csv, else the row's source."""
+        for name, source, confidence in self.field_sources:
+            if name == field:
+                return FieldSource(source, confidence)
+        return FieldSource(self.source, self.confidence)
+
+    def with_overrides(self, **values: Any) -> "Chip":
+        """A copy with some numbers replaced (e.g. a slower interconnect); the changed fields say 'user override'."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise WorkbenchError(f"unknown chip field(s) {sorted(unknown)}; known: {sorted(NUMERIC_FIELDS)}")
+        for name, value in values.items():
+            if name in NUMERIC_FIELDS:
+                _check_number(name, value)
+        notes = tuple((n, "user override", "user") for n in values if n in NUMERIC_FIELDS)
+        return dataclasses.replace(self, field_sources=notes + self.field_sources, **values)
+
+    def as_row(self) -> dict[str, Any]:
+        """A flat dict with every number and its source (for tables and JSON)."""
+        row: dict[str, Any] = {"chip": self.chip, "vendor": self.vendor}
+        for name in NUMERIC_FIELDS:
+            row[name] = getattr(self, name)
+            src = self.field_source(name)
+            row[f"{name}_source"] = src.source
+            row[f"{name}_confidence"] = src.confidence
+        row["scale_up_note"] = self.scale_up_note
+        return row
+
+
+def _float(text: str) -> float | None:
+    text = (text or "").strip()
+    return float(text) if text else None
+
+
+def _int(text: str) -> int | None:
+    value = _float(text)
+    return None if value is None else int(value)
+
+
+def _check_number(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise WorkbenchError(f"chip field {name!r} = {value!r} must be a non-negative number ({NUMERIC_FIELDS[name]})")
+
+
+def _read_package_csv(name: str) -> list[dict[str, str]]:
+    text = resources.files("workbench.hardware").joinpath(name).read_text()
+    return list(csv.DictReader(text.splitlines()))
+
+
+@functools.lru_cache(maxsize=1)
+def _field_sources() -> dict[str, list[tuple[str, str, str]]]:
+    by_chip: dict[str, list[tuple[str, str, str]]] = {}
+    for row in _read_package_csv("field_sources.csv"):
+        by_chip.setdefault(row["chip"], []).append((row["field"], row["source"], row["confidence"]))
+    return by_chip
+
+
+def _row_to_chip(row: dict[str, str]) -> Chip:
+    sources = _field_sources()
+    specific = sources.get(row["chip"], [])
+    # Generic per-field notes ('*') apply only where the chip has that number and no specific note.
+    generic = [s for s in sources.get("*", []) if (row.get(s[0]) or "").strip() and s[0] not in {x[0] for x in specific}]
+    return Chip(
+        chip=row["chip"], vendor=row["vendor"],
+        bf16_dense_tflops=_float(row["bf16_dense_tflops"]), fp8_dense_tflops=_float(row["fp8_dense_tflops"]),
+        hbm_gb=_float(row["hbm_gb"]), hbm_tb_s=_float(row["hbm_tb_s"]),
+        scale_up_gb_s=_float(row["scale_up_gb_s"]), scale_up_note=row["scale_up_note"],
+        scale_out_gb_s_per_chip=_float(row["scale_out_gb_s_per_chip"]), tdp_w=_float(row["tdp_w"]),
+        confidence=row["confidence"], source=row["source"],
+        device_name_patterns=tuple(p for p in row["device_name_patterns"].split("|") if p),
+        scale_up_domain=_int(row.get("scale_up_domain", "")),
+        scale_up_busbw_gb_s=_float(row.get("scale_up_busbw_gb_s", "")),
+        system_w_per_chip=_float(row.get("system_w_per_chip", "")),
+        measured_gemm_tflops=_float(row.get("measured_gemm_tflops", "")),
+        field_sources=tuple(specific + generic),
+    )
 
 
 @functools.lru_cache(maxsize=1)
 def load_catalog() -> tuple[Chip, ...]:
-    text = resources.files("workbench.hardware").joinpath("accelerators.csv").read_text()
-    chips = []
-    for row in csv.DictReader(text.splitlines()):
-        chips.append(Chip(
-            chip=row["chip"], vendor=row["vendor"],
-            bf16_dense_tflops=_float(row["bf16_dense_tflops"]), fp8_dense_tflops=_float(row["fp8_dense_tflops"]),
-            hbm_gb=_float(row["hbm_gb"]), hbm_tb_s=_float(row["hbm_tb_s"]),
-            scale_up_gb_s=_float(row["scale_up_gb_s"]), scale_up_note=row["scale_up_note"],
-            scale_out_gb_s_per_chip=_float(row["scale_out_gb_s_per_chip"]), tdp_w=_float(row["tdp_w"]),
-            confidence=row["confidence"], source=row["source"],
-            device_name_patterns=tuple(p for p in row["device_name_patterns"].split("|") if p),
-        ))
-    return tuple(chips)
+    """The shipped catalog (without user-registered chips)."""
+    return tuple(_row_to_chip(row) for row in _read_package_csv("accelerators.csv"))
 
 
+# --------------------------------------------------------------------------------------------------------------
+# custom chips
+# --------------------------------------------------------------------------------------------------------------
+_REGISTERED: dict[str, Chip] = {}
+
+
+def chip_from_dict(values: dict[str, Any], base: str | Chip | None = None) -> Chip:
+    """A chip from a dict of catalog fields, e.g. ``{"chip": "my-npu", "bf16_dense_tflops": 400, "hbm_gb": 64}``.
+
+    ``base`` (a catalog name or a Chip) fills the fields the dict leaves out, so ``{"chip": "H100 slow net",
+    "scale_out_gb_s_per_chip": 12.5}`` with ``base="H100"`` is an H100 with a slower network.
+    """
+    if not isinstance(values, dict):
+        raise WorkbenchError(f"a custom chip must be a dict of fields, got {type(values).__name__}")
+    values = dict(values)
+    name = values.pop("chip", None) or values.pop("name", None)
+    if not name or not isinstance(name, str):
+        raise WorkbenchError("a custom chip needs a 'chip' name, e.g. {'chip': 'my-npu', 'bf16_dense_tflops': 400}")
+    base = values.pop("base", None) or base
+    allowed = set(NUMERIC_FIELDS) | {"vendor", "scale_up_note", "source", "confidence"}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise WorkbenchError(f"custom chip {name!r}: unknown field(s) {unknown}; known: {sorted(allowed)}")
+    for field, value in values.items():
+        if field in NUMERIC_FIELDS:
+            _check_number(field, value)
+    if "scale_up_domain" in values and values["scale_up_domain"] is not None:
+        values["scale_up_domain"] = int(values["scale_up_domain"])
+    source = values.pop("source", "user-supplied")
+    confidence = values.pop("confidence", "user")
+    if base is not None:
+        template = base if isinstance(base, Chip) else find_chip(base)
+        notes = tuple((f, source, confidence) for f in values if f in NUMERIC_FIELDS)
+        return dataclasses.replace(template, chip=name, field_sources=notes + template.field_sources, **values)
+    if values.get("bf16_dense_tflops") is None and values.get("fp32_tflops") is None:
+        raise WorkbenchError(f"custom chip {name!r} needs a peak: 'bf16_dense_tflops' (or 'fp32_tflops'), or a 'base'")
+    fields = {f: values.get(f) for f in NUMERIC_FIELDS}
+    return Chip(chip=name, vendor=values.get("vendor", "custom"), scale_up_note=values.get("scale_up_note", ""),
+                confidence=confidence, source=source, **fields)
+
+
+def load_chip_file(path: str | Path) -> list[Chip]:
+    """Custom chips from a JSON file (one dict or a list of dicts) or a CSV with the catalog's columns."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"chip file {str(path)!r} does not exist")
+    if path.suffix.lower() == ".csv":
+        chips = []
+        for row in csv.DictReader(path.read_text().splitlines()):
+            values: dict[str, Any] = {k: v for k, v in row.items() if k and v not in (None, "")}
+            for field in NUMERIC_FIELDS:
+                if field in values:
+                    try:
+                        values[field] = float(values[field])
+                    except ValueError:
+                        raise WorkbenchError(f"{path}: chip field {field!r} = {values[field]!r} is not a number") from None
+            values.pop("device_name_patterns", None)
+            chips.append(chip_from_dict(values))
+        return chips
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise WorkbenchError(f"{path}: not valid JSON ({exc})") from None
+    return [chip_from_dict(d) for d in (data if isinstance(data, list) else [data])]
+
+
+def register_chip(chip: Chip | dict) -> Chip:
+    """Make ``chip`` findable by name (``find_chip``, the simulator) for the rest of this process."""
+    if isinstance(chip, dict):
+        chip = chip_from_dict(chip)
+    _REGISTERED[_normalise(chip.chip)] = chip
+    return chip
+
+
+def unregister_chip(name: str) -> None:
+    _REGISTERED.pop(_normalise(name), None)
+
+
+def all_chips() -> tuple[Chip, ...]:
+    """Catalog chips plus registered ones (a registered chip replaces a catalog chip of the same name)."""
+    catalog = {_normalise(c.chip): c for c in load_catalog()}
+    catalog.update(_REGISTERED)
+    return tuple(catalog.values())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# lookups
+# --------------------------------------------------------------------------------------------------------------
 def _normalise(name: str) -> str:
     """Lower-case, drop vendor words, punctuation and form-factor suffixes: 'NVIDIA H100-SXM' -> 'h100'."""
     name = name.lower()
     name = re.sub(r"\b(nvidia|huawei|amd|intel|google)\b", " ", name)
-    name = re.sub(r"\b(sxm\d?|pcie|hbm\d?e?|\d+\s?gb)\b", " ", name)
+    name = re.sub(r"(?<=\d)(sxm\d?)\b", " ", name)  # 'H100SXM'
+    name = re.sub(r"\b(sxm\d?|pcie|hbm\d?e?|\d+\s?gb|generic)\b", " ", name)
     return re.sub(r"[^a-z0-9]+", "", name)
 
 
-def find_chip(name: str) -> Chip:
-    """The catalog chip named ``name`` (loosely: case, spaces, vendor and 'SXM' don't matter).
+def find_chip(name: str | Chip) -> Chip:
+    """The chip named ``name`` (loosely: case, spaces, vendor and 'SXM' don't matter), registered chips included.
 
-    Raises ``KeyError`` listing close matches when there is no such chip.
+    Raises ``UnknownChipError`` (a KeyError and a WorkbenchError) listing close matches when there is no such chip.
     """
-    import difflib
-
+    if isinstance(name, Chip):
+        return name
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownChipError(f"a chip name must be a non-empty string, got {name!r}")
     wanted = _normalise(name)
-    chips = load_catalog()
+    chips = all_chips()
     by_key = {_normalise(c.chip): c for c in chips}
     if wanted in by_key:
         return by_key[wanted]
     prefixed = [c for key, c in by_key.items() if key.startswith(wanted) and wanted]
     if len(prefixed) == 1:
         return prefixed[0]
+    suffixed = [c for key, c in by_key.items() if key.endswith(wanted) and wanted]  # '910B' -> 'Ascend 910B'
+    if len(suffixed) == 1:
+        return suffixed[0]
+    if "(" in name:  # 'H100-SXM (96GB 500W)', 'Ascend 910B (Atlas 900 A2)': retry without the remark
+        try:
+            return find_chip(re.sub(r"\(.*?\)", " ", name))
+        except UnknownChipError:
+            pass
     close = difflib.get_close_matches(wanted, list(by_key), n=4, cutoff=0.5)
     suggestions = [by_key[k].chip for k in close] or [c.chip for c in prefixed]
     hint = f"; did you mean: {', '.join(suggestions)}?" if suggestions else f"; known chips: {', '.join(c.chip for c in chips)}"
-    raise KeyError(f"unknown chip {name!r}{hint}")
+    raise UnknownChipError(f"unknown chip {name!r}{hint}")
 
 
 def match_device_name(device_name: str) -> Chip | None:
@@ -96,3 +303,8 @@ def match_device_name(device_name: str) -> Chip | None:
             if pattern.replace(" ", "") in lowered and len(pattern) > best_len:
                 best, best_len = chip, len(pattern)
     return best
+
+
+def catalog_table(chips: tuple[Chip, ...] | list[Chip] | None = None) -> list[dict[str, Any]]:
+    """Rows for a spec table: each number with its source and confidence (notebook 05 shows it)."""
+    return [c.as_row() for c in (chips if chips is not None else all_chips())]

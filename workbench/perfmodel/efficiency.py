@@ -1,0 +1,82 @@
+"""The simulator's efficiency parameters: what fraction of a chip's peaks real kernels and collectives reach.
+
+Some are set from measurements with a source (alpha latencies from the NCCL latency model; all-to-all vs all-reduce
+bandwidth from DeepEP vs nccl-tests on H800), the rest are fitted on ../shared/reference/published_runs.csv by
+``workbench.perfmodel.calibration.fit`` and stored in ``calibration.json`` beside this file (with the fit's error).
+A spec may override any of them under ``"efficiency"``. Used by the simulator; documented in README.md here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+
+from workbench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    # GEMMs: time = flops / (peak * gemm_eff_max * size_factor), size_factor = 1 / (1 + d0/m + d0/n + d0/k), and never
+    # faster than the memory roofline. A chip's measured large-GEMM rate (catalog) replaces peak * gemm_eff_max.
+    gemm_eff_max: float = 0.80
+    gemm_d0: float = 96.0
+    attn_eff: float = 0.55  # flash attention core (causal work) vs dense peak
+    mem_eff: float = 0.80  # achieved / nominal HBM bandwidth
+    elementwise_factor: float = 1.5  # x the minimal bytes of norms, residuals, activations, RoPE (unfused kernels)
+    kernel_overhead_s: float = 4e-6  # per kernel launch (accelerators); CPUs measure theirs
+    kernels_per_layer: float = 30.0  # forward kernels per transformer layer; backward counts twice
+    # collectives (alpha-beta); bandwidth = measured busbw where the catalog has it, else eff x nominal
+    comm_eff_up: float = 0.75  # scale-up (NVLink/HCCS/UB) busbw / unidirectional nominal, when not measured
+    comm_eff_out: float = 0.90  # scale-out busbw / NIC nominal (nccl-tests issue 119: ~48 of 50 GB/s)
+    a2a_eff: float = 0.70  # all-to-all vs all-reduce bus bandwidth (DeepEP H800 ~155 GB/s vs nccl-tests 215)
+    alpha_up_s: float = 10e-6  # NCCL latency model: base ~6.6-14 us, per hop 0.6-3.4 us on NVLink
+    alpha_out_s: float = 20e-6  # per hop 2.7-14 us on the network
+    tp_exposed: float = 0.7  # fraction of TP/SP collective time not hidden behind compute
+    ep_exposed: float = 1.0  # fraction of EP all-to-all not hidden
+    dp_overlap: float = 0.9  # fraction of the overlappable backward that hides DP gradient collectives
+    moe_imbalance: float = 1.10  # busiest expert's load / mean load (aux-loss-free balancing, not measured here)
+    grad_reduce_bytes: float = 4.0  # gradients reduced in fp32 (Megatron / torchtitan default)
+    step_overhead_s: float = 0.0  # per optimizer step: data loading, logging, host sync
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"efficiency {f.name!r} = {value!r} must be a non-negative number")
+        for name in ("gemm_eff_max", "attn_eff", "mem_eff", "comm_eff_up", "comm_eff_out", "a2a_eff"):
+            if not 0 < getattr(self, name) <= 1.2:
+                raise ConfigError(f"efficiency {name!r} = {getattr(self, name)} must be in (0, 1.2]")
+        for name in ("tp_exposed", "ep_exposed", "dp_overlap"):
+            if getattr(self, name) > 1:
+                raise ConfigError(f"efficiency {name!r} = {getattr(self, name)} must be in [0, 1]")
+        if self.moe_imbalance < 1:
+            raise ConfigError(f"efficiency 'moe_imbalance' = {self.moe_imbalance} must be >= 1 (max load / mean)")
+
+    def replace(self, **changes) -> "Efficiency":
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown efficiency parameter(s) {unknown}; known: {sorted(self.as_dict())}")
+        return dataclasses.replace(self, **{k: float(v) for k, v in changes.items()})
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@functools.lru_cache(maxsize=1)
+def calibration_record() -> dict:
+    """The stored fit: {'params': {...}, 'fitted': [...], 'median_abs_error': ..., 'when': ...} (or {} if absent)."""
+    try:
+        return json.loads(resources.files("workbench.perfmodel").joinpath("calibration.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def default_efficiency() -> Efficiency:
+    """The calibrated parameters (calibration.json), falling back to the hand-set defaults above."""
+    params = calibration_record().get("params", {})
+    known = {f.name for f in dataclasses.fields(Efficiency)}
+    return Efficiency(**{k: v for k, v in params.items() if k in known})

@@ -1,0 +1,100 @@
+"""``layout: "auto"``: search the feasible layouts and return the fastest with its runners-up.
+
+Searched: TP (divisors of the chip count inside the scale-up domain that divide heads and FFN), CP (only for long
+sequences), PP (divisors, at most the layer count), DP (what remains), EP (MoE: divisors of the expert count that fit
+in tp x cp x dp), micro-batch, interleaving vp, ZeRO stage and recompute. For each shape the lightest memory
+setting that fits is chosen (ZeRO-1, then 2; selective, then full recompute; and ZeRO-3 is priced separately since
+it trades memory for communication). Fields given in ``{"auto": true, ...}`` stay fixed. Infeasible candidates
+are never "repaired": they are only skipped, and when none fits the error names the closest one and why.
+Used by ``workbench.perfmodel.simulate`` and notebooks/05_hardware_comparison.ipynb.
+"""
+
+from __future__ import annotations
+
+from workbench.errors import WorkbenchError
+from workbench.perfmodel.simulator import Evaluation, evaluate, layout_problems
+from workbench.perfmodel.spec import Layout, Spec
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _options(fixed: dict, key: str, default: list) -> list:
+    return [fixed[key]] if key in fixed else default
+
+
+def candidates(spec: Spec):
+    """(layout-without-memory-settings, micro_batch) pairs that divide everything."""
+    m, count, fixed = spec.model, spec.cluster.count, spec.fixed
+    max_tp = min(spec.cluster.scale_up_domain, 16)  # TP stays inside the scale-up domain
+    tps = _options(fixed, "tp", [t for t in divisors(count) if t <= max_tp and m.heads % t == 0
+                                 and (m.ffn % t == 0)])
+    cps = _options(fixed, "cp", [c for c in (1, 2, 4, 8) if c == 1 or spec.seq_len >= 16384])
+    mbss = [spec.micro_batch] if spec.micro_batch else [1, 2, 4, 8]
+    for tp in tps:
+        for cp in cps:
+            if count % (tp * cp):
+                continue
+            rest = count // (tp * cp)
+            for pp in _options(fixed, "pp", [p for p in divisors(rest) if p <= min(m.layers, 128)]):
+                if rest % pp:
+                    continue
+                dp = rest // pp
+                if "dp" in fixed and fixed["dp"] != dp:
+                    continue
+                eps = [1]
+                if m.moe:
+                    eps = [e for e in divisors(m.moe.experts) if (tp * cp * dp) % e == 0 and e <= 256]
+                for ep in _options(fixed, "ep", eps):
+                    for mbs in mbss:
+                        if spec.global_batch % (mbs * dp):
+                            continue
+                        micro = spec.global_batch // (mbs * dp)
+                        vps = [1] if pp == 1 else [v for v in (1, 2, 4) if m.layers % (pp * v) == 0 and micro % pp == 0 or v == 1]
+                        for vp in _options(fixed, "vp", vps):
+                            base = dict(tp=tp, cp=cp, pp=pp, dp=dp, ep=ep, vp=vp, etp=fixed.get("etp", 1),
+                                        sp=fixed.get("sp", True))
+                            yield base, mbs
+
+
+def search(spec: Spec) -> list[Evaluation]:
+    """Feasible evaluations, fastest first (at most ``spec.search_top``). Raises when nothing fits."""
+    fixed = spec.fixed
+    zeros = [fixed["zero"]] if "zero" in fixed else [1, 2, 3]
+    recomputes = [fixed["recompute"]] if "recompute" in fixed else ["selective", "full"]
+    feasible: list[Evaluation] = []
+    closest: Evaluation | None = None
+    n_checked = 0
+    for base, mbs in candidates(spec):
+        # ZeRO-1/2 (lightest that fits) and ZeRO-3 priced separately; lightest recompute that fits
+        for zero_group in ([z for z in zeros if z < 3], [z for z in zeros if z == 3]):
+            chosen = None
+            for zero in zero_group:
+                for rc in recomputes:
+                    L = Layout(zero=zero, recompute=rc, **base)
+                    if layout_problems(spec, L, mbs):
+                        break
+                    ev = evaluate(spec, L, mbs, check_only=True)
+                    n_checked += 1
+                    if ev.fits:
+                        chosen = (L, mbs)
+                        break
+                    if closest is None or ev.memory["total_gb"] < closest.memory["total_gb"]:
+                        closest = ev
+                if chosen:
+                    break
+            if chosen:
+                feasible.append(evaluate(spec, *chosen))
+    if not feasible:
+        if closest is None:
+            raise WorkbenchError(f"no layout divides this model on {spec.cluster.count} chips (fixed: {fixed or 'none'}); "
+                                 f"check heads/ffn/experts against the chip count and global_batch")
+        L = closest.layout
+        raise WorkbenchError(
+            f"impossible memory: no layout fits in {spec.cluster.chip.hbm_gb:g} GB per {spec.cluster.chip.chip}; the "
+            f"closest (tp={L.tp} pp={L.pp} dp={L.dp} ep={L.ep} zero={L.zero} recompute={L.recompute} "
+            f"micro_batch={closest.micro_batch}) needs {closest.memory['total_gb']:.1f} GB. Use more chips, a chip "
+            f"with more memory, or a shorter sequence")
+    feasible.sort(key=lambda e: e.step_time_s)
+    return feasible[: max(spec.search_top, 1)]

@@ -1,0 +1,425 @@
+"""The analytical cluster-training simulator: step time with a breakdown, memory per device, MFU, time and energy.
+
+One training step of a Megatron-style run (TP+SP inside the scale-up domain, CP, PP with 1F1B or interleaved
+schedules, DP with ZeRO 0-3, EP for MoE) is priced op by op for the slowest pipeline stage:
+- GEMMs from the model's shapes: ``flops / (rate x size_factor)``, never faster than the memory roofline;
+- flash-attention core at ``attn_eff`` of peak (causal work only; backward 2.5x forward);
+- memory-bound elementwise work (norms, residuals, activations, RoPE) at HBM bandwidth, plus kernel launches;
+- collectives with the alpha-beta costs of ``collectives.py``, partly hidden behind compute (efficiency params);
+- the pipeline bubble (pp-1)/vp stage times; the optimizer step at HBM bandwidth.
+Activation memory follows Korthikanti et al. 2022 (flash attention: no s^2 term). Efficiency parameters are
+calibrated on published runs (``calibration.py``). ``evaluate`` prices one layout; ``simulate`` (in __init__)
+adds search and reporting. Used by ``workbench simulate`` and notebooks/05_hardware_comparison.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from workbench.perfmodel import collectives as C
+from workbench.perfmodel.spec import Layout, Spec
+
+GB = 1e9
+MEMORY_HEADROOM = 0.90  # usable fraction of device memory (allocator fragmentation, workspaces, runtime context)
+SERVER_POWER_FACTOR = 10.2e3 / (8 * 700)  # DGX H100: 10.2 kW max system power / (8 x 700 W GPUs) = 1.82
+
+
+@dataclass
+class Evaluation:
+    layout: Layout
+    micro_batch: int
+    problems: list[str] = field(default_factory=list)  # why the layout cannot run (does not divide, ...)
+    memory: dict = field(default_factory=dict)
+    fits: bool = False
+    step_time_s: float = math.inf
+    breakdown: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    breakdown_compute: dict = field(default_factory=dict)
+    hardware_flops_per_device: float = 0.0
+
+    @property
+    def feasible(self) -> bool:
+        return not self.problems and self.fits
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# layout checks
+# ------------------------------------------------------------------------------------------------------------------
+def layout_problems(spec: Spec, L: Layout, mbs: int) -> list[str]:
+    """Why ``L`` cannot run this model on this cluster (empty when it divides everything)."""
+    m, p = spec.model, []
+    if L.chips != spec.cluster.count:
+        p.append(f"tp*pp*dp*cp = {L.tp}*{L.pp}*{L.dp}*{L.cp} = {L.chips} but the cluster has {spec.cluster.count} chips")
+    if m.heads % L.tp:
+        p.append(f"heads = {m.heads} is not divisible by tp = {L.tp}")
+    kv = m.heads if m.mla else m.kv_heads
+    if kv % L.tp and L.tp % kv:
+        p.append(f"kv_heads = {kv} and tp = {L.tp}: one must divide the other")
+    if m.ffn and m.ffn % L.tp:
+        p.append(f"ffn = {m.ffn} is not divisible by tp = {L.tp}")
+    if spec.global_batch % (mbs * L.dp):
+        p.append(f"global_batch = {spec.global_batch} is not a multiple of micro_batch x dp = {mbs}x{L.dp}")
+    if L.pp > m.layers:
+        p.append(f"pp = {L.pp} exceeds layers = {m.layers}")
+    if L.vp > 1:
+        micro = spec.global_batch // max(mbs * L.dp, 1)
+        if L.pp == 1:
+            p.append("vp > 1 (interleaved pipeline) needs pp > 1")
+        elif m.layers % (L.pp * L.vp):
+            p.append(f"layers = {m.layers} is not divisible by pp x vp = {L.pp}x{L.vp} (interleaving needs equal chunks)")
+        elif micro % L.pp:
+            p.append(f"interleaved 1F1B needs micro-batches per step ({micro}) to be a multiple of pp = {L.pp}")
+    if m.moe is None:
+        if L.ep > 1:
+            p.append(f"ep = {L.ep} needs an MoE model")
+    else:
+        if m.moe.experts % L.ep:
+            p.append(f"experts = {m.moe.experts} is not divisible by ep = {L.ep}")
+        if (L.tp * L.cp * L.dp) % (L.ep * L.etp):
+            p.append(f"ep x etp = {L.ep}x{L.etp} must divide tp x cp x dp = {L.tp * L.cp * L.dp}")
+        if m.moe.expert_ffn % L.etp:
+            p.append(f"expert_ffn = {m.moe.expert_ffn} is not divisible by etp = {L.etp}")
+    if L.cp > 1 and spec.seq_len % (2 * L.cp):
+        p.append(f"seq_len = {spec.seq_len} is not divisible by 2 x cp = {2 * L.cp} (load-balanced context parallel)")
+    if L.tp > 1 and L.sp and (spec.seq_len // L.cp) % L.tp:
+        p.append(f"sequence parallel needs seq_len / cp = {spec.seq_len // L.cp} divisible by tp = {L.tp}")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# chip rates
+# ------------------------------------------------------------------------------------------------------------------
+def _rates(spec: Spec) -> dict[str, float]:
+    chip, eff = spec.cluster.chip, spec.efficiency
+    peak = chip.peak_flops(spec.precision)
+    measured_peak = chip.field_source("fp32_tflops" if spec.precision == "fp32" else "bf16_dense_tflops").confidence == "measured"
+    if measured_peak:  # a probe already measured the achieved GEMM rate on this machine
+        gemm = peak
+    elif spec.precision in ("bf16", "fp16") and chip.measured_gemm_tflops:
+        gemm = chip.measured_gemm_tflops * 1e12
+    else:
+        gemm = peak * eff.gemm_eff_max
+    # attention runs in bf16 even in FP8 recipes
+    attn_peak = peak if spec.precision in ("fp32", "bf16", "fp16") else chip.peak_flops("bf16") or peak
+    return {"peak": peak, "gemm": gemm, "attn": attn_peak * eff.attn_eff,
+            "mem": chip.hbm_tb_s * 1e12 * eff.mem_eff,
+            "el_bytes": 4.0 if spec.precision == "fp32" else 2.0,
+            "gemm_bytes": 4.0 if spec.precision == "fp32" else (1.0 if spec.precision == "fp8" else 2.0)}
+
+
+def _gemm(r: dict, eff, m: float, n: float, k: float, count: float = 1.0) -> tuple[float, float]:
+    """(time, flops) of ``count`` GEMMs [m x k] @ [k x n]."""
+    if m <= 0 or n <= 0 or k <= 0 or count <= 0:
+        return 0.0, 0.0
+    flops = 2.0 * m * n * k
+    size = 1.0 / (1.0 + eff.gemm_d0 / m + eff.gemm_d0 / n + eff.gemm_d0 / k)
+    t_compute = flops / (r["gemm"] * size)
+    t_memory = r["gemm_bytes"] * (m * k + k * n + m * n) / r["mem"]
+    return count * max(t_compute, t_memory), count * flops
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# one layer, one micro-batch
+# ------------------------------------------------------------------------------------------------------------------
+def _layer_forward(spec: Spec, L: Layout, mbs: int, r: dict, links: dict, moe_layer: bool) -> dict[str, float]:
+    """Forward-pass seconds of one transformer layer for one micro-batch on one device, by kind."""
+    m, eff = spec.model, spec.efficiency
+    T = mbs * spec.seq_len / L.cp  # tokens on this rank (context parallel splits the sequence)
+    h, H, tp = m.hidden, m.heads, L.tp
+    t: dict[str, float] = {"gemm": 0.0, "attention": 0.0, "elementwise": 0.0, "kernels": 0.0, "tp": 0.0, "ep": 0.0,
+                           "cp": 0.0, "flops": 0.0}
+
+    def gemm(mm, n, k, count=1.0):
+        dt, fl = _gemm(r, eff, mm, n, k, count)
+        t["gemm"] += dt
+        t["flops"] += fl
+
+    # attention projections
+    if m.mla:
+        a = m.mla
+        if a.q_lora_rank:
+            gemm(T, a.q_lora_rank, h)
+            gemm(T, H * m.d_qk / tp, a.q_lora_rank)
+        else:
+            gemm(T, H * m.d_qk / tp, h)
+        gemm(T, a.kv_lora_rank + a.qk_rope_dim, h)
+        gemm(T, H * (a.qk_nope_dim + a.v_dim) / tp, a.kv_lora_rank)
+        gemm(T, h, H * a.v_dim / tp)
+    else:
+        kvh = max(m.kv_heads / tp, 1)
+        gemm(T, (H / tp + 2 * kvh) * m.d_head, h)
+        gemm(T, h, H * m.d_head / tp)
+    keys = spec.seq_len / 2  # causal: a query sees half the keys on average (CP balances the halves)
+    if m.indexer:
+        ix = m.indexer
+        q_in = m.mla.q_lora_rank if (m.mla and m.mla.q_lora_rank) else h
+        gemm(T, ix.heads * ix.head_dim, q_in)
+        gemm(T, ix.head_dim + ix.heads, h)
+        # indexer scores over all causal keys (small heads), then attention on the top-k keys only
+        idx_flops = 2.0 * T * keys * ix.heads * ix.head_dim
+        t["attention"] += idx_flops / r["attn"]
+        keys = min(keys, ix.topk)
+    attn_flops = 2.0 * T * keys * (H / tp) * (m.d_qk + m.d_v)
+    t["attention"] += attn_flops / r["attn"]
+    t["flops"] += attn_flops
+
+    # FFN
+    mats_in = 2 if m.ffn_type == "swiglu" else 1
+    if not moe_layer:
+        f = m.ffn
+        gemm(T, mats_in * f / tp, h)
+        gemm(T, h, f / tp)
+        act_width = f / tp
+    else:
+        mo = m.moe
+        gemm(T, mo.experts, h)  # router (replicated)
+        T_dev = T / tp  # with TP, each rank of the group routes its share of tokens
+        local = mo.experts / L.ep
+        m_e = T_dev * L.ep * L.etp * mo.top_k / mo.experts * eff.moe_imbalance  # tokens at the busiest expert
+        gemm(m_e, mats_in * mo.expert_ffn / L.etp, h, count=local)
+        gemm(m_e, h, mo.expert_ffn / L.etp, count=local)
+        act_width = T_dev * mo.top_k * mo.expert_ffn / L.etp / T
+        if mo.shared:
+            fs = mo.shared * mo.expert_ffn
+            gemm(T, mats_in * fs / tp, h)
+            gemm(T, h, fs / tp)
+            act_width += fs / tp
+        if L.ep > 1:  # dispatch + combine all-to-all of each routed token copy
+            n = T_dev * mo.top_k * h * r["el_bytes"]
+            t["ep"] += 2 * C.all_to_all(n, L.ep, links["ep"], eff.a2a_eff)
+    # memory-bound elementwise work: 2 norms + 2 residual adds (~10 h per token, sharded with SP), RoPE on q/k,
+    # the activation function; read + write counted
+    tokens_h = T / tp if (tp > 1 and L.sp) else T
+    elems = 10 * h * tokens_h + T * (2 * H * m.d_qk / tp + (mats_in + 1) * act_width)
+    t["elementwise"] = eff.elementwise_factor * elems * r["el_bytes"] / r["mem"]
+    t["kernels"] = eff.kernels_per_layer * eff.kernel_overhead_s
+    # tensor parallel collectives: 2 all-gathers + 2 reduce-scatters (SP) or 2 all-reduces of the T x h activations
+    if tp > 1:
+        n = T * h * r["el_bytes"]
+        one = (C.all_gather(n, tp, links["tp"]) + C.reduce_scatter(n, tp, links["tp"])) if L.sp else C.all_reduce(n, tp, links["tp"])
+        t["tp"] = 2 * one if L.sp else 2 * one
+    # context parallel: ring exchange of K and V, overlapped with the attention compute
+    if L.cp > 1:
+        kv_dims = (m.mla.kv_lora_rank + m.mla.qk_rope_dim) if m.mla else 2 * max(m.kv_heads / tp, 1) * m.d_head
+        n = T * kv_dims * r["el_bytes"]
+        ring = (L.cp - 1) * C.p2p(n, links["cp"])
+        t["cp"] = max(0.0, ring - t["attention"])
+    return t
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# memory
+# ------------------------------------------------------------------------------------------------------------------
+def _params_per_device(spec: Spec, L: Layout, layers: int, first: bool, last: bool) -> tuple[float, float]:
+    """(dense, expert) parameters held by one device of a stage with ``layers`` layers."""
+    m = spec.model
+    moe_frac = m.moe_layers / m.layers
+    n_moe = layers * moe_frac
+    n_dense = layers - n_moe
+    attn = (m.attention_params() + m.indexer_params() * (m.indexer_layers / m.layers)) / L.tp + m.norm_params_per_layer()
+    dense = layers * attn + n_dense * m.dense_ffn_params() / L.tp
+    expert = 0.0
+    if m.moe and n_moe:
+        dense += n_moe * (m.router_params() + m.moe.shared * m.expert_params() / L.tp)
+        expert = n_moe * (m.moe.experts / L.ep) * m.expert_params() / L.etp
+    if first:
+        dense += m.embedding_params() / L.tp
+    if last:
+        dense += (m.output_params() or (m.embedding_params() if L.pp > 1 else 0)) / L.tp + m.hidden
+        if m.mtp_layers:
+            mtp = m.mtp_layers * m.mtp_layer_params()
+            share = m.expert_params() * m.moe.experts if m.moe else 0
+            dense += (mtp - m.mtp_layers * share) / L.tp
+            expert += m.mtp_layers * share / (L.ep * L.etp)
+    return dense, expert
+
+
+def _activation_bytes_per_layer(spec: Spec, L: Layout, mbs: int, moe_layer: bool) -> tuple[float, float]:
+    """(stored bytes per layer for backward, working bytes of one layer) for one micro-batch (Korthikanti 2022)."""
+    m = spec.model
+    T = mbs * spec.seq_len / L.cp
+    h, H, tp = m.hidden, m.heads, L.tp
+    e = 2.0 if spec.precision != "fp32" else 4.0
+    shard_h = tp if (tp > 1 and L.sp) else 1  # with SP the h-sized tensors are split over TP too
+    dropout = 1.0 if m.ffn_type == "gelu" else 0.0  # GPT-style models train with dropout masks (1 byte)
+    kvh = H if m.mla else m.kv_heads
+    qkv = H * m.d_qk + kvh * m.d_qk + kvh * m.d_v
+    norms = 2 * e * T * h / shard_h
+    attn = e * T * h / shard_h + e * T * qkv / tp + e * T * H * m.d_v / tp + dropout * T * h / shard_h
+    if m.mla:
+        attn += e * T * ((m.mla.q_lora_rank or 0) + m.mla.kv_lora_rank + m.mla.qk_rope_dim) / shard_h
+    mats_in = 2 if m.ffn_type == "swiglu" else 1
+    if not moe_layer:
+        mlp = e * T * h / shard_h + e * T * (mats_in + 1) * m.ffn / tp + dropout * T * h / shard_h
+    else:
+        mo = m.moe
+        routed = T / tp * mo.top_k * spec.efficiency.moe_imbalance
+        mlp = e * T * h / shard_h + routed * e * (2 * h + (mats_in + 1) * mo.expert_ffn / L.etp)
+        if mo.shared:
+            mlp += e * T * (mats_in + 1) * mo.shared * mo.expert_ffn / tp
+    full = norms + attn + mlp
+    if L.recompute == "full":
+        return e * T * h / shard_h, full  # only the layer input is kept; one layer is rebuilt at a time
+    return full, 0.0
+
+
+def memory(spec: Spec, L: Layout, mbs: int) -> dict:
+    """Bytes per device on the fullest pipeline stage (the first holds pp micro-batches of activations)."""
+    m = spec.model
+    micro = spec.global_batch // (mbs * L.dp)
+    per_stage = math.ceil(m.layers / L.pp)
+    mixed = spec.precision != "fp32"
+    w_bytes = 2.0 if mixed else 4.0
+    g_bytes = 4.0  # fp32 main gradients
+    o_bytes = 12.0 if mixed else 8.0  # fp32 master + m + v (mixed) or m + v (fp32)
+    edp = max(L.tp * L.cp * L.dp // (L.ep * L.etp), 1)
+    dpc = L.dp * L.cp
+    best = None
+    for stage in sorted({0, L.pp - 1}):
+        first, last = stage == 0, stage == L.pp - 1
+        dense, expert = _params_per_device(spec, L, per_stage, first, last)
+        weights = dense * w_bytes / (dpc if L.zero >= 3 else 1) + expert * w_bytes / (edp if L.zero >= 3 else 1)
+        grads = dense * g_bytes / (dpc if L.zero >= 2 else 1) + expert * g_bytes / (edp if L.zero >= 2 else 1)
+        optim = dense * o_bytes / (dpc if L.zero >= 1 else 1) + expert * o_bytes / (edp if L.zero >= 1 else 1)
+        if L.zero >= 3:  # one layer's parameters gathered at a time (+ prefetch of the next)
+            weights += 2 * (dense + expert) / per_stage * w_bytes
+        moe_frac = m.moe_layers / m.layers
+        stored_d, work_d = _activation_bytes_per_layer(spec, L, mbs, False)
+        stored_m, work_m = _activation_bytes_per_layer(spec, L, mbs, True) if m.moe else (0.0, 0.0)
+        per_layer = (1 - moe_frac) * stored_d + moe_frac * stored_m
+        in_flight = min(L.pp - stage, micro) if L.pp > 1 else 1  # 1F1B: stage i holds pp - i micro-batches
+        if L.vp > 1:
+            in_flight *= 1 + (L.pp - 1) / (L.pp * L.vp)
+        acts = per_layer * per_stage * in_flight + max(work_d, work_m)
+        if last:  # logits in fp32 plus their gradient for one micro-batch
+            acts += 2 * 4.0 * mbs * spec.seq_len / L.cp * m.vocab / L.tp
+        total = weights + grads + optim + acts
+        entry = {"params_gb": weights / GB, "grads_gb": grads / GB, "optimizer_gb": optim / GB,
+                 "activations_gb": acts / GB, "total_gb": total / GB, "stage": stage}
+        if best is None or total > best["total_gb"] * GB:
+            best = entry
+    return best
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# step time
+# ------------------------------------------------------------------------------------------------------------------
+def links_for(spec: Spec, L: Layout) -> dict[str, C.Link]:
+    cl, eff = spec.cluster, spec.efficiency
+    links = {"tp": C.choose_link(cl, eff, L.tp), "cp": C.choose_link(cl, eff, L.tp * L.cp),
+             "dp": C.choose_link(cl, eff, L.tp * L.cp * L.dp), "ep": C.choose_link(cl, eff, L.ep * L.etp),
+             "pp": C.choose_link(cl, eff, L.chips if L.pp > 1 else 1)}
+    if L.pp > 1 and links["pp"].name == "none":
+        links["pp"] = C.choose_link(cl, eff, 2)
+    return links
+
+
+def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evaluation:
+    """Price one layout: problems (does not divide), memory and fit, step time and breakdown."""
+    ev = Evaluation(layout=L, micro_batch=mbs)
+    ev.problems = layout_problems(spec, L, mbs)
+    if ev.problems:
+        return ev
+    ev.memory = memory(spec, L, mbs)
+    hbm = spec.cluster.chip.hbm_gb
+    ev.fits = hbm is None or ev.memory["total_gb"] <= hbm * MEMORY_HEADROOM
+    if check_only:
+        return ev
+    m, eff = spec.model, spec.efficiency
+    r = _rates(spec)
+    links = links_for(spec, L)
+    ev.links = {k: {"link": v.name, "busbw_gb_s": None if math.isinf(v.busbw) else v.busbw / GB} for k, v in links.items()}
+    micro = spec.global_batch // (mbs * L.dp)
+    per_stage = math.ceil(m.layers / L.pp)
+    if m.layers % L.pp:
+        ev.notes.append(f"layers = {m.layers} not divisible by pp = {L.pp}: uneven stages (slowest has {per_stage})")
+
+    dense_l = _layer_forward(spec, L, mbs, r, links, False)
+    moe_l = _layer_forward(spec, L, mbs, r, links, True) if m.moe else None
+    moe_frac = m.moe_layers / m.layers
+
+    def stage_layers(n_layers: float) -> dict[str, float]:
+        out = {}
+        for key in dense_l:
+            out[key] = n_layers * ((1 - moe_frac) * dense_l[key] + (moe_frac * moe_l[key] if moe_l else 0.0))
+        return out
+
+    T = mbs * spec.seq_len / L.cp
+    fwd = stage_layers(per_stage)
+    # the last stage also runs the output head, the loss (memory-bound over fp32 logits) and MTP layers
+    head_t, head_flops = _gemm(r, eff, T, m.vocab / L.tp, m.hidden)
+    loss_t = 3 * 4.0 * T * m.vocab / L.tp / r["mem"]
+    last_extra = {"gemm": head_t, "elementwise": loss_t, "flops": head_flops}
+    if m.mtp_layers:
+        mtp = _layer_forward(spec, L, mbs, r, links, m.moe is not None)
+        proj_t, proj_f = _gemm(r, eff, T, m.hidden, 2 * m.hidden)
+        for key in mtp:
+            last_extra[key] = last_extra.get(key, 0.0) + m.mtp_layers * mtp[key]
+        last_extra["gemm"] += m.mtp_layers * (proj_t + head_t)
+        last_extra["flops"] += m.mtp_layers * (proj_f + head_flops)
+    stage_fwd = dict(fwd)
+    for key, value in last_extra.items():
+        stage_fwd[key] = stage_fwd.get(key, 0.0) + value
+    # per micro-batch: backward = 2x forward GEMMs and elementwise, 2.5x attention (flash recomputes scores)
+    compute_keys = ("gemm", "attention", "elementwise", "kernels")
+
+    def micro_batch_time(f: dict[str, float]) -> dict[str, float]:
+        out = {"gemm": 3 * f["gemm"], "attention": 3.5 * f["attention"], "elementwise": 3 * f["elementwise"],
+               "kernels": 3 * f["kernels"], "tp": 2 * f["tp"] * eff.tp_exposed, "ep": 2 * f["ep"] * eff.ep_exposed,
+               "cp": 2 * f["cp"]}
+        out["recompute"] = 0.0
+        if L.recompute == "full":  # the whole forward again during backward, collectives included
+            out["recompute"] = sum(f[k] for k in compute_keys) + f["tp"] * eff.tp_exposed + f["ep"] * eff.ep_exposed
+        return out
+
+    mb_last = micro_batch_time(stage_fwd)
+    mb_mid = micro_batch_time(fwd)
+    pp_t = 0.0
+    if L.pp > 1:
+        n = T * m.hidden * r["el_bytes"] / (L.tp if (L.tp > 1 and L.sp) else 1)
+        pp_t = 2 * C.p2p(n, links["pp"])  # send activations forward, gradients backward
+    t_last = sum(mb_last.values()) + pp_t
+    t_mid = sum(mb_mid.values()) + pp_t
+    slowest = max(t_last, t_mid)
+    mean_stage = (t_last + (L.pp - 1) * t_mid) / L.pp
+    bubble = (L.pp - 1) / L.vp * mean_stage
+    steady = micro * slowest
+    mb = mb_last if t_last >= t_mid else mb_mid
+
+    # data parallel gradient (and parameter) collectives
+    dense, expert = _params_per_device(spec, L, per_stage, L.pp == 1, True)
+    edp = max(L.tp * L.cp * L.dp // (L.ep * L.etp), 1)
+    dpc = L.dp * L.cp
+    gb, pb = eff.grad_reduce_bytes, r["el_bytes"]
+    edp_link = C.choose_link(spec.cluster, eff, L.tp * L.cp * L.dp) if edp > 1 else links["dp"]
+    if L.zero == 0:
+        dp_t = C.all_reduce(dense * gb, dpc, links["dp"]) + C.all_reduce(expert * gb, edp, edp_link)
+    elif L.zero in (1, 2):
+        dp_t = (C.reduce_scatter(dense * gb, dpc, links["dp"]) + C.all_gather(dense * pb, dpc, links["dp"])
+                + C.reduce_scatter(expert * gb, edp, edp_link) + C.all_gather(expert * pb, edp, edp_link))
+    else:  # ZeRO-3 / FSDP: gather parameters for forward and backward, reduce-scatter gradients, per micro-batch
+        per_mb = (2 * C.all_gather(dense * pb, dpc, links["dp"]) + C.reduce_scatter(dense * gb, dpc, links["dp"])
+                  + 2 * C.all_gather(expert * pb, edp, edp_link) + C.reduce_scatter(expert * gb, edp, edp_link))
+        dp_t = micro * per_mb
+    if L.zero >= 3:
+        hide = eff.dp_overlap * (steady + bubble) * 0.999
+    else:
+        hide = eff.dp_overlap * (mb["gemm"] + mb["attention"]) * 2 / 3  # the last micro-batch's backward
+    dp_exposed = max(0.0, dp_t - hide)
+    shard = (dense / (dpc if L.zero >= 1 else 1) + expert / (edp if L.zero >= 1 else 1))
+    optimizer = shard * (30.0 if spec.precision != "fp32" else 24.0) / r["mem"]
+
+    breakdown = {
+        "compute": micro * (mb["gemm"] + mb["attention"] + mb["elementwise"] + mb["kernels"] + mb["recompute"]),
+        "tp_comm": micro * mb["tp"], "ep_comm": micro * mb["ep"], "cp_comm": micro * mb["cp"], "pp_comm": micro * pp_t,
+        "pipeline_bubble": bubble, "dp_comm": dp_exposed, "optimizer": optimizer, "overhead": eff.step_overhead_s,
+    }
+    ev.breakdown = breakdown
+    ev.breakdown_compute = {k: micro * mb[k] for k in ("gemm", "attention", "elementwise", "kernels", "recompute")}
+    ev.step_time_s = sum(breakdown.values())
+    # hardware FLOPs actually executed per device (recomputation included), for HFU
+    per_device_fwd = (stage_layers(1.0)["flops"] * m.layers + last_extra["flops"]) / L.pp
+    ev.hardware_flops_per_device = micro * per_device_fwd * (4 if L.recompute == "full" else 3)
+    return ev

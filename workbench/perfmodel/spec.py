@@ -1,0 +1,212 @@
+"""Parse and validate a simulation spec (a JSON-able dict) into dataclasses, with one clear error per problem.
+
+The schema (README.md here has the full text):
+``{"model": {"preset": "glm-5"} | {explicit dims}, "seq_len", "global_batch", "micro_batch", "precision",
+"cluster": {"chip", "count", "chips_per_node", ...interconnect overrides}, "layout": {...} | "auto",
+"train_tokens", "target_days", "pue", "efficiency": {...overrides}}``.
+Layouts are checked for divisibility and reported infeasible with reasons (never "fixed"). Used by the simulator,
+``workbench simulate`` and notebooks/05_hardware_comparison.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from workbench.errors import ConfigError
+from workbench.hardware.catalog import NUMERIC_FIELDS, Chip, UnknownChipError, chip_from_dict, find_chip
+from workbench.perfmodel.efficiency import Efficiency, default_efficiency
+from workbench.perfmodel.shapes import ModelShape, shape_from_dims, shape_from_preset
+
+PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
+RECOMPUTE = ("none", "selective", "full")
+LAYOUT_KEYS = ("tp", "pp", "dp", "ep", "cp", "vp", "etp", "zero", "recompute", "sp")
+SPEC_KEYS = {"model", "seq_len", "global_batch", "micro_batch", "precision", "cluster", "layout", "train_tokens",
+             "target_days", "pue", "efficiency", "optimizer", "search_top"}
+CLUSTER_KEYS = {"chip", "count", "chips_per_node", "scale_up_domain"} | set(NUMERIC_FIELDS)
+
+
+def _number(where: str, value: Any, integer: bool = False, positive: bool = True, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value))
+    if not bad and integer and not float(value).is_integer():
+        bad = True
+    if bad:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where} = {value!r} must be {kind}")
+    if value < 0 or (positive and value == 0):
+        raise ConfigError(f"{where} = {value!r} must be {'positive' if positive else 'non-negative'}")
+    return int(value) if integer else float(value)
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    ep: int = 1
+    cp: int = 1
+    vp: int = 1
+    etp: int = 1  # expert tensor parallel (experts are split etp ways; ep x etp must divide tp x cp x dp)
+    zero: int = 1
+    recompute: str = "selective"
+    sp: bool = True  # sequence parallel with TP (Megatron): norms/dropout sharded, AG/RS instead of all-reduce
+
+    def __post_init__(self):
+        for name in ("tp", "pp", "dp", "ep", "cp", "vp", "etp"):
+            _number(f"layout.{name}", getattr(self, name), integer=True)
+        _number("layout.zero", self.zero, integer=True, positive=False)
+        if self.zero not in (0, 1, 2, 3):
+            raise ConfigError(f"layout.zero = {self.zero!r} must be 0, 1, 2 or 3")
+        if self.recompute not in RECOMPUTE:
+            raise ConfigError(f"layout.recompute = {self.recompute!r} must be one of {RECOMPUTE}")
+
+    @property
+    def chips(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in LAYOUT_KEYS}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    chip: Chip
+    count: int
+    chips_per_node: int
+    scale_up_domain: int  # chips sharing the scale-up fabric (>= chips_per_node on CloudMatrix / NVL72 / TPU pods)
+
+
+@dataclass(frozen=True)
+class Spec:
+    model: ModelShape
+    seq_len: int
+    global_batch: int
+    micro_batch: int | None  # None: searched with layout 'auto'
+    precision: str
+    cluster: Cluster
+    layout: Layout | None  # None: search
+    fixed: dict = field(default_factory=dict)  # layout fields fixed during a search
+    train_tokens: float | None = None
+    target_days: float | None = None
+    pue: float = 1.2
+    efficiency: Efficiency = field(default_factory=default_efficiency)
+    search_top: int = 5
+
+
+def parse_chip(value: Any) -> Chip:
+    if isinstance(value, Chip):
+        return value
+    if isinstance(value, dict):
+        return chip_from_dict(value)
+    if isinstance(value, str):
+        try:
+            return find_chip(value)
+        except UnknownChipError as exc:
+            raise ConfigError(f"cluster.chip: {exc}") from None
+    raise ConfigError(f"cluster.chip must be a catalog name or a dict of chip fields, got {value!r}")
+
+
+def parse_model(value: Any) -> ModelShape:
+    if isinstance(value, ModelShape):
+        return value
+    if isinstance(value, str):
+        value = {"preset": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"model must be {{'preset': name}} or a dict of dims, got {value!r}")
+    if "preset" in value:
+        extra = set(value) - {"preset"}
+        if extra:
+            raise ConfigError(f"model: give either 'preset' or explicit dims, not both (extra keys {sorted(extra)})")
+        return shape_from_preset(value["preset"])
+    return shape_from_dims(value)
+
+
+def parse_layout(value: Any) -> tuple[Layout | None, dict]:
+    """A fixed Layout, or (None, fixed fields) for a search: "auto" or {"auto": true, "tp": 8, ...}."""
+    if value is None or value == "auto":
+        return None, {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"layout must be a dict or 'auto', got {value!r}")
+    unknown = sorted(set(value) - set(LAYOUT_KEYS) - {"auto", "micro_batch"})
+    if unknown:
+        raise ConfigError(f"layout: unknown key(s) {unknown}; known: {list(LAYOUT_KEYS)} (+ 'auto': true to search "
+                          "the rest)")
+    fields = {k: v for k, v in value.items() if k in LAYOUT_KEYS and v is not None}
+    if value.get("auto"):
+        Layout(**fields)  # validate the fixed values now
+        return None, fields
+    return Layout(**fields), {}
+
+
+def parse_spec(spec: dict) -> Spec:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"a simulation spec must be a dict (JSON object), got {type(spec).__name__}")
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"spec: unknown key(s) {unknown}; known: {sorted(SPEC_KEYS)}")
+    for key in ("model", "seq_len", "global_batch", "cluster"):
+        if key not in spec:
+            raise ConfigError(f"spec: {key!r} is missing (see `workbench simulate --help` for the schema)")
+    model = parse_model(spec["model"])
+    seq_len = _number("seq_len", spec["seq_len"], integer=True)
+    global_batch = _number("global_batch", spec["global_batch"], integer=True)
+    micro_batch = _number("micro_batch", spec.get("micro_batch"), integer=True, allow_none=True)
+    precision = spec.get("precision", "bf16")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision = {precision!r} must be one of {PRECISIONS}")
+
+    cluster = spec["cluster"]
+    if not isinstance(cluster, dict):
+        raise ConfigError(f"cluster must be a dict like {{'chip': 'H100', 'count': 64}}, got {cluster!r}")
+    bad = sorted(set(cluster) - CLUSTER_KEYS)
+    if bad:
+        raise ConfigError(f"cluster: unknown key(s) {bad}; known: {sorted(CLUSTER_KEYS)}")
+    if "chip" not in cluster or "count" not in cluster:
+        raise ConfigError("cluster needs 'chip' and 'count', e.g. {'chip': 'H100', 'count': 64, 'chips_per_node': 8}")
+    chip = parse_chip(cluster["chip"])
+    overrides = {k: v for k, v in cluster.items() if k in NUMERIC_FIELDS}
+    if overrides:  # e.g. a slower network for the same chip (notebook 05's interconnect slider)
+        for k, v in overrides.items():
+            _number(f"cluster.{k}", v, positive=False)
+        chip = chip.with_overrides(**overrides)
+    count = _number("cluster.count", cluster["count"], integer=True)
+    per_node = _number("cluster.chips_per_node", cluster.get("chips_per_node", min(chip.scale_up_domain or 8, 8, count)),
+                       integer=True)
+    if count % per_node and count > per_node:
+        raise ConfigError(f"cluster.count = {count} is not a multiple of chips_per_node = {per_node}")
+    domain = _number("cluster.scale_up_domain", cluster.get("scale_up_domain", max(chip.scale_up_domain or per_node, per_node)),
+                     integer=True)
+    if precision in ("bf16", "fp16") and chip.peak_flops("bf16") is None:
+        raise ConfigError(f"{chip.chip} has no bf16 peak in the catalog; give cluster.bf16_dense_tflops or pick "
+                          f"another precision")
+    if precision == "fp8" and chip.peak_flops("fp8") is None:
+        raise ConfigError(f"{chip.chip} has no FP8 peak in the catalog (no sourced figure); give "
+                          f"cluster.fp8_dense_tflops or use precision 'bf16'")
+    if precision == "fp32" and chip.peak_flops("fp32") is None:
+        raise ConfigError(f"{chip.chip} has no fp32 peak; give cluster.fp32_tflops")
+    if chip.hbm_tb_s is None:
+        raise ConfigError(f"{chip.chip} has no memory bandwidth (hbm_tb_s); give cluster.hbm_tb_s")
+
+    layout, fixed = parse_layout(spec.get("layout", "auto"))
+    if isinstance(spec.get("layout"), dict) and "micro_batch" in spec["layout"]:
+        micro_batch = _number("layout.micro_batch", spec["layout"]["micro_batch"], integer=True)
+    if layout is not None and micro_batch is None:
+        micro_batch = 1
+
+    efficiency = default_efficiency()
+    if spec.get("efficiency"):
+        if not isinstance(spec["efficiency"], dict):
+            raise ConfigError("efficiency must be a dict of parameter overrides")
+        efficiency = efficiency.replace(**spec["efficiency"])
+    return Spec(
+        model=model, seq_len=seq_len, global_batch=global_batch, micro_batch=micro_batch, precision=precision,
+        cluster=Cluster(chip=chip, count=count, chips_per_node=per_node, scale_up_domain=domain),
+        layout=layout, fixed=fixed,
+        train_tokens=_number("train_tokens", spec.get("train_tokens"), positive=False, allow_none=True),
+        target_days=_number("target_days", spec.get("target_days"), allow_none=True),
+        pue=_number("pue", spec.get("pue", 1.2)), efficiency=efficiency,
+        search_top=_number("search_top", spec.get("search_top", 5), integer=True),
+    )
