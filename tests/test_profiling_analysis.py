@@ -1,0 +1,280 @@
+"""Profiling analysis on hand-written Chrome traces: categories, self time, op tables, step breakdown with
+exposed/overlapped communication, the MFU waterfall, memory timelines, figures and saving. No profiler runs here;
+every expected number is worked out by hand from the synthetic events."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workbench.profiling import intervals as iv
+from workbench.profiling.analysis import analyze, compare
+from workbench.profiling.breakdown import step_breakdown
+from workbench.profiling.categories import CATEGORIES, categorize
+from workbench.profiling.memory import RssSampler, allocator_timeline
+from workbench.profiling.tables import category_table, op_table, top_ops
+from workbench.profiling.trace import annotate_flops, load_trace
+from workbench.profiling.waterfall import mfu_waterfall
+
+
+def X(name, ts, dur, tid=1, cat="cpu_op", **args):
+    return {"ph": "X", "name": name, "cat": cat, "ts": ts, "dur": dur, "pid": 1, "tid": tid, "args": args}
+
+
+def trace_of(*events, memory=()):
+    return {"traceEvents": list(events) + list(memory)}
+
+
+# ---- categories ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, expected", [
+    ("aten::mm", "matmul"), ("aten::addmm", "matmul"), ("aten::bmm", "matmul"), ("aten::linear", "matmul"),
+    ("aten::scaled_dot_product_attention", "attention"), ("aten::_flash_attention_forward", "attention"),
+    ("npu_fusion_attention", "attention"), ("aten::rms_norm", "norm"), ("aten::native_layer_norm", "norm"),
+    ("aten::add", "elementwise"), ("aten::silu", "elementwise"), ("aten::_to_copy", "elementwise"),
+    ("c10d::allreduce_", "communication"), ("gloo:all_reduce", "communication"),
+    ("ncclDevKernel_AllReduce_Sum_f32_RING_LL", "communication"), ("hcom_allGather_", "communication"),
+    ("Optimizer.step#AdamW.step", "optimizer"), ("aten::_foreach_mul_", "optimizer"),
+    ("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", "data"),
+    ("moe_router", "moe"), ("aten::topk", "moe"), ("aten::view", "other"), ("ProfilerStep#3", "other"),
+])
+def test_categorize_by_name(name, expected):
+    assert categorize(name) == expected
+
+
+def test_categorize_inherits_from_enclosing_context():
+    assert categorize("aten::bmm", ["attention"]) == "attention"  # a reference attention's GEMM
+    assert categorize("aten::mul", ["Optimizer.step#AdamW.step"]) == "optimizer"
+    assert categorize("aten::copy_", ["workbench/data"]) == "data"
+    assert categorize("c10d::allreduce_", ["Optimizer.step#AdamW.step"]) == "communication"
+    assert categorize("aten::mm", ["moe_experts"]) == "matmul"  # expert GEMMs stay matmul work
+    assert categorize("aten::index_select", ["moe_dispatch"]) == "moe"
+    assert categorize("aten::mm", ["workbench/forward", "ProfilerStep#1"]) == "matmul"
+    assert set(CATEGORIES) == {"matmul", "attention", "norm", "elementwise", "moe", "communication", "optimizer",
+                               "data", "other"}
+
+
+# ---- self time and tables ----------------------------------------------------------------------------------------
+def nested_trace():
+    # step 0..100: forward 0..60 holds linear 10..50 (-> addmm 12..42 (2 GFLOP) -> copy 20..25); backward 60..100
+    # holds an autograd node for the linear (sequence number 7) with mm 65..95.
+    return trace_of(
+        X("ProfilerStep#1", 0, 100, cat="user_annotation"),
+        X("workbench/forward", 0, 60, cat="user_annotation"),
+        X("aten::linear", 10, 40, **{"External id": 1, "Sequence number": 7}),
+        X("aten::addmm", 12, 30, **{"External id": 2, "FLOPs": 2e9}),
+        X("aten::copy_", 20, 5, **{"External id": 3}),
+        X("workbench/backward", 60, 40, cat="user_annotation"),
+        X("autograd::engine::evaluate_function: AddmmBackward0", 62, 36, **{"Sequence number": 7}),
+        X("aten::mm", 65, 30, **{"External id": 5, "FLOPs": 1e9}),
+    )
+
+
+def test_self_time_subtracts_direct_children_only():
+    trace = load_trace(nested_trace())
+    by_name = {e.name: e for e in trace.events}
+    assert by_name["aten::linear"].self_us == pytest.approx(10)
+    assert by_name["aten::addmm"].self_us == pytest.approx(25)
+    assert by_name["aten::copy_"].self_us == pytest.approx(5)
+    assert by_name["aten::copy_"].parent is by_name["aten::addmm"]
+    assert by_name["aten::mm"].parent.name.startswith("autograd::engine")
+
+
+def test_op_table_sums_self_time_without_double_counting():
+    trace = load_trace(nested_trace())
+    ops = op_table(trace, n_steps=1)
+    # ops: linear 10 + addmm 25 + copy 5 + autograd node 6 + mm 30 = 76 us (step and phase ranges excluded)
+    assert sum(r["ms_per_step"] for r in ops) == pytest.approx(0.076)
+    assert sum(r["share"] for r in ops) == pytest.approx(1.0)
+    addmm = next(r for r in ops if r["op"] == "aten::addmm")
+    assert addmm["category"] == "matmul"
+    assert addmm["gflop_per_step"] == pytest.approx(2.0)
+    assert addmm["achieved_tflops"] == pytest.approx(2e9 / 25e-6 / 1e12)
+    assert next(r for r in ops if r["op"] == "aten::copy_")["category"] == "elementwise"
+    assert top_ops(ops, 1)[0]["op"] == "aten::mm"
+    cats = {r["category"]: r for r in category_table(ops)}
+    assert list(cats) == list(CATEGORIES)
+    assert cats["matmul"]["ms_per_step"] == pytest.approx((10 + 25 + 6 + 30) / 1e3)
+    assert cats["matmul"]["gflop_per_step"] == pytest.approx(3.0)
+    assert cats["attention"]["ms_per_step"] == 0 and cats["attention"]["achieved_tflops"] is None
+    with pytest.raises(ValueError, match="n >= 1"):
+        top_ops(ops, 0)
+
+
+def test_backward_ops_inherit_the_forward_context_through_the_sequence_number():
+    trace = load_trace(trace_of(
+        X("workbench/kernels/reference.py(74): attention", 0, 50, cat="python_function"),
+        X("aten::bmm", 5, 20, **{"Sequence number": 11}),
+        X("workbench/model/attention_gqa.py(36): forward", 60, 20, cat="python_function"),
+        X("aten::mm", 62, 10, **{"Sequence number": 12}),  # a projection in a module file named attention_*
+        X("autograd::engine::evaluate_function: BmmBackward0", 100, 30, **{"Sequence number": 11}),
+        X("aten::bmm", 105, 20),
+        X("autograd::engine::evaluate_function: MmBackward0", 140, 30, **{"Sequence number": 12}),
+        X("aten::mm", 145, 20),
+    ))
+    cats = [(e.name, e.ts, e.category) for e in trace.events if e.name in ("aten::bmm", "aten::mm")]
+    assert cats == [("aten::bmm", 5, "attention"), ("aten::mm", 62, "matmul"), ("aten::bmm", 105, "attention"),
+                    ("aten::mm", 145, "matmul")]
+
+
+def test_device_kernels_are_timed_on_the_device_and_take_their_launching_ops_category():
+    trace = load_trace(trace_of(
+        X("ProfilerStep#1", 0, 200, cat="user_annotation"),
+        X("Optimizer.step#AdamW.step", 100, 50, cat="user_annotation"),
+        X("aten::_foreach_mul_", 110, 5, **{"External id": 9}),
+        X("aten::mm", 10, 5, **{"External id": 4, "FLOPs": 4e9}),
+        X("volta_sgemm_128x64_nn", 20, 40, tid=7, cat="kernel", **{"External id": 4}),
+        X("splitK_reduce_kernel", 60, 10, tid=7, cat="kernel", **{"External id": 4}),
+        X("multi_tensor_apply_kernel", 120, 20, tid=7, cat="kernel", **{"External id": 9}),
+    ))
+    ops = {r["op"]: r for r in op_table(trace)}
+    assert set(ops) == {"aten::mm", "aten::_foreach_mul_"}  # kernels grouped under the op that launched them
+    assert ops["aten::mm"]["ms_per_step"] == pytest.approx(0.050)
+    assert ops["aten::mm"]["count_per_step"] == 2
+    assert ops["aten::mm"]["gflop_per_step"] == pytest.approx(4.0)  # counted once for its two kernels
+    assert ops["aten::_foreach_mul_"]["category"] == "optimizer"
+
+
+def test_annotate_flops_writes_flops_by_external_id():
+    raw = trace_of(X("aten::mm", 0, 5, **{"External id": 3}), X("aten::add", 5, 5, **{"External id": 4}))
+    assert annotate_flops(raw, {3: 1000.0}) == 1
+    assert raw["traceEvents"][0]["args"]["FLOPs"] == 1000
+    assert "FLOPs" not in raw["traceEvents"][1]["args"]
+
+
+# ---- intervals and step breakdown --------------------------------------------------------------------------------
+def test_interval_arithmetic():
+    assert iv.union([(5, 7), (0, 2), (1, 3)]) == [(0, 3), (5, 7)]
+    assert iv.total([(0, 2), (1, 3), (10, 11)]) == 4
+    assert iv.intersect([(0, 10)], [(2, 3), (5, 20)]) == [(2, 3), (5, 10)]
+    assert iv.clip([(0, 10), (20, 30)], (5, 25)) == [(5, 10), (20, 25)]
+
+
+def comm_trace():
+    """Two steps of 100 us. Each: data 0-10, forward 10-40, backward 40-80 (compute op 40-70), optimizer 80-95.
+    A gloo thread all-reduces 60-78 each step: 60-70 overlaps backward compute, 70-78 is exposed."""
+    events = []
+    for base in (0, 100):
+        events += [
+            X(f"ProfilerStep#{base // 100}", base, 100, cat="user_annotation"),
+            X("workbench/data", base, 10, cat="user_annotation"),
+            X("workbench/forward", base + 10, 30, cat="user_annotation"),
+            X("aten::mm", base + 12, 25),
+            X("workbench/backward", base + 40, 40, cat="user_annotation"),
+            X("aten::mm", base + 40, 30),
+            X("c10d::allreduce_", base + 59, 1),
+            X("gloo:all_reduce", base + 60, 18, tid=2, cat="user_annotation"),
+            X("workbench/optimizer", base + 80, 15, cat="user_annotation"),
+            X("aten::_foreach_add_", base + 81, 10),
+        ]
+    return trace_of(*events)
+
+
+def test_step_breakdown_splits_communication_into_exposed_and_overlapped():
+    result = step_breakdown(load_trace(comm_trace()))
+    assert result["n_steps"] == 2 and result["step_ms"] == pytest.approx(0.1)
+    rows = {r["phase"]: r["ms"] for r in result["rows"]}
+    comm = result["communication"]
+    # comm per step: c10d 59-60 (same thread as compute, nothing else runs then: exposed) + gloo 60-78
+    assert comm["total_ms"] == pytest.approx(0.019)
+    assert comm["overlapped_ms"] == pytest.approx(0.010)
+    assert comm["exposed_ms"] == pytest.approx(0.009)
+    assert rows["communication (exposed)"] == pytest.approx(0.009)
+    assert rows["backward"] == pytest.approx(0.040 - 0.009)  # exposed comm taken out of the phase it sits in
+    assert rows["data"] == pytest.approx(0.010) and rows["forward"] == pytest.approx(0.030)
+    assert rows["optimizer"] == pytest.approx(0.015)
+    assert rows["other"] == pytest.approx(0.100 - 0.010 - 0.030 - 0.040 - 0.015)
+    assert sum(rows.values()) == pytest.approx(result["step_ms"])
+
+
+def test_breakdown_without_step_markers_treats_the_trace_as_one_step():
+    result = step_breakdown(load_trace(trace_of(X("aten::mm", 0, 10), X("aten::add", 20, 5))))
+    assert result["n_steps"] == 1 and result["step_ms"] == pytest.approx(0.025)
+
+
+# ---- waterfall ----------------------------------------------------------------------------------------------------
+def categories_rows(**ms_and_gflop):
+    rows = []
+    for c in CATEGORIES:
+        ms, gflop = ms_and_gflop.get(c, (0.0, None))
+        rows.append({"category": c, "ms_per_step": ms, "gflop_per_step": gflop})
+    return rows
+
+
+def test_waterfall_goes_from_ideal_to_measured():
+    cats = categories_rows(matmul=(6.0, 3.0), attention=(2.0, 1.0), norm=(1.0, None), optimizer=(0.5, None))
+    wf = mfu_waterfall(cats, step_ms=12.0, exposed_comm_ms=1.5, flops_per_step=4e9, peak_flops=1e12,
+                       flops_source="test", peak_source="given")
+    bars = {b["label"]: b["ms"] for b in wf["bars"]}
+    assert wf["ideal_ms"] == pytest.approx(4.0) and wf["mfu"] == pytest.approx(4.0 / 12.0)
+    assert bars["matmul below peak"] == pytest.approx(6.0 - 3.0)  # ideal split 3:1 by profiler FLOPs
+    assert bars["attention below peak"] == pytest.approx(2.0 - 1.0)
+    assert bars["norm"] == pytest.approx(1.0) and bars["communication (exposed)"] == pytest.approx(1.5)
+    relative = sum(b["ms"] for b in wf["bars"] if b["measure"] != "total")
+    assert relative == pytest.approx(12.0) and wf["bars"][-1]["ms"] == 12.0
+    assert bars["host overhead / idle"] == pytest.approx(12.0 - 4.0 - 3.0 - 1.0 - 1.0 - 0.5 - 1.5)
+
+
+def test_waterfall_reports_unknown_mfu_without_a_peak_and_rejects_empty_steps():
+    wf = mfu_waterfall(categories_rows(matmul=(1.0, 1.0)), 2.0, 0.0, flops_per_step=None, peak_flops=None)
+    assert wf["mfu"] is None and wf["ideal_ms"] is None
+    assert wf["flops_source"].startswith("profiler-counted")
+    assert sum(b["ms"] for b in wf["bars"] if b["measure"] != "total") == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="step time"):
+        mfu_waterfall(categories_rows(), 0.0, 0.0, 1e9, 1e12)
+
+
+# ---- memory -------------------------------------------------------------------------------------------------------
+def mem(ts, nbytes, total, device_type=0):
+    return {"ph": "i", "name": "[memory]", "ts": ts, "pid": 1, "tid": 1,
+            "args": {"Bytes": nbytes, "Total Allocated": total, "Device Type": device_type}}
+
+
+def test_allocator_timeline_prefers_the_accelerator_and_finds_the_peak():
+    raw = trace_of(X("ProfilerStep#1", 100, 50, cat="user_annotation"),
+                   memory=[mem(110, 4096, 4096), mem(120, 2e6, 2e6, 1), mem(130, 3e6, 5e6, 1), mem(140, -5e6, 0, 1)])
+    line = allocator_timeline(load_trace(raw))
+    assert "cuda" in line["source"]
+    assert line["mb"] == [2.0, 5.0, 0.0] and line["peak_mb"] == 5.0
+    assert line["t_ms"] == [pytest.approx(0.020), pytest.approx(0.030), pytest.approx(0.040)]
+    assert allocator_timeline(load_trace(trace_of(X("aten::mm", 0, 1)))) is None
+
+
+def test_rss_sampler_records_samples():
+    import time
+
+    with RssSampler(interval_ms=1.0) as sampler:
+        time.sleep(0.03)
+    assert len(sampler.samples) >= 3
+    assert all(b > 1e6 for _, b in sampler.samples)  # a Python process with torch is well above 1 MB
+    with pytest.raises(ValueError):
+        RssSampler(interval_ms=0)
+
+
+# ---- report, save, compare ----------------------------------------------------------------------------------------
+def test_analyze_save_and_compare(tmp_path):
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(comm_trace()))
+    report = analyze(path, flops_per_step=1e6, peak=1e12, top_n=3)
+    summary = report.summary()
+    assert summary["mfu"] == pytest.approx(1e6 / 1e12 / 1e-4)
+    assert summary["top_op"] == "aten::mm" and len(report.top) == 3
+    written = report.save(tmp_path / "out")
+    for key in ("op_table_csv", "categories_csv", "report_json", "mfu_waterfall_html", "step_breakdown_html",
+                "memory_html", "categories_html", "top_ops_html"):
+        assert (tmp_path / "out").joinpath(written[key]).exists(), key
+    assert '"type":"waterfall"' in open(written["mfu_waterfall_html"]).read().replace(" ", "")
+    saved = json.loads(open(written["report_json"]).read())
+    assert saved["summary"]["step_ms"] == pytest.approx(0.1)
+    slower = analyze(load_trace(trace_of(X("ProfilerStep#1", 0, 200, cat="user_annotation"), X("aten::mm", 0, 150))))
+    side = compare({"a": report, "b": slower})
+    assert side["speedup_vs_a"]["b"] == pytest.approx(0.5)
+    assert {r["category"] for r in side["categories"]} == set(CATEGORIES)
+    assert len(side["figures"]["step_breakdown"].data) >= 2
+    with pytest.raises(ValueError, match="two"):
+        compare({"a": report})
+
+
+def test_missing_trace_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run a profile first"):
+        load_trace(tmp_path / "nope.json")

@@ -1,0 +1,177 @@
+"""The profiler wrapper: real torch.profiler runs on CPU (toy LM), the device -> profiler dispatch (CUDA activity
+chosen by type; the NPU path driven through a FAKE torch_npu.profiler test double, never real Ascend hardware),
+the CLI, and the Trainer convenience."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.device import get_device
+from workbench.device.detect import DeviceUnavailableError
+from workbench.errors import ConfigError
+from workbench.kernels import use_kernels
+from workbench.profiling import ProfileConfig, analyze, profile_steps
+from workbench.profiling import backends
+from workbench.profiling.toy import ToyConfig, toy_training_step
+
+TINY = ToyConfig(vocab=64, dim=32, heads=2, layers=1, seq_len=16, batch=2)
+
+
+def test_profile_steps_on_cpu_writes_a_trace_with_shapes_flops_steps_and_memory(tmp_path):
+    step, model = toy_training_step(TINY, get_device("cpu"))
+    run = profile_steps(step, ProfileConfig(wait=1, warmup=1, active=2), device=get_device("cpu"), out_dir=tmp_path)
+    raw = json.loads((tmp_path / "trace.json").read_text())
+    ops = [e for e in raw["traceEvents"] if e.get("cat") == "cpu_op"]
+    mm = [e for e in ops if e["name"] in ("aten::mm", "aten::addmm")]
+    assert mm and all(e["args"].get("FLOPs", 0) > 0 for e in mm)  # FLOPs added to the exported trace
+    assert all("Input Dims" in e["args"] for e in mm)  # shapes recorded
+    assert len(run.trace.steps) == 2 and len(run.step_wall_s) == 4
+    assert {"workbench/forward", "workbench/backward", "workbench/optimizer", "workbench/data"} <= {
+        e.name for e in run.trace.events}
+    report = analyze(run, flops_per_step=model.flops_per_token() * TINY.batch * TINY.seq_len,
+                     peak=1e11)  # a stated peak; the probe is exercised by the CLI test
+    cats = {r["category"]: r for r in report.categories}
+    assert cats["matmul"]["ms_per_step"] > 0 and cats["matmul"]["achieved_tflops"] > 0
+    assert cats["attention"]["ms_per_step"] > 0  # torch SDPA, the default attention on CPU
+    assert cats["optimizer"]["ms_per_step"] > 0
+    rows = report.breakdown["rows"]
+    assert sum(r["ms"] for r in rows) == pytest.approx(report.breakdown["step_ms"], rel=1e-6)
+    assert 0 < report.waterfall["mfu"] < 1
+    memory = report.memory
+    assert memory["peak_allocated_mb"] > 0 and memory["device_peak_mb"] > 0
+    assert set(memory["timelines"]) == {"allocator", "rss"}
+
+
+def test_python_frames_attribute_a_reference_attention_to_attention(tmp_path):
+    device = get_device("cpu")
+    with use_kernels({"attention": "reference"}):
+        step, _ = toy_training_step(TINY, device)
+        run = profile_steps(step, ProfileConfig(wait=0, warmup=1, active=1, with_stack=True,
+                                                memory_timeline="off"), device=device, out_dir=tmp_path)
+    report = analyze(run)
+    by_cat = {r["category"]: r["ms_per_step"] for r in report.categories}
+    assert by_cat["attention"] > 0
+    attention_ops = {r["op"] for r in report.ops if r["category"] == "attention"}
+    assert "aten::bmm" in attention_ops  # the reference attention's GEMMs (forward and backward)
+    assert not any("scaled_dot_product" in op for op in attention_ops)
+    assert report.memory["timelines"] == {}
+
+
+def test_profile_config_rejects_bad_values_with_a_fix():
+    with pytest.raises(ConfigError, match="at least 1 step"):
+        ProfileConfig(active=0)
+    with pytest.raises(ConfigError, match="integer >= 0"):
+        ProfileConfig(wait=-1)
+    with pytest.raises(ConfigError, match="choose one of"):
+        ProfileConfig(memory_timeline="gpu")
+    with pytest.raises(TypeError, match="callable"):
+        profile_steps("not a function", device=get_device("cpu"))
+
+
+def test_profiler_activities_follow_the_device_type():
+    activity = torch.profiler.ProfilerActivity
+    assert backends.profiler_backend("cpu").activities == [activity.CPU]
+    cuda = backends.profiler_backend("cuda")
+    assert cuda.name == "torch.profiler" and cuda.activities == [activity.CPU, activity.CUDA]
+    assert backends.profiler_backend("xpu").activities == [activity.CPU, activity.XPU]
+
+
+def test_npu_without_torch_npu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(backends, "_import_torch_npu", lambda: (None, "torch_npu is not installed"))
+    with pytest.raises(DeviceUnavailableError, match="torch_npu is not installed"):
+        backends.profiler_backend("npu")
+
+
+def fake_torch_npu(calls: dict):
+    """A TEST DOUBLE of torch_npu.profiler: records how it is driven and writes a trace_view.json the way
+    torch_npu's tensorboard_trace_handler lays it out. It runs nothing on an NPU."""
+
+    def schedule(**kwargs):
+        calls["schedule"] = kwargs
+        return ("schedule", kwargs)
+
+    def tensorboard_trace_handler(path):
+        def handler(prof):
+            out = Path(path) / "host_1_20261129_ascend_pt" / "ASCEND_PROFILER_OUTPUT"
+            out.mkdir(parents=True)
+            events = []
+            for i in range(prof.steps):
+                base = 1000.0 * i
+                events += [
+                    {"ph": "X", "cat": "cpu_op", "name": f"ProfilerStep#{i}", "ts": base, "dur": 900, "pid": 1,
+                     "tid": 1, "args": {}},
+                    {"ph": "X", "cat": "cpu_op", "name": "npu_fusion_attention", "ts": base + 100, "dur": 300,
+                     "pid": 1, "tid": 1, "args": {}},
+                    {"ph": "X", "cat": "cpu_op", "name": "aten::matmul", "ts": base + 500, "dur": 200, "pid": 1,
+                     "tid": 1, "args": {}},
+                ]
+            (out / "trace_view.json").write_text(json.dumps(events))  # torch_npu writes a bare event list
+
+        calls["trace_dir"] = path
+        return handler
+
+    class profile:
+        def __init__(self, **kwargs):
+            calls["profile"] = kwargs
+            self.steps = 0
+            self.kwargs = kwargs
+
+        def __enter__(self):
+            return self
+
+        def step(self):
+            self.steps += 1
+
+        def __exit__(self, *exc):
+            self.steps = calls["schedule"]["active"]
+            self.kwargs["on_trace_ready"](self)
+
+    profiler = types.SimpleNamespace(ProfilerActivity=types.SimpleNamespace(CPU="CPU", NPU="NPU"),
+                                     schedule=schedule, tensorboard_trace_handler=tensorboard_trace_handler,
+                                     profile=profile)
+    return types.SimpleNamespace(profiler=profiler)
+
+
+def test_npu_dispatches_to_torch_npu_profiler_FAKE_module(monkeypatch, tmp_path):
+    calls: dict = {}
+    monkeypatch.setattr(backends, "_import_torch_npu", lambda: (fake_torch_npu(calls), None))
+    fake_npu_device = types.SimpleNamespace(type="npu", synchronize=lambda: None, reset_peak_memory=lambda: None,
+                                            memory_stats=lambda: {"peak_bytes": 123e6, "source": "fake"})
+    steps_run = []
+    run = profile_steps(lambda: steps_run.append(1), ProfileConfig(wait=1, warmup=1, active=3),
+                        device=fake_npu_device, out_dir=tmp_path)
+    assert run.backend == "torch_npu.profiler" and len(steps_run) == 5
+    assert calls["profile"]["activities"] == ["CPU", "NPU"]
+    assert calls["schedule"] == {"wait": 1, "warmup": 1, "active": 3, "repeat": 1}
+    assert calls["profile"]["with_flops"] and calls["profile"]["record_shapes"]
+    assert calls["profile"]["profile_memory"]
+    assert Path(calls["trace_dir"]) == tmp_path / "raw"
+    assert (tmp_path / "trace.json").exists()
+    report = analyze(run)
+    assert report.breakdown["n_steps"] == 3
+    by_cat = {r["category"]: r["ms_per_step"] for r in report.categories}
+    assert by_cat["attention"] == pytest.approx(0.3) and by_cat["matmul"] == pytest.approx(0.2)
+    assert report.memory["device_peak_mb"] == pytest.approx(123.0)
+
+
+def test_cli_profile_toy_writes_trace_tables_and_figures(tmp_path, capsys):
+    from workbench.cli import main
+
+    out = tmp_path / "prof"
+    rc = main(["profile", "--preset", "toy", "--steps", "1", "--wait", "0", "--warmup", "1", "--seq-len", "16",
+               "--batch-size", "2", "--kernels", "attention=reference", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "MFU" in printed and "matmul" in printed
+    for name in ("trace.json", "op_table.csv", "categories.csv", "top_ops.csv", "report.json",
+                 "figures/mfu_waterfall.html", "figures/step_breakdown.html", "figures/memory.html"):
+        assert (out / name).exists(), name
+    assert main(["profile", "--preset", "toy", "--steps", "0", "--out", str(out)]) == 2
+    assert "at least 1 step" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["profile", "--kernels", "attention", "--out", str(out)])
