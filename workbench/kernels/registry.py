@@ -158,11 +158,15 @@ def availability_table(device_type: str) -> list[dict]:
     """Rows of (op, implementation, available, reason, selected) for ``workbench kernels list``."""
     rows = []
     for op in ops():
-        chosen = resolve_impl(op, device_type).name
+        try:
+            chosen, problem = resolve_impl(op, device_type).name, ""
+        except (RuntimeError, ValueError) as exc:  # an override that cannot run here: show it, don't crash
+            chosen, problem = None, str(exc)
         for name, impl in sorted(implementations(op).items(), key=lambda kv: -kv[1].priority):
             reason = impl.unavailable_reason(device_type)
             rows.append({"op": op, "impl": name, "available": reason is None, "reason": reason or "",
-                         "selected": name == chosen, "priority": impl.priority, "description": impl.description})
+                         "selected": name == chosen, "priority": impl.priority, "description": impl.description,
+                         "selection_error": problem})
     return rows
 
 

@@ -1,0 +1,306 @@
+"""Kernel registry, reference semantics, the torch implementations against the reference (forward and backward,
+fp32 and bf16, tolerances in workbench/kernels/correctness.py), the FlashAttention teaching version, the
+chunked cross-entropy's memory, the benchmark and the `workbench kernels` CLI. Triton: test_kernels_triton.py;
+npu: test_kernels_npu.py. Runs on cpu; pass WORKBENCH_TEST_DEVICE=cuda to run the correctness part on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import workbench.kernels as K
+from workbench.kernels import correctness, flash_teaching, reference, registry, torch_ops
+from workbench.kernels.correctness import CASES, run_case
+
+DEVICE = os.environ.get("WORKBENCH_TEST_DEVICE", "cpu")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# registry: selection order and overrides
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _clean_overrides(monkeypatch):
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    registry.set_overrides(None)
+    yield
+    registry.set_overrides(None)
+
+
+def test_every_op_has_a_reference_and_cases():
+    assert set(K.ops()) == {"attention", "cross_entropy", "moe", "rms_norm", "rope", "swiglu"}
+    for op in K.ops():
+        assert "reference" in K.implementations(op)
+        assert CASES[op], op
+
+
+def test_cpu_defaults_are_the_measured_fastest_correct_paths():
+    chosen = {op: K.resolve_impl(op, "cpu").name for op in K.ops()}
+    assert chosen == {"attention": "torch", "cross_entropy": "torch", "moe": "torch", "rms_norm": "torch",
+                      "rope": "reference", "swiglu": "reference"}
+
+
+def test_triton_is_opt_in_on_cuda_and_npu_ops_need_torch_npu():
+    for op in ("attention", "rms_norm", "swiglu", "rope"):
+        assert K.resolve_impl(op, "cuda").name != "triton"
+    rows = {(r["op"], r["impl"]): r for r in K.availability_table("npu")}
+    assert not rows[("attention", "npu")]["available"]
+    assert "torch_npu" in rows[("attention", "npu")]["reason"]
+
+
+def test_selection_order_explicit_then_env_then_overrides(monkeypatch):
+    K.set_overrides({"attention": "reference"})
+    assert K.resolve_impl("attention", "cpu").name == "reference"
+    monkeypatch.setenv(registry.ENV_VAR, "attention=torch")
+    assert K.resolve_impl("attention", "cpu").name == "torch"  # env beats code overrides
+    assert K.resolve_impl("attention", "cpu", impl="reference").name == "reference"  # explicit beats env
+    monkeypatch.setenv(registry.ENV_VAR, "reference")  # one name for every op that has it
+    assert {K.resolve_impl(op, "cpu").name for op in K.ops()} == {"reference"}
+
+
+def test_bad_overrides_are_clear_errors(monkeypatch):
+    with pytest.raises(ValueError, match="unknown implementation"):
+        K.set_overrides({"attention": "cudnn"})
+    monkeypatch.setenv(registry.ENV_VAR, "nonsense")
+    with pytest.raises(ValueError, match="no op has an implementation"):
+        K.resolve_impl("attention", "cpu")
+    monkeypatch.setenv(registry.ENV_VAR, "attention=npu")
+    with pytest.raises(RuntimeError, match="cannot run on cpu"):
+        K.resolve_impl("attention", "cpu")
+
+
+def test_use_kernels_routes_the_public_functions():
+    calls = []
+    q = k = v = torch.randn(1, 1, 4, 8)
+
+    @registry.register("attention", "spy", devices=("cpu",), priority=-100)
+    def spy(q, k, v, causal=True, scale=None, topk_indices=None):
+        calls.append(causal)
+        return reference.attention(q, k, v, causal, scale, topk_indices)
+
+    try:
+        K.attention(q, k, v)
+        assert calls == []
+        with K.use_kernels({"attention": "spy"}):
+            K.attention(q, k, v, causal=False)
+        assert calls == [False]
+        K.attention(q, k, v)
+        assert calls == [False]
+    finally:
+        registry._REGISTRY["attention"].pop("spy")
+        registry._RESOLVED.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reference semantics (hand-checkable facts)
+# ---------------------------------------------------------------------------------------------------------------
+def test_rope_partial_passes_channels_through_and_preserves_norms():
+    x = torch.randn(2, 3, 5, 16)
+    angles = torch.rand(5, 4)
+    for interleaved in (False, True):
+        out = reference.rope(x, angles.cos(), angles.sin(), interleaved)
+        assert torch.equal(out[..., 8:], x[..., 8:])
+        # a rotation keeps the length of each rotated pair, so of the rotated block
+        torch.testing.assert_close(out[..., :8].norm(dim=-1), x[..., :8].norm(dim=-1))
+    assert not torch.allclose(reference.rope(x, angles.cos(), angles.sin(), False),
+                              reference.rope(x, angles.cos(), angles.sin(), True))
+
+
+def test_topk_mask_and_sparse_attention_sees_only_chosen_keys():
+    idx = torch.tensor([[[0, -1], [1, 0], [2, -1]]])  # [B=1, S=3, K=2]
+    mask = reference.topk_to_mask(idx, 3)
+    assert mask.tolist() == [[[True, False, False], [True, True, False], [False, False, True]]]
+    q, k = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)
+    v = torch.eye(3)[None, None]  # output row = attention weights
+    out = reference.attention(q, k, v, causal=True, topk_indices=idx)
+    assert out[0, 0, 2].tolist() == [0.0, 0.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# correctness: every torch implementation against the reference
+# ---------------------------------------------------------------------------------------------------------------
+TORCH_OPS = ["attention", "cross_entropy", "moe", "rms_norm"]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("op", TORCH_OPS)
+def test_torch_implementation_matches_reference(op, dtype):
+    for case in CASES[op]:
+        result = run_case(op, "torch", case, DTYPES[dtype], DEVICE)
+        assert result.passed, result
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_reference_in_low_precision_is_within_the_stated_tolerance(dtype):
+    for op, cases in CASES.items():
+        for case in cases:
+            result = run_case(op, "reference", case, DTYPES[dtype], DEVICE)
+            assert result.passed, result
+
+
+def test_the_harness_catches_wrong_kernels():
+    def no_causal_mask(q, k, v, causal=True, scale=None, topk_indices=None):
+        return reference.attention(q, k, v, causal=False, scale=scale, topk_indices=topk_indices)
+
+    def wrong_rope_style(x, cos, sin, interleaved=False):
+        return reference.rope(x, cos, sin, not interleaved)
+
+    def forward_only_norm(x, weight, eps=1e-6):  # right forward, gradient blocked for weight
+        return reference.rms_norm(x, weight.detach(), eps) + 0 * weight.sum()
+
+    assert not run_case("attention", "bad", CASES["attention"][0], torch.float32, fn=no_causal_mask).passed
+    assert not run_case("rope", "bad", CASES["rope"][0], torch.float32, fn=wrong_rope_style).passed
+    result = run_case("rms_norm", "bad", CASES["rms_norm"][0], torch.float32, fn=forward_only_norm)
+    assert result.forward_error < 1e-6 and not result.passed
+
+
+def test_moe_slice_fallback_and_grouped_mm_agree(monkeypatch):
+    case = CASES["moe"][0]
+    assert run_case("moe", "torch", case, torch.float32).passed
+    # Force _grouped_mm on cpu (normally only used on accelerators) and then force the slice loop.
+    original = torch_ops.grouped_matmul
+
+    def grouped_everywhere(x_sorted, weights, counts):
+        offsets = counts.cumsum(0).to(torch.int32)
+        return torch._grouped_mm(torch_ops._ContiguousGrad.apply(x_sorted), weights, offs=offsets)
+
+    if torch_ops.grouped_mm_works("cpu", torch.float32):
+        monkeypatch.setattr(torch_ops, "grouped_matmul", grouped_everywhere)
+        assert run_case("moe", "torch", case, torch.float32).passed
+    monkeypatch.setattr(torch_ops, "grouped_matmul", original)
+    with torch.no_grad():  # the inference path writes into a preallocated output
+        args, _ = case.make(torch.Generator().manual_seed(0))
+        torch.testing.assert_close(torch_ops.moe(*args), reference.moe(*args))
+
+
+def test_moe_handles_experts_with_no_tokens():
+    x = torch.randn(6, 8)
+    idx = torch.tensor([[0], [0], [3], [3], [3], [0]])  # experts 1, 2 unused
+    w = torch.ones(6, 1)
+    w_gate_up, w_down = torch.randn(4, 12, 8), torch.randn(4, 8, 6)
+    torch.testing.assert_close(torch_ops.moe(x, idx, w, w_gate_up, w_down),
+                               reference.moe(x, idx, w, w_gate_up, w_down))
+
+
+def test_chunked_cross_entropy_never_holds_the_full_logits():
+    rows, dim, vocab, chunk = 64, 32, 4096, 512
+    hidden = torch.randn(rows, dim, requires_grad=True)
+    weight = torch.randn(vocab, dim, requires_grad=True)
+    labels = torch.randint(0, vocab, (rows,))
+    full_logits_bytes = rows * vocab * 4
+
+    def chunked():
+        loss = torch_ops.cross_entropy(hidden, weight, labels, chunk_size=chunk)
+        loss.backward()
+        return loss
+
+    def plain():
+        loss = reference.cross_entropy(hidden, weight, labels)
+        loss.backward()
+        return loss
+
+    chunked_peak = flash_teaching.peak_memory_bytes(chunked)
+    plain_peak = flash_teaching.peak_memory_bytes(plain)
+    # the gradients (hidden + weight, fp32) are allocated either way; the logits are what differ
+    grads = (rows * dim + vocab * dim) * 4
+    assert plain_peak >= full_logits_bytes
+    assert chunked_peak < grads + full_logits_bytes / 2, (chunked_peak, plain_peak)
+    torch.testing.assert_close(torch_ops.cross_entropy(hidden, weight, labels, chunk_size=chunk),
+                               reference.cross_entropy(hidden, weight, labels))
+    with pytest.raises(ValueError, match="chunk_size"):
+        torch_ops.cross_entropy(hidden, weight, labels, chunk_size=0)
+
+
+def test_chunked_cross_entropy_all_ignored_is_nan_like_torch():
+    hidden, weight = torch.randn(3, 4), torch.randn(10000, 4)
+    labels = torch.full((3,), -100)
+    assert math.isnan(torch_ops.cross_entropy(hidden, weight, labels, chunk_size=4096).item())
+    assert math.isnan(reference.cross_entropy(hidden, weight, labels).item())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FlashAttention teaching version
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", [(2, 4, 2, 37, 37, 16), (1, 2, 2, 5, 19, 16), (1, 2, 1, 19, 5, 8)])
+def test_tiled_attention_equals_reference(shape, causal):
+    batch, heads, kv_heads, q_len, k_len, dim = shape
+    q = torch.randn(batch, heads, q_len, dim, dtype=torch.float64)
+    k = torch.randn(batch, kv_heads, k_len, dim, dtype=torch.float64)
+    v = torch.randn(batch, kv_heads, k_len, dim, dtype=torch.float64)
+    out = flash_teaching.tiled_attention(q, k, v, causal=causal, block_q=8, block_k=6)
+    torch.testing.assert_close(out.float(), reference.attention(q, k, v, causal=causal).float(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_attention_peak_memory_is_far_below_naive():
+    report = flash_teaching.memory_comparison(batch=1, heads=2, seq_len=512, head_dim=32, block=64)
+    # naive holds at least the [B, H, S, S] fp32 scores; tiled only tiles and the output
+    assert report["naive_peak_bytes"] >= report["naive_score_matrix_bytes"]
+    assert report["tiled_peak_bytes"] < report["naive_score_matrix_bytes"] / 4
+    assert report["ratio"] > 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# benchmark and CLI
+# ---------------------------------------------------------------------------------------------------------------
+def test_benchmark_rows_roofline_and_outputs(tmp_path):
+    from workbench.kernels import bench
+
+    peaks = bench.Peaks(1e11, "test: 100 GFLOP/s", 1e10, "test: 10 GB/s")
+    result = bench.run_benchmark("cpu", torch.float32, "tiny", repeats=1, peaks=peaks, moe_experts=(8,))
+    ops = {(r["op"], r["impl"]) for r in result["rows"]}
+    assert ("attention", "torch") in ops and ("moe", "reference") in ops and ("cross_entropy", "torch") in ops
+    for row in result["rows"]:
+        assert row["time_ms"] > 0
+        assert row["gflops"] == pytest.approx(row["flops"] / row["time_ms"] / 1e6)
+        bound = max(row["flops"] / 1e11, row["bytes"] / 1e10)
+        assert row["pct_of_roofline"] == pytest.approx(100 * bound / (row["time_ms"] / 1e3))
+        assert row["bound_by"] == ("memory" if row["intensity"] < 10 else "compute")
+    assert {c["what"].split()[0] for c in result["comparisons"]} == {"moe", "attention"}
+    paths = bench.write_outputs(result, tmp_path)
+    assert json.loads(open(paths["json"]).read())["peaks"]["flops_source"] == "test: 100 GFLOP/s"
+    assert "plotly" in open(paths["html"]).read().lower()
+    with pytest.raises(ValueError, match="kv_heads"):
+        bench.BenchSizes(heads=6, kv_heads=4)
+    with pytest.raises(ValueError, match="preset"):
+        bench.run_benchmark("cpu", sizes="huge", peaks=peaks)
+
+
+def test_attention_flops_count_only_visible_pairs():
+    from workbench.kernels.bench import _visible_pairs
+
+    assert _visible_pairs(4, 4, True) == 10
+    assert _visible_pairs(4, 4, False) == 16
+    assert _visible_pairs(2, 5, True) == 4 + 5  # decode: bottom-right aligned
+
+
+def test_cli_list_and_check(capsys):
+    from workbench.cli import main
+
+    assert main(["kernels", "list", "--device", "cpu", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    selected = {r["op"]: r["impl"] for r in rows if r["selected"]}
+    assert selected["attention"] == "torch"
+    assert main(["kernels", "list", "--device", "npu"]) == 0  # lists why npu kernels are missing here
+    assert "torch_npu" in capsys.readouterr().out
+    assert main(["kernels", "check", "--device", "cpu", "--ops", "swiglu", "--dtypes", "fp32"]) == 0
+    assert "checks passed" in capsys.readouterr().out
+    assert main(["kernels", "bench", "--device", "cpu", "--repeats", "0"]) == 2
+
+
+def test_cli_bench_writes_json_and_chart(tmp_path, capsys):
+    from workbench.cli import main
+
+    code = main(["kernels", "bench", "--device", "cpu", "--dtype", "fp32", "--sizes", "tiny", "--ops", "rms_norm,moe",
+                 "--repeats", "1", "--moe-experts", "8", "--no-probe", "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "kernels_bench.json").read_text())
+    assert {r["op"] for r in result["rows"]} == {"rms_norm", "moe"}
+    assert (tmp_path / "kernels_bench_roofline.html").exists()
+    assert "rms_norm" in capsys.readouterr().out

@@ -1,0 +1,128 @@
+"""``workbench kernels``: list the kernel implementations usable here, check them, or benchmark them.
+
+    workbench kernels list  [--device auto] [--json]
+    workbench kernels check [--device auto] [--dtypes fp32,bf16] [--ops ...] [--impls ...] [--json]
+    workbench kernels bench [--device auto] [--dtype fp32] [--sizes small] [--mode forward|train] [--out DIR]
+
+``list`` shows every op x implementation, whether it runs here (and why not), and which one is selected (the
+``WORKBENCH_KERNELS`` env var overrides, e.g. ``WORKBENCH_KERNELS=attention=reference``). ``check`` runs the
+correctness harness (workbench/kernels/correctness.py). ``bench`` writes ``kernels_bench.json`` and a plotly
+roofline chart ``kernels_bench_roofline.html`` into --out (default: figures/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from workbench.errors import WorkbenchError
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    lister = sub.add_parser("list", help="implementations per op, available here or why not, and the selection")
+    lister.add_argument("--device", default="auto", help="device to list for: auto, cpu, cuda, npu, ...")
+    lister.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    check = sub.add_parser("check", help="every implementation against the reference, forward and backward")
+    check.add_argument("--device", default="auto")
+    check.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    check.add_argument("--ops", default=None, help="comma-separated ops (default: all)")
+    check.add_argument("--impls", default=None, help="comma-separated implementations (default: all available)")
+    check.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="time each op x implementation; GFLOP/s, GB/s, % of roofline; JSON + chart")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: the device's training dtype)")
+    bench.add_argument("--sizes", default="small", help="size preset: tiny, small (cpu), large (gpu/npu)")
+    bench.add_argument("--ops", default=None, help="comma-separated ops (default: all)")
+    bench.add_argument("--impls", default=None, help="comma-separated implementations (default: all available)")
+    bench.add_argument("--mode", default="forward", choices=("forward", "train"))
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--moe-experts", default="8,16,32,64", help="expert counts for the grouped-vs-loop sweep")
+    bench.add_argument("--no-probe", action="store_true", help="do not probe peaks (roofline % unknown off-catalog)")
+    bench.add_argument("--out", default="figures", help="folder for kernels_bench.json and the roofline HTML")
+    bench.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+
+
+def list_rows(device: str = "auto") -> tuple[str, list[dict]]:
+    from workbench.device import DeviceUnavailableError, get_device
+    from workbench.device.detect import SUPPORTED_DEVICE_TYPES
+    from workbench.kernels import availability_table
+
+    try:
+        device_type = get_device(device).type
+    except DeviceUnavailableError:
+        # Listing for a device this machine lacks is still useful: it shows what would run there and what is
+        # missing here (e.g. "torch_npu is not installed").
+        device_type = str(device).split(":")[0].strip().lower()
+        if device_type not in SUPPORTED_DEVICE_TYPES:
+            raise
+    return device_type, availability_table(device_type)
+
+
+def format_list(device_type: str, rows: list[dict]) -> str:
+    lines = [f"kernels on {device_type} (* = selected; override with WORKBENCH_KERNELS=op=impl,...)", ""]
+    lines.append(f"  {'op':<14}{'impl':<11}{'status':<10}why not / what")
+    errors = sorted({row["selection_error"] for row in rows if row["selection_error"]})
+    lines += [f"! {error}" for error in errors]
+    for row in rows:
+        mark = "*" if row["selected"] else " "
+        status = "ok" if row["available"] else "-"
+        lines.append(f"{mark} {row['op']:<14}{row['impl']:<11}{status:<10}{row['reason'] or row['description']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        device_type, rows = list_rows(args.device)
+        print(json.dumps(rows, indent=2) if args.json else format_list(device_type, rows))
+        return 0
+    if args.action == "check":
+        return _check(args)
+    return _bench(args)
+
+
+def _check(args) -> int:
+    from workbench.device import get_device
+    from workbench.device.detect import parse_dtype
+    from workbench.kernels.correctness import check_all
+
+    dev = get_device(args.device)
+    dtypes = tuple(parse_dtype(d) for d in _csv(args.dtypes) or ["fp32"])
+    results = check_all(str(dev.torch_device), _csv(args.ops), _csv(args.impls), dtypes)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        print(f"{'op':<14}{'impl':<11}{'case':<34}{'dtype':<6}{'fwd err':>10}{'bwd err':>10}{'tol':>8}  ok")
+        for r in results:
+            print(f"{r.op:<14}{r.impl:<11}{r.case[:33]:<34}{r.dtype:<6}{r.forward_error:>10.2e}"
+                  f"{r.backward_error:>10.2e}{r.tolerance:>8.0e}  {'yes' if r.passed else 'NO ' + r.note}")
+    failed = [r for r in results if not r.passed]
+    print(f"{len(results) - len(failed)}/{len(results)} checks passed on {dev.torch_device}")
+    return 1 if failed else 0
+
+
+def _bench(args) -> int:
+    from workbench.device import get_device
+    from workbench.device.detect import parse_dtype
+    from workbench.kernels.bench import format_table, run_benchmark, write_outputs
+
+    if args.repeats < 1:
+        raise WorkbenchError(f"--repeats must be >= 1, got {args.repeats}")
+    dev = get_device(args.device)
+    dtype = parse_dtype(args.dtype) if args.dtype else dev.training_dtype
+    try:
+        experts = tuple(int(e) for e in _csv(args.moe_experts) or [])
+    except ValueError:
+        raise WorkbenchError(f"--moe-experts must be comma-separated integers, got {args.moe_experts!r}") from None
+    result = run_benchmark(str(dev.torch_device), dtype, args.sizes, _csv(args.ops), _csv(args.impls), args.mode,
+                           args.repeats, allow_probe=not args.no_probe, moe_experts=experts)
+    paths = write_outputs(result, args.out)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    print(f"\nwrote {paths['json']} and {paths['html']}")
+    return 0

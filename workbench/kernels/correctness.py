@@ -1,0 +1,240 @@
+"""Correctness harness: every implementation against the eager reference, forward and backward, several shapes
+and dtypes, on any device.
+
+How one check works: inputs are drawn on cpu from a seeded generator, rounded to the dtype under test and moved to
+the device. The *golden* answer is the ``reference`` implementation run in fp32 on those same (rounded) inputs; the
+implementation under test runs in the dtype under test. Both get the same random output gradient. The error is
+
+    max |impl - golden| / max |golden|       (for the output, and for every input gradient)
+
+i.e. relative to the tensor's scale, so one tolerance per dtype fits every op:
+
+    fp32: 1e-4 (2e-3 for Triton on cuda, whose tl.dot uses TF32 by default)     bf16: 3e-2     fp16: 1e-2
+
+bf16 keeps 8 mantissa bits (relative rounding 2^-9 ~ 0.002 per element); sums over a few hundred terms and
+the rounding of intermediates (logits, probabilities) stay well inside 3e-2, which still catches a wrong mask or a
+missing term (those give errors of order 1). Used by tests/test_kernels*.py, notebooks/02_kernels.ipynb and
+``workbench kernels check``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from workbench.kernels import registry
+
+TOLERANCES = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+TF32_TOLERANCE = 2e-3
+
+
+def tolerance(dtype: torch.dtype, impl: str, device_type: str) -> float:
+    if dtype == torch.float32 and impl == "triton" and device_type == "cuda":
+        return TF32_TOLERANCE
+    return TOLERANCES[dtype]
+
+
+@dataclass
+class Case:
+    """One set of inputs for an op: ``make(generator)`` returns (args, kwargs); ``grad_args`` are the positions
+    of the arguments whose gradients are compared (e.g. rope's cos/sin are buffers, not trained)."""
+
+    name: str
+    make: Callable[[torch.Generator], tuple[list, dict]]
+    grad_args: tuple[int, ...]
+
+
+def _randn(gen, *shape, scale=1.0):
+    return torch.randn(*shape, generator=gen) * scale
+
+
+def _routing(gen, tokens, experts, top_k):
+    scores = torch.rand(tokens, experts, generator=gen)
+    weights, indices = scores.topk(top_k, dim=-1)
+    return indices, weights / weights.sum(-1, keepdim=True)
+
+
+def _topk(gen, batch, q_len, k_len, slots):
+    # Each query picks `slots` keys among those it may see (causal), with some unused (-1) slots.
+    idx = torch.randint(0, k_len, (batch, q_len, slots), generator=gen)
+    visible_max = torch.arange(q_len)[None, :, None] + (k_len - q_len)
+    idx = torch.minimum(idx, visible_max)
+    unused = torch.rand(batch, q_len, slots, generator=gen) < 0.2
+    return torch.where(unused, torch.full_like(idx, -1), idx)
+
+
+def _angles(seq, half, base=10000.0):
+    inv = 1.0 / base ** (torch.arange(half) / half)
+    angles = torch.arange(seq)[:, None] * inv[None, :]
+    return angles.cos(), angles.sin()
+
+
+def _rope_case(name, shape, half, interleaved):
+    def make(gen):
+        cos, sin = _angles(shape[-2], half)
+        return [_randn(gen, *shape), cos, sin, interleaved], {}
+    return Case(name, make, (0,))
+
+
+def _attention_case(name, batch, heads, kv_heads, q_len, k_len, d_qk, d_v, causal, topk_slots=0):
+    def make(gen):
+        q = _randn(gen, batch, heads, q_len, d_qk)
+        k = _randn(gen, batch, kv_heads, k_len, d_qk)
+        v = _randn(gen, batch, kv_heads, k_len, d_v)
+        kwargs = {"causal": causal}
+        if topk_slots:
+            kwargs["topk_indices"] = _topk(gen, batch, q_len, k_len, topk_slots)
+        return [q, k, v], kwargs
+    return Case(name, make, (0, 1, 2))
+
+
+def _moe_case(name, tokens, dim, ffn, experts, top_k):
+    def make(gen):
+        indices, weights = _routing(gen, tokens, experts, top_k)
+        return [_randn(gen, tokens, dim), indices, weights, _randn(gen, experts, 2 * ffn, dim, scale=dim ** -0.5),
+                _randn(gen, experts, dim, ffn, scale=ffn ** -0.5)], {}
+    return Case(name, make, (0, 3, 4))
+
+
+def _ce_case(name, rows, dim, vocab, ignored):
+    def make(gen):
+        labels = torch.randint(0, vocab, (rows,), generator=gen)
+        labels[:ignored] = -100
+        return [_randn(gen, rows, dim), _randn(gen, vocab, dim, scale=dim ** -0.5), labels], {}
+    return Case(name, make, (0, 1))
+
+
+CASES: dict[str, list[Case]] = {
+    "rms_norm": [
+        Case("[4,32]", lambda g: ([_randn(g, 4, 32), 1 + _randn(g, 32, scale=0.1)], {}), (0, 1)),
+        Case("[2,3,48]", lambda g: ([_randn(g, 2, 3, 48, scale=3.0), 1 + _randn(g, 48, scale=0.1)], {}), (0, 1)),
+    ],
+    "rope": [
+        _rope_case("half [2,3,8,16]", (2, 3, 8, 16), 8, False),
+        _rope_case("interleaved [2,3,8,16]", (2, 3, 8, 16), 8, True),
+        _rope_case("partial half R=8 of 16", (2, 3, 8, 16), 4, False),
+        _rope_case("partial interleaved R=8 of 16", (2, 3, 8, 16), 4, True),
+    ],
+    "swiglu": [
+        Case("[4,48]", lambda g: ([_randn(g, 4, 48)], {}), (0,)),
+        Case("[2,3,32]", lambda g: ([_randn(g, 2, 3, 32, scale=2.0)], {}), (0,)),
+    ],
+    "attention": [
+        _attention_case("causal MHA", 1, 2, 2, 16, 16, 16, 16, True),
+        _attention_case("causal GQA 4/2, S=24", 2, 4, 2, 24, 24, 16, 16, True),
+        _attention_case("non-causal, Dv != Dqk", 1, 2, 1, 12, 12, 32, 16, False),
+        _attention_case("causal decode Sq=4 < Sk=20", 1, 2, 2, 4, 20, 16, 16, True),
+        _attention_case("DSA top-4 causal GQA", 2, 4, 2, 16, 16, 16, 16, True, topk_slots=4),
+    ],
+    "moe": [
+        _moe_case("T=24 E=8 k=2", 24, 16, 8, 8, 2),
+        _moe_case("T=10 E=4 k=1", 10, 16, 8, 4, 1),
+    ],
+    "cross_entropy": [
+        _ce_case("N=12 V=50, 3 ignored", 12, 16, 50, 3),
+        _ce_case("N=6 V=20000 (3 chunks of 8192)", 6, 16, 20000, 1),
+    ],
+}
+
+
+@dataclass
+class CheckResult:
+    op: str
+    impl: str
+    case: str
+    dtype: str
+    device: str
+    forward_error: float
+    backward_error: float
+    tolerance: float
+    passed: bool
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _relative_error(actual: torch.Tensor, golden: torch.Tensor) -> float:
+    actual, golden = actual.detach().double().cpu(), golden.detach().double().cpu()
+    if actual.shape != golden.shape:
+        return float("inf")
+    if not torch.isfinite(actual).all():
+        return float("inf") if torch.isfinite(golden).all() else float(
+            (torch.isnan(actual) != torch.isnan(golden)).any())
+    scale = golden.abs().max().item()
+    return (actual - golden).abs().max().item() / max(scale, 1e-12)
+
+
+def _prepare(args: list, dtype: torch.dtype, device: str, grad_args: tuple[int, ...]) -> list:
+    """Floating tensors -> dtype on device; the compared ones require grad. Integer tensors just move."""
+    out = []
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            a = a.to(device=device, dtype=dtype) if a.is_floating_point() else a.to(device)
+            if i in grad_args:
+                a = a.detach().requires_grad_(True)
+        out.append(a)
+    return out
+
+
+def run_case(op: str, impl: str, case: Case, dtype: torch.dtype, device: str = "cpu",
+             fn: Callable | None = None, seed: int = 0) -> CheckResult:
+    """Check one implementation (``fn``, default: the registered one) on one case and dtype."""
+    fn = fn or registry.implementations(op)[impl].fn
+    golden_fn = registry.implementations(op)["reference"].fn
+    args, kwargs = case.make(torch.Generator().manual_seed(seed))
+    # Round inputs to the dtype first, so the golden answer sees exactly what the implementation sees.
+    rounded = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    golden_args = _prepare(rounded, torch.float32, device, case.grad_args)
+    test_args = _prepare(rounded, dtype, device, case.grad_args)
+    golden = golden_fn(*golden_args, **kwargs)
+    try:
+        out = fn(*test_args, **kwargs)
+    except Exception as exc:  # a crash is a failed check with the reason, not a crashed table
+        return CheckResult(op, impl, case.name, _dtype_name(dtype), device, float("inf"), float("inf"),
+                           tolerance(dtype, impl, device.split(":")[0]), False, f"{type(exc).__name__}: {exc}")
+    grad_out = torch.randn(golden.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    golden_grads = torch.autograd.grad(golden.float(), [golden_args[i] for i in case.grad_args],
+                                       grad_out, allow_unused=True)
+    test_grads = torch.autograd.grad(out, [test_args[i] for i in case.grad_args], grad_out.to(out.dtype),
+                                     allow_unused=True)
+    forward_error = _relative_error(out.float(), golden.float())
+    backward_error = 0.0
+    note = ""
+    for position, g_test, g_gold in zip(case.grad_args, test_grads, golden_grads):
+        if g_test is None or g_gold is None:
+            note = f"no gradient for argument {position}"
+            backward_error = float("inf")
+            continue
+        backward_error = max(backward_error, _relative_error(g_test.float(), g_gold.float()))
+    tol = tolerance(dtype, impl, device.split(":")[0])
+    passed = forward_error <= tol and backward_error <= tol
+    return CheckResult(op, impl, case.name, _dtype_name(dtype), device, forward_error, backward_error, tol,
+                       passed, note)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def check_all(device: str = "cpu", ops: list[str] | None = None, impls: list[str] | None = None,
+              dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> list[CheckResult]:
+    """Every available implementation (``reference`` included, as a self-check of the golden path in low
+    precision) of every op on ``device``, over all cases and dtypes."""
+    device_type = torch.device(device).type
+    results = []
+    for op in ops or registry.ops():
+        if op not in CASES:
+            raise KeyError(f"no correctness cases for op {op!r}; known: {', '.join(CASES)}")
+        for name, impl in registry.implementations(op).items():
+            if impls and name not in impls:
+                continue
+            if impl.unavailable_reason(device_type) is not None:
+                continue
+            for dtype in dtypes:
+                for case in CASES[op]:
+                    results.append(run_case(op, name, case, dtype, device))
+    return results
