@@ -13,8 +13,8 @@ from workbench.distributed.launcher import LaunchConfig, SlurmConfig, slurm_scri
 from workbench.distributed.layout import ParallelLayout, parse_layout
 from workbench.errors import ConfigError
 
-DENSE = SimpleNamespace(n_heads=4, n_kv_heads=2, n_layers=2, n_experts=None)
-MOE = SimpleNamespace(n_heads=4, n_kv_heads=2, n_layers=2, n_experts=4)
+DENSE = SimpleNamespace(num_heads=4, num_kv_heads=2, num_layers=2, num_experts=0)
+MOE = SimpleNamespace(num_heads=4, num_kv_heads=2, num_layers=2, num_experts=4)
 
 
 def test_parse_layout_reads_sizes_and_defaults_to_one():

@@ -22,7 +22,7 @@ SCHEDULES = ("gpipe", "1f1b")
 # Combinations with a tested plan. Others are refused with a clear message rather than half-working.
 SUPPORTED = (
     frozenset(), frozenset({"dp"}), frozenset({"fsdp"}), frozenset({"tp"}), frozenset({"pp"}), frozenset({"ep"}),
-    frozenset({"fsdp", "tp"}), frozenset({"dp", "tp"}), frozenset({"dp", "ep"}), frozenset({"dp", "pp"}),
+    frozenset({"fsdp", "tp"}), frozenset({"dp", "ep"}), frozenset({"fsdp", "pp"}),
 )
 
 
@@ -92,16 +92,18 @@ class ParallelLayout:
         return self
 
     def check_model(self, config: Any) -> "ParallelLayout":
-        """Check divisibility against a model config (reads n_heads, n_kv_heads, n_layers, n_experts if present)."""
+        """Check divisibility against a model config (reads num_heads, num_kv_heads, num_layers, num_experts)."""
         problems = []
-        heads, kv_heads = _get(config, "n_heads"), _get(config, "n_kv_heads")
-        layers, experts = _get(config, "n_layers"), _get(config, "n_experts", "n_routed_experts")
+        heads, kv_heads = _get(config, "num_heads", "n_heads"), _get(config, "num_kv_heads", "n_kv_heads")
+        layers, experts = _get(config, "num_layers", "n_layers"), _get(config, "num_experts", "n_experts")
+        if _get(config, "attention_type") == "mla":
+            kv_heads = None  # MLA has no separate key/value heads
         if self.tp > 1:
             if heads is not None and heads % self.tp:
                 problems.append(f"tp={self.tp} must divide the {heads} attention heads")
             if kv_heads is not None and kv_heads % self.tp:
                 problems.append(f"tp={self.tp} must divide the {kv_heads} key/value heads")
-            if _get(config, "kv_lora_rank") or _get(config, "q_lora_rank"):
+            if _get(config, "attention_type") == "mla":
                 problems.append("tp over MLA attention (glm5) is not supported; use fsdp or dp")
         if self.pp > 1 and layers is not None and self.pp > layers:
             problems.append(f"pp={self.pp} stages need at least {self.pp} layers (the model has {layers})")

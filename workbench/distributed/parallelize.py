@@ -1,0 +1,163 @@
+"""Apply a parallel layout to an unchanged model: the trainer's ``parallelize`` hook.
+
+    pm = parallelize(model, "fsdp=2,tp=2")          # inside a torchrun worker, after init_distributed()
+    opt = torch.optim.AdamW(pm.parameters(), ...)
+    loss = pm.forward_backward(x, y)                # handles the pipeline schedule when pp > 1
+    loss_value = pm.global_loss(loss)               # the mean loss over the data ranks, the same on every rank
+
+Order (torchtitan's): expert parallel (swap the expert modules) -> tensor parallel -> FSDP2 -> DDP -> pipeline.
+``data_rank`` / ``data_size`` say which slice of the global batch this rank reads: ranks of one TP group or
+one pipeline read the same data. Used by the trainer, the tests and notebooks/03_distributed.ipynb.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from workbench.distributed.layout import ParallelLayout, parse_layout
+from workbench.distributed.mesh import build_mesh, submesh
+
+
+@dataclass
+class ParallelModel:
+    layout: ParallelLayout
+    mesh: DeviceMesh
+    model: nn.Module          # the original model object (its modules now hold DTensors / shards)
+    module: nn.Module         # what to call and optimize: the model, its DDP wrapper, or this rank's pipeline stage
+    data_rank: int = 0
+    data_size: int = 1
+    schedule: Any = None      # torch.distributed.pipelining schedule when pp > 1
+    is_first_stage: bool = True
+    is_last_stage: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.module.parameters()
+
+    def named_parameters(self):
+        return self.module.named_parameters()
+
+    def train(self, mode: bool = True) -> "ParallelModel":
+        self.module.train(mode)
+        return self
+
+    def forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor, loss_scale: float = 1.0):
+        """Forward and backward of one (micro)batch on this rank's data; returns this rank's loss (detached) or
+        None on pipeline stages that do not compute it. ``loss_scale`` e.g. 1/accumulation steps."""
+        if self.schedule is None:
+            out = self.module(input_ids, labels=labels)
+            (out.loss * loss_scale).backward()
+            return out.loss.detach()
+        losses: list[torch.Tensor] = []
+        if self.is_first_stage:
+            self.schedule.step(input_ids, target=labels if self.is_last_stage else None, losses=losses)
+        elif self.is_last_stage:
+            self.schedule.step(target=labels, losses=losses)
+        else:
+            self.schedule.step()
+        if loss_scale != 1.0:
+            for p in self.module.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(loss_scale)
+        return torch.stack([l.detach() for l in losses]).mean() if losses else None
+
+    def global_loss(self, loss: torch.Tensor | None) -> float:
+        """Mean of the loss over the ranks that hold one (TP ranks agree; only the last pipeline stage has it)."""
+        if not dist.is_initialized():
+            return float(loss)
+        pair = torch.tensor([0.0 if loss is None else float(loss), 0.0 if loss is None else 1.0],
+                            dtype=torch.float64, device=_comm_device(self.mesh))
+        dist.all_reduce(pair)
+        return float(pair[0] / pair[1])
+
+
+def _comm_device(mesh: DeviceMesh) -> torch.device:
+    from workbench.device import get_device
+
+    return torch.device("cpu") if mesh.device_type == "cpu" else get_device(mesh.device_type).torch_device
+
+
+def data_coordinates(layout: ParallelLayout, mesh: DeviceMesh) -> tuple[int, int]:
+    """(rank, size) of this process among the ranks that read different data (dp x fsdp x ep)."""
+    rank, size = 0, 1
+    for name in ("dp", "fsdp", "ep"):
+        sub = submesh(mesh, name)
+        if sub is not None and getattr(layout, name) > 1:
+            rank, size = rank * sub.size() + sub.get_local_rank(), size * sub.size()
+    return rank, size
+
+
+def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = None, *,
+                mesh: DeviceMesh | None = None, param_dtype: torch.dtype | str | None = None,
+                sequence_parallel: bool = True) -> ParallelModel:
+    """Apply ``layout`` to ``model`` (in place) inside an initialised process group; see the module docstring.
+
+    ``param_dtype``: FSDP2's compute dtype (bf16 = mixed precision; None/fp32 = full precision).
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    layout = parse_layout(layout, world_size=world)
+    config = getattr(model, "config", None)
+    if config is not None:
+        layout.check_model(config)
+        if layout.tp > 1 and getattr(config, "num_experts", 0):
+            raise ValueError(f"layout {layout}: tensor parallel covers dense layers only; for MoE models use ep")
+    if world == 1:
+        mesh = mesh if mesh is not None else None
+        return ParallelModel(layout, mesh, model, model)
+    mesh = mesh if mesh is not None else build_mesh(layout)
+    data_rank, data_size = data_coordinates(layout, mesh)
+    pm = ParallelModel(layout, mesh, model, model, data_rank=data_rank, data_size=data_size)
+
+    if layout.ep > 1:
+        from workbench.distributed.ddp import apply_ddp
+        from workbench.distributed.ep import apply_ep
+
+        dp_mesh = submesh(mesh, "dp")
+        replaced = apply_ep(model, mesh["ep"].get_group(), dp_group=dp_mesh.get_group() if dp_mesh else None,
+                            data_parallel_size=layout.data_parallel_size)
+        ignore = [n for n, _ in model.named_parameters() if any(n.startswith(r + ".") for r in replaced)]
+        # Dense weights: averaged over every data rank (dp x ep = the whole world here) by torch DDP.
+        pm.module = apply_ddp(model, None, ignore=ignore)
+        pm.notes.append(f"expert parallel: {len(replaced)} MoE layers sharded over ep={layout.ep}")
+        return pm
+    if layout.tp > 1:
+        from workbench.distributed.tp import apply_tp
+
+        apply_tp(model, mesh["tp"], sequence_parallel=sequence_parallel)
+        pm.notes.append(f"tensor parallel over tp={layout.tp}" + (" + sequence parallel" if sequence_parallel else ""))
+    wrap = None  # data parallelism for the model, or for this rank's pipeline stage (applied before the schedule)
+    if layout.fsdp > 1:
+        from workbench.distributed.fsdp import apply_fsdp, mixed_precision_policy
+
+        def wrap(module):
+            return apply_fsdp(module, mesh["fsdp"], mixed_precision_policy(param_dtype))
+
+        pm.notes.append(f"FSDP2 over fsdp={layout.fsdp}, compute dtype {param_dtype or 'fp32'}")
+    elif layout.dp > 1:
+        from workbench.distributed.ddp import apply_ddp
+
+        def wrap(module):
+            return apply_ddp(module, mesh["dp"])
+
+        pm.notes.append(f"DDP over dp={layout.dp}")
+    if layout.pp > 1:
+        from workbench.distributed.pp import build_pipeline
+
+        # The stage is sharded/wrapped before the schedule is built (torchtitan's order), so the schedule can
+        # drive FSDP's all-gathers and gradient reduce-scatters across micro-batches.
+        stage, schedule = build_pipeline(model, mesh["pp"], layout.schedule, layout.n_microbatches, wrap=wrap)
+        pp_rank = mesh["pp"].get_local_rank()
+        pm.module, pm.schedule = stage, schedule
+        pm.is_first_stage, pm.is_last_stage = pp_rank == 0, pp_rank == layout.pp - 1
+        inner = getattr(stage, "module", stage)
+        pm.notes.append(f"pipeline: stage {pp_rank} of {layout.pp} (layers {inner.start}..{inner.end - 1}), "
+                        f"{layout.schedule}, {layout.n_microbatches} micro-batches")
+    elif wrap is not None:
+        pm.module = wrap(pm.module)
+    return pm
