@@ -27,13 +27,13 @@ def test_parse_layout_reads_sizes_and_defaults_to_one():
 
 def test_auto_and_empty_fill_the_world():
     assert parse_layout("", world_size=4).dp == 4
-    assert parse_layout("dp=auto,tp=2", world_size=4).dp == 2
+    assert parse_layout("fsdp=auto,tp=2", world_size=4).fsdp == 2
     with pytest.raises(ConfigError, match="does not divide"):
-        parse_layout("dp=auto,tp=3", world_size=4)
+        parse_layout("fsdp=auto,tp=3", world_size=4)
 
 
 @pytest.mark.parametrize("spec, match", [
-    ("dp=2,tp=2", "sizes multiply to 4 but the world has 2"),
+    ("fsdp=2,tp=2", "sizes multiply to 4 but the world has 2"),
     ("dp=two", "not a whole number"),
     ("dq=2", "unknown name"),
     ("dp", "not name=value"),
