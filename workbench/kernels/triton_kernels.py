@@ -208,11 +208,20 @@ class RopeFunction(torch.autograd.Function):
 # FlashAttention-2 (Dao 2023): forward keeps running max / sum per query row; backward recomputes P per tile
 # ==============================================================================================================
 @triton.jit
+def _mm(a, b, UPCAST: tl.constexpr):
+    # Triton 3.9's interpreter mis-reads bf16 operands of tl.dot (it multiplies the raw bits), so under the
+    # interpreter (cpu tensors) operands are upcast to fp32 first. Compiled GPU kernels keep bf16 operands with
+    # fp32 accumulation, as FlashAttention does.
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b)
+@triton.jit
 def _attn_fwd(Q, K, V, O, LSE,
               sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
               H, GROUP, SQ, SK, DQK, DV, scale, offset,
               CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+              BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -233,7 +242,7 @@ def _attn_fwd(Q, K, V, O, LSE,
         cols = start + tl.arange(0, BLOCK_N)
         k = tl.load(K + b * skb + kvh * skh + cols[:, None] * sks + dqk[None, :],
                     mask=(cols[:, None] < SK) & (dqk[None, :] < DQK), other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale  # [BLOCK_M, BLOCK_N] in fp32
+        s = _mm(q, tl.trans(k), UPCAST) * scale  # [BLOCK_M, BLOCK_N] in fp32
         visible = cols[None, :] < SK
         if CAUSAL:
             visible = visible & (cols[None, :] <= rows[:, None] + offset)
@@ -245,7 +254,7 @@ def _attn_fwd(Q, K, V, O, LSE,
         l = l * alpha + tl.sum(p, axis=1)
         v = tl.load(V + b * svb + kvh * svh + cols[:, None] * svs + dv[None, :],
                     mask=(cols[:, None] < SK) & (dv[None, :] < DV), other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, UPCAST)
         m = m_new
     empty = l == 0.0  # no visible key: output 0 and lse = +inf, so the backward's exp(s - lse) is 0
     out = acc / tl.where(empty, 1.0, l)[:, None]
@@ -273,7 +282,7 @@ def _attn_bwd_delta(O, DO, DELTA, SQ, DV, BLOCK_M: tl.constexpr, BLOCK_DV: tl.co
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV_OUT,
                    H, GROUP, SQ, SK, DQK, DV, scale, offset,
                    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                   BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr):
     # One program per (key block, query head): loop over query blocks; dK, dV are written per query head and the
     # host sums each GQA group afterwards. All tensors are contiguous [B, H*, S, D] here.
     pid_n = tl.program_id(0)
@@ -304,15 +313,15 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV_OUT,
                      mask=(rows[:, None] < SQ) & (dv[None, :] < DV), other=0.0)
         lse = tl.load(LSE + q_base + rows, mask=rows < SQ, other=float("inf"))
         delta = tl.load(DELTA + q_base + rows, mask=rows < SQ, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
+        s = _mm(q, tl.trans(k), UPCAST) * scale
         visible = (cols[None, :] < SK) & (rows[:, None] < SQ)
         if CAUSAL:
             visible = visible & (cols[None, :] <= rows[:, None] + offset)
         p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)        # [BLOCK_M, BLOCK_N], recomputed
-        dvacc += tl.dot(tl.trans(p.to(do.dtype)), do)
-        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        dvacc += _mm(tl.trans(p.to(do.dtype)), do, UPCAST)
+        dp = _mm(do, tl.trans(v), UPCAST).to(tl.float32)
         ds = p * (dp - delta[:, None]) * scale
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        dk += _mm(tl.trans(ds.to(q.dtype)), q, UPCAST)
     out_base = bh * SK
     tl.store(DK + (out_base + cols[:, None]) * DQK + dqk[None, :], dk,
              mask=(cols[:, None] < SK) & (dqk[None, :] < DQK))
@@ -324,7 +333,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV_OUT,
 def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
                  H, GROUP, SQ, SK, DQK, DV, scale, offset,
                  CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr):
     # One program per (query block, query head): loop over key blocks, dQ = sum_j dS_ij k_j.
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -353,14 +362,14 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
                     mask=(cols[:, None] < SK) & (dqk[None, :] < DQK), other=0.0)
         v = tl.load(V + (kv_base + cols[:, None]) * DV + dv[None, :],
                     mask=(cols[:, None] < SK) & (dv[None, :] < DV), other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
+        s = _mm(q, tl.trans(k), UPCAST) * scale
         visible = (cols[None, :] < SK) & (rows[:, None] < SQ)
         if CAUSAL:
             visible = visible & (cols[None, :] <= rows[:, None] + offset)
         p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        dp = _mm(do, tl.trans(v), UPCAST).to(tl.float32)
         ds = p * (dp - delta[:, None]) * scale
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq += _mm(ds.to(k.dtype), k, UPCAST)
     tl.store(DQ + (q_base + rows[:, None]) * DQK + dqk[None, :], dq.to(DQ.dtype.element_ty),
              mask=(rows[:, None] < SQ) & (dqk[None, :] < DQK))
 
@@ -387,7 +396,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         _attn_fwd[grid](q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                         n_heads, n_heads // n_kv, q_len, k_len, d_qk, d_v, scale, k_len - q_len,
                         CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n,
-                        BLOCK_DQK=_block(d_qk), BLOCK_DV=_block(d_v))
+                        BLOCK_DQK=_block(d_qk), BLOCK_DV=_block(d_v), UPCAST=q.device.type == "cpu")
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.causal, ctx.scale = bool(causal), scale
         return out
@@ -401,7 +410,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         d_out = d_out.contiguous()
         block_m, block_n = FlashAttentionFunction._blocks(q.device)
         common = dict(CAUSAL=ctx.causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=_block(d_qk),
-                      BLOCK_DV=_block(d_v))
+                      BLOCK_DV=_block(d_v), UPCAST=q.device.type == "cpu")
         delta = torch.empty_like(lse)
         _attn_bwd_delta[(triton.cdiv(q_len, block_m), batch * n_heads)](
             out, d_out, delta, q_len, d_v, BLOCK_M=block_m, BLOCK_DV=_block(d_v))
