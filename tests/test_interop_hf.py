@@ -1,0 +1,124 @@
+"""HF interop: tiny random transformers GLM models built locally (never the hub) load with identical logits."""
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from workbench.errors import ConfigError, WorkbenchError  # noqa: E402
+from workbench.interop.hf import from_hf, to_hf  # noqa: E402
+from workbench.model import build_model, get_preset  # noqa: E402
+
+V = 96
+
+
+def _randomise(hf):
+    """Random non-trivial norms, biases and balancing biases, so a wrong mapping cannot hide behind ones/zeros."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
+        for name, b in hf.named_buffers():
+            if "e_score_correction_bias" in name:
+                b.copy_(torch.randn_like(b) * 0.05)
+    return hf.eval()
+
+
+def _glm4moe(**kw):
+    cfg = transformers.Glm4MoeConfig(
+        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2,
+        first_k_dense_replace=1, attention_bias=True, **kw)
+    cfg._attn_implementation = "eager"
+    return _randomise(transformers.Glm4MoeForCausalLM(cfg))
+
+
+def _glm_dsa(**kw):
+    cfg = transformers.GlmMoeDsaConfig(
+        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8,
+        v_head_dim=16, index_n_heads=2, index_head_dim=16, index_topk=5, moe_intermediate_size=32,
+        n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1,
+        indexer_types=["full", "shared", "full", "shared"], **kw)
+    cfg._attn_implementation = "eager"
+    return _randomise(transformers.GlmMoeDsaForCausalLM(cfg))
+
+
+CASES = {
+    "glm4moe-qknorm-partial-rope": lambda: _glm4moe(use_qk_norm=True, routed_scaling_factor=2.5,
+                                                    partial_rotary_factor=0.5),
+    "glm4moe-air-style": lambda: _glm4moe(use_qk_norm=False, routed_scaling_factor=1.0),
+    "glm4moe-tied-quarter-rope": lambda: _glm4moe(use_qk_norm=True, tie_word_embeddings=True,
+                                                  partial_rotary_factor=0.25),
+    "glm-moe-dsa-topk-shared": lambda: _glm_dsa(routed_scaling_factor=2.5),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_match_transformers(case, tmp_path):
+    torch.manual_seed(0)
+    hf = CASES[case]()
+    x = torch.randint(0, V, (2, 20))  # 20 > index_topk = 5: DSA really prunes
+    with torch.no_grad():
+        expected = hf(x).logits
+        in_memory = from_hf(hf).eval()
+        torch.testing.assert_close(in_memory(x).logits, expected, rtol=0, atol=1e-4)
+        hf.save_pretrained(tmp_path)  # the released on-disk layout: experts stored one by one
+        from_disk = from_hf(tmp_path).eval()
+        torch.testing.assert_close(from_disk(x).logits, expected, rtol=0, atol=1e-4)
+    if "dsa" in case:
+        attn = in_memory.layers[1].self_attn
+        assert in_memory.config.index_topk < x.shape[1] and attn.indexer is None  # a shared layer
+        assert in_memory.layers[0].self_attn.indexer is not None
+
+
+@pytest.mark.parametrize("name", ["glm45-tiny", "glm5-tiny"])
+def test_round_trip_exact_with_mtp(name, tmp_path):
+    torch.manual_seed(0)
+    cfg = get_preset(name).replace(vocab_size=V, num_layers=2, first_k_dense=1, aux_loss_coef=0.01,
+                                   **({"indexer_types": ("full", "shared"), "index_topk": 6}
+                                      if name == "glm5-tiny" else {}))
+    model = build_model(cfg)
+    with torch.no_grad():
+        for moe in model.moe_layers():
+            moe.router.expert_bias.normal_(0, 0.05)
+    to_hf(model, tmp_path)
+    again = from_hf(tmp_path)
+    assert again.config == cfg  # training-only fields travel in config.json
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        la, lb = model(x, labels=torch.roll(x, -1, 1)), again(x, labels=torch.roll(x, -1, 1))
+    assert torch.equal(la.loss, lb.loss) and la.mtp_loss is not None and torch.equal(la.mtp_loss, lb.mtp_loss)
+    # transformers itself reads what to_hf wrote (it ignores the MTP layer)
+    cls = transformers.Glm4MoeForCausalLM if name == "glm45-tiny" else transformers.GlmMoeDsaForCausalLM
+    hf = cls.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x).logits, rtol=0, atol=1e-4)
+
+
+def test_dense_glm4_exports_when_half_rope(tmp_path):
+    cfg = get_preset("glm4-tiny").replace(vocab_size=V, num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
+                                          head_dim=16, intermediate_size=96)
+    with pytest.raises(ConfigError, match="rope_interleaved"):
+        to_hf(build_model(cfg), tmp_path)
+    model = build_model(cfg.replace(rope_interleaved=False))
+    to_hf(model, tmp_path)
+    x = torch.randint(0, V, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(from_hf(tmp_path)(x).logits, model(x).logits, rtol=0, atol=0)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(WorkbenchError, match="config.json"):
+        from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="unsupported model_type"):
+        from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(transformers.Glm4MoeConfig(num_hidden_layers=1, head_dim=128).to_dict()))
+    with pytest.raises(WorkbenchError, match="cannot read"):
+        from_hf(tmp_path)

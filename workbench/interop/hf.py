@@ -1,0 +1,293 @@
+"""Load and save transformers GLM checkpoints: ``Glm4MoeForCausalLM`` (GLM-4.5 / 4.6 / 4.7, Air) and
+``GlmMoeDsaForCausalLM`` (GLM-5), so released weights can be studied and fine-tuned in the workbench.
+
+    model = from_hf(hf_model)            # an in-memory transformers model
+    model = from_hf("path/to/folder")    # config.json + *.safetensors (the released layout; transformers not needed)
+    to_hf(model, "out/")                 # config.json + model.safetensors that both from_hf and transformers load
+
+Name mapping (transformers -> workbench), per layer ``model.layers.i.`` -> ``layers.i.``:
+  self_attn.* (q/k/v/o_proj, q_norm, k_norm, q_a_proj, kv_a_proj_with_mqa, kv_b_proj, indexer.*)  same names
+  mlp.gate_proj + mlp.up_proj            -> mlp.gate_up_proj  (rows: gate then up)
+  mlp.gate.weight / e_score_correction_bias -> mlp.router.weight / expert_bias
+  mlp.experts.gate_up_proj, down_proj   (stacked, in memory)  or  mlp.experts.{e}.gate/up/down_proj (on disk)
+  model.layers.{L + d}.*  (the MTP layer after the L trunk layers) -> mtp.d.{enorm, hnorm, eh_proj,
+  shared_head_norm, block.*}; its copies of embed_tokens and shared_head.head are the trunk's and are skipped.
+transformers' models ignore the MTP layer; the workbench loads it when the checkpoint holds it.
+Both RoPE layouts need no permutation: GLM-4.5 rotates (i, i + R/2) pairs of the first R channels ("half"),
+GLM-5 rotates (2i, 2i + 1) pairs (interleaved), and ``kernels.rope`` implements both.
+Used by notebook 01_train (fine-tuning from a checkpoint) and tests/test_interop_hf.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from workbench.errors import ConfigError, WorkbenchError
+from workbench.model.config import ModelConfig
+from workbench.model.glm import GLMForCausalLM, build_model
+
+ARCHITECTURES = {"glm4_moe": "Glm4MoeForCausalLM", "glm_moe_dsa": "GlmMoeDsaForCausalLM"}
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def config_from_hf(d: dict, mtp_layers: int = 0) -> ModelConfig:
+    """transformers config dict -> ModelConfig (raises ConfigError for features the workbench does not model)."""
+    kind = d.get("model_type")
+    if kind not in ARCHITECTURES:
+        raise ConfigError(f"unsupported model_type {kind!r}; from_hf reads {sorted(ARCHITECTURES)}")
+    rope = dict(d.get("rope_parameters") or {})
+    rope.setdefault("rope_theta", d.get("rope_theta", 10000.0))
+    rope.setdefault("partial_rotary_factor", d.get("partial_rotary_factor", 0.5))
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"rope_type {rope['rope_type']!r} (scaled RoPE) is not supported; only 'default'")
+    if d.get("hidden_act", "silu") != "silu" or d.get("mlp_bias", False):
+        raise ConfigError("only SiLU-gated MLPs without bias are supported")
+    if d.get("topk_group", 1) < d.get("n_group", 1):
+        raise ConfigError("group-limited routing (topk_group < n_group) is not supported")
+    layers = d["num_hidden_layers"]
+    first_k_dense = d.get("first_k_dense_replace", 0)
+    if kind == "glm_moe_dsa" and d.get("mlp_layer_types"):
+        types = d["mlp_layer_types"]
+        first_k_dense = types.index("sparse") if "sparse" in types else layers
+        if any(t != "sparse" for t in types[first_k_dense:]):
+            raise ConfigError(f"mlp_layer_types must be dense layers then sparse layers (got {types})")
+    common = dict(
+        name=d.get("_name_or_path") or kind, vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+        num_layers=layers, intermediate_size=d["intermediate_size"], num_heads=d["num_attention_heads"],
+        norm_eps=d.get("rms_norm_eps", 1e-5), tie_embeddings=d.get("tie_word_embeddings", False),
+        max_position_embeddings=d.get("max_position_embeddings", 4096), init_std=d.get("initializer_range", 0.02),
+        rope_theta=float(rope["rope_theta"]), attention_bias=d.get("attention_bias", False),
+        num_experts=d["n_routed_experts"] if first_k_dense < layers else 0,  # all-dense: no experts at all
+        num_experts_per_token=d["num_experts_per_tok"],
+        num_shared_experts=d.get("n_shared_experts", 1), moe_intermediate_size=d["moe_intermediate_size"],
+        first_k_dense=min(first_k_dense, layers), routed_scaling=d.get("routed_scaling_factor", 1.0),
+        norm_topk_prob=d.get("norm_topk_prob", True), mtp_layers=mtp_layers)
+    if kind == "glm4_moe":
+        return ModelConfig(
+            **common, attention_type="gqa", num_kv_heads=d["num_key_value_heads"],
+            head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
+            partial_rotary_factor=float(rope["partial_rotary_factor"]), use_qk_norm=d.get("use_qk_norm", False),
+            rope_interleaved=False)
+    return ModelConfig(
+        **common, attention_type="mla", num_kv_heads=d["num_attention_heads"], q_lora_rank=d.get("q_lora_rank") or 0,
+        kv_lora_rank=d["kv_lora_rank"], qk_nope_head_dim=d["qk_nope_head_dim"],
+        qk_rope_head_dim=d["qk_rope_head_dim"], v_head_dim=d["v_head_dim"], rope_interleaved=True,
+        latent_norm_eps=1e-6, index_n_heads=d["index_n_heads"], index_head_dim=d["index_head_dim"],
+        index_topk=d["index_topk"], indexer_types=tuple(d.get("indexer_types") or ("full",) * layers))
+
+
+def config_to_hf(c: ModelConfig) -> dict:
+    """ModelConfig -> transformers config dict (raises ConfigError for what transformers cannot express)."""
+    problems = []
+    if c.ffn_act != "swiglu":
+        problems.append("ffn_act must be 'swiglu'")
+    if c.is_moe and c.num_shared_experts < 1:
+        problems.append("transformers' GLM MoE always has a shared expert (num_shared_experts >= 1)")
+    if c.attention_type == "gqa" and c.rope_interleaved:
+        problems.append("Glm4Moe uses half-split RoPE: rope_interleaved must be False")
+    if c.attention_type == "mla" and (not c.use_dsa or not c.rope_interleaved or c.latent_norm_eps != 1e-6):
+        problems.append("GlmMoeDsa needs DSA (index_n_heads > 0), rope_interleaved=True and latent_norm_eps=1e-6")
+    if problems:
+        raise ConfigError(f"cannot express {c.name!r} as a transformers GLM config: " + "; ".join(problems))
+    kind = "glm4_moe" if c.attention_type == "gqa" else "glm_moe_dsa"
+    first_dense = c.first_k_dense if c.is_moe else c.num_layers
+    d = dict(
+        model_type=kind, architectures=[ARCHITECTURES[kind]], vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_layers, intermediate_size=c.intermediate_size, num_attention_heads=c.num_heads,
+        rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_embeddings, initializer_range=c.init_std,
+        max_position_embeddings=c.max_position_embeddings, attention_bias=c.attention_bias, hidden_act="silu",
+        n_routed_experts=max(c.num_experts, 1), num_experts_per_tok=c.num_experts_per_token if c.is_moe else 1,
+        n_shared_experts=c.num_shared_experts, moe_intermediate_size=c.moe_intermediate_size,
+        first_k_dense_replace=first_dense, routed_scaling_factor=c.routed_scaling, norm_topk_prob=c.norm_topk_prob,
+        n_group=1, topk_group=1, num_nextn_predict_layers=c.mtp_layers, dtype="float32",
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
+    if kind == "glm4_moe":
+        d.update(num_key_value_heads=c.num_kv_heads, head_dim=c.attn_head_dim, use_qk_norm=c.use_qk_norm)
+        d["rope_parameters"]["partial_rotary_factor"] = c.partial_rotary_factor
+    else:
+        d.update(num_key_value_heads=c.num_heads, q_lora_rank=c.q_lora_rank, kv_lora_rank=c.kv_lora_rank,
+                 qk_nope_head_dim=c.qk_nope_head_dim, qk_rope_head_dim=c.qk_rope_head_dim,
+                 v_head_dim=c.v_head_dim, head_dim=c.qk_rope_head_dim, index_n_heads=c.index_n_heads,
+                 index_head_dim=c.index_head_dim, index_topk=c.index_topk,
+                 indexer_types=list(c.layer_indexer_types),
+                 mlp_layer_types=["dense"] * first_dense + ["sparse"] * (c.num_layers - first_dense))
+    d["workbench_config"] = c.to_dict()  # lets from_hf restore training-only fields (loss weights, rates, name)
+    return d
+
+
+# ------------------------------------------------------------------------------------------------ weights
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_EXPERT = re.compile(r"^mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_MTP_OWN = {"enorm.weight": "enorm.weight", "hnorm.weight": "hnorm.weight", "eh_proj.weight": "eh_proj.weight",
+            "shared_head.norm.weight": "shared_head_norm.weight"}
+_MTP_SHARED = ("embed_tokens.weight", "shared_head.head.weight")
+_FUSED = {f"{p}{n}_proj.weight" for p in ("mlp.", "mlp.shared_experts.") for n in ("gate", "up")}
+
+
+def _block_from_hf(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One decoder layer's tensors, transformers names (without 'model.layers.i.') -> workbench names."""
+    out, experts = {}, {}
+    for key, t in parts.items():
+        m = _EXPERT.match(key)
+        if m:
+            experts.setdefault(m.group(2), {})[int(m.group(1))] = t
+        elif key == "mlp.gate.weight":
+            out["mlp.router.weight"] = t
+        elif key == "mlp.gate.e_score_correction_bias":
+            out["mlp.router.expert_bias"] = t
+        elif key in _FUSED:
+            continue  # fused below
+        else:
+            out[key] = t
+    for prefix in ("mlp.", "mlp.shared_experts."):
+        if prefix + "gate_proj.weight" in parts:
+            out[prefix + "gate_up_proj.weight"] = torch.cat([parts[prefix + "gate_proj.weight"],
+                                                             parts[prefix + "up_proj.weight"]], dim=0)
+    if experts:
+        n = len(experts["gate_proj"])
+        gate, up, down = ([experts[k][e] for e in range(n)] for k in ("gate_proj", "up_proj", "down_proj"))
+        out["mlp.experts.gate_up_proj"] = torch.cat([torch.stack(gate), torch.stack(up)], dim=1)
+        out["mlp.experts.down_proj"] = torch.stack(down)
+    return out
+
+
+def state_dict_from_hf(state: dict[str, torch.Tensor], c: ModelConfig) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    per_layer: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in state.items():
+        m = _LAYER.match(key)
+        if m:
+            per_layer.setdefault(int(m.group(1)), {})[m.group(2)] = t
+        elif key == "model.embed_tokens.weight":
+            out["embed_tokens.weight"] = t
+        elif key == "model.norm.weight":
+            out["norm.weight"] = t
+        elif key == "lm_head.weight" and not c.tie_embeddings:
+            out["lm_head.weight"] = t
+    for i, parts in per_layer.items():
+        if i < c.num_layers:
+            out.update({f"layers.{i}.{k}": v for k, v in _block_from_hf(parts).items()})
+        elif i < c.num_layers + c.mtp_layers:
+            depth = i - c.num_layers
+            own = {k: v for k, v in parts.items() if k not in _MTP_OWN and k not in _MTP_SHARED}
+            out.update({f"mtp.{depth}.{_MTP_OWN[k]}": v for k, v in parts.items() if k in _MTP_OWN})
+            out.update({f"mtp.{depth}.block.{k}": v for k, v in _block_from_hf(own).items()})
+    if c.tie_embeddings and "embed_tokens.weight" in out:
+        out["lm_head.weight"] = out["embed_tokens.weight"]  # one tensor under two names, as in the module
+    return out
+
+
+def _block_to_hf(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, t in parts.items():
+        if key == "mlp.router.weight":
+            out["mlp.gate.weight"] = t
+        elif key == "mlp.router.expert_bias":
+            out["mlp.gate.e_score_correction_bias"] = t
+        elif key.endswith("gate_up_proj.weight"):
+            gate, up = t.chunk(2, dim=0)
+            prefix = key[: -len("gate_up_proj.weight")]
+            out[prefix + "gate_proj.weight"], out[prefix + "up_proj.weight"] = gate, up
+        elif key == "mlp.experts.gate_up_proj":
+            gate, up = t.chunk(2, dim=1)
+            for e in range(t.shape[0]):
+                out[f"mlp.experts.{e}.gate_proj.weight"], out[f"mlp.experts.{e}.up_proj.weight"] = gate[e], up[e]
+        elif key == "mlp.experts.down_proj":
+            for e in range(t.shape[0]):
+                out[f"mlp.experts.{e}.down_proj.weight"] = t[e]
+        else:
+            out[key] = t
+    return out
+
+
+def state_dict_to_hf(model: GLMForCausalLM) -> dict[str, torch.Tensor]:
+    c = model.config
+    state = model.state_dict()
+    out = {"model.embed_tokens.weight": state["embed_tokens.weight"], "model.norm.weight": state["norm.weight"]}
+    if not c.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in state.items():
+        m = re.match(r"^layers\.(\d+)\.(.+)$", key)
+        if m:
+            layers.setdefault(int(m.group(1)), {})[m.group(2)] = t
+    for i, parts in layers.items():
+        out.update({f"model.layers.{i}.{k}": v for k, v in _block_to_hf(parts).items()})
+    inverse = {v: k for k, v in _MTP_OWN.items()}
+    for depth in range(c.mtp_layers):
+        i, prefix = c.num_layers + depth, f"mtp.{depth}."
+        parts = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        block = {k[len("block."):]: v for k, v in parts.items() if k.startswith("block.")}
+        out.update({f"model.layers.{i}.{k}": v for k, v in _block_to_hf(block).items()})
+        out.update({f"model.layers.{i}.{inverse[k]}": v for k, v in parts.items() if k in inverse})
+        out[f"model.layers.{i}.embed_tokens.weight"] = state["embed_tokens.weight"]  # the released layout
+        out[f"model.layers.{i}.shared_head.head.weight"] = model.lm_head.weight.detach()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+def _read_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    if not (path / "config.json").is_file():
+        raise WorkbenchError(f"{path} has no config.json: pass a folder written by save_pretrained or to_hf")
+    d = json.loads((path / "config.json").read_text())
+    config_from_hf(d)  # reject an unsupported model before reading gigabytes of weights
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise WorkbenchError(f"{path} has no *.safetensors files (pytorch .bin checkpoints are not read)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            state.update(load_file(str(f)))
+        except Exception as exc:  # safetensors raises its own error types
+            raise WorkbenchError(f"cannot read {f}: {exc}") from exc
+    return d, state
+
+
+def from_hf(model_or_path, *, device: str | torch.device | None = None,
+            dtype: torch.dtype | None = None) -> GLMForCausalLM:
+    """A transformers GLM model (in memory) or checkpoint folder -> a workbench ``GLMForCausalLM``."""
+    if isinstance(model_or_path, (str, Path)):
+        d, state = _read_folder(Path(model_or_path))
+    else:
+        d, state = model_or_path.config.to_dict(), model_or_path.state_dict()
+    n_mtp = int(d.get("num_nextn_predict_layers") or 0)
+    layers = d["num_hidden_layers"]
+    n_mtp = sum(f"model.layers.{layers + k}.eh_proj.weight" in state for k in range(n_mtp))  # only if present
+    config = config_from_hf(d, mtp_layers=n_mtp)
+    if "workbench_config" in d:  # written by to_hf: restore the training-only fields too
+        saved = ModelConfig.from_dict({**d["workbench_config"], "mtp_layers": n_mtp})
+        keys = ("vocab_size", "hidden_size", "num_layers", "attention_type", "num_heads", "tie_embeddings")
+        if any(getattr(saved, k) != getattr(config, k) for k in keys):
+            raise WorkbenchError(f"config.json: 'workbench_config' disagrees with the transformers fields {keys}")
+        config = saved
+    ours = state_dict_from_hf(state, config)
+    model = build_model(config, device=device)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    if missing or unexpected:
+        raise WorkbenchError(f"checkpoint does not fit the model: missing {missing[:8]}, unexpected "
+                             f"{unexpected[:8]}")
+    if dtype is not None:
+        model = model.to(dtype)
+    return model
+
+
+def to_hf(model: GLMForCausalLM, path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` in the transformers layout (experts stored one by one)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    d = config_to_hf(model.config)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict_to_hf(model).items()}
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(d, indent=2))
+    return path
+
+
+__all__ = ["config_from_hf", "config_to_hf", "from_hf", "state_dict_from_hf", "state_dict_to_hf", "to_hf"]
