@@ -190,7 +190,8 @@ class Trainer:
         try:
             from workbench.model.accounting import flops_per_token
 
-            return float(flops_per_token(self.model_config, self.config.seq_len))
+            counted = flops_per_token(self.model_config, self.config.seq_len)
+            return float(getattr(counted, "total", counted))  # FlopsPerToken(total=..., ...) or a number
         except Exception:  # a stand-in model without a ModelConfig: MFU is reported as unknown
             return None
 
@@ -325,8 +326,12 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        started = time.perf_counter()
         try:
             while self.step < c.steps:
+                if c.time_limit_s is not None and time.perf_counter() - started > c.time_limit_s:
+                    self.log(f"time limit of {c.time_limit_s:.0f} s reached after {self.step} steps; finishing")
+                    break
                 record = self.train_step()
                 if bar is not None:
                     bar.update(1)

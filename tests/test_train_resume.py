@@ -1,0 +1,114 @@
+"""`workbench train` end to end: SIGKILL mid-run + `--resume` gives the uninterrupted loss trajectory bitwise (CPU),
+also when the newest checkpoint is corrupt; and bad flags end with one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workbench.cli import main
+from workbench.train.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+# A glm4-tiny-shaped model small enough for a test (~0.1M params); the preset's shape logic is unchanged.
+TINY = ["--model", "hidden_size=64", "--model", "num_layers=2", "--model", "intermediate_size=128",
+        "--model", "num_heads=2", "--model", "num_kv_heads=1", "--model", "head_dim=32"]
+STEPS = 60
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return ["train", "--preset", "glm4-tiny", "--steps", str(STEPS), "--device", "cpu", "--batch-size", "4",
+            "--seq-len", "32", "--out", str(out), "--ckpt-every", "5", "--keep-last", "2", "--eval-every", "20",
+            "--sample-tokens", "16", "--no-progress", "--log-every", "1000", *TINY, *extra]
+
+
+def _env() -> dict[str, str]:
+    # One thread: the same reduction order in every process (bitwise equality) and no spinning on a busy machine.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WORKBENCH_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
+
+
+def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workbench", *_args(out, *extra)], env=_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=170)
+
+
+def _losses(run: Path, kind: str = "train", key: str = "loss") -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in read_metrics(run / "metrics.jsonl") if r["kind"] == kind]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run_bitwise(tmp_path):
+    whole = tmp_path / "whole"
+    done = _run(whole)
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", *_args(killed)], env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for = killed / "checkpoints" / "step_0000010" / "manifest.json"
+    deadline = time.time() + 150
+    while not wait_for.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
+    logged = [s for s, _ in _losses(killed)]
+    assert 10 <= max(logged) < STEPS
+
+    # Damage the newest checkpoint: the resume must say so and fall back to the previous good one.
+    newest = sorted((killed / "checkpoints").glob("step_*"))[-1]
+    model_file = newest / "model.safetensors"
+    data = bytearray(model_file.read_bytes())
+    data[-3] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+
+    resumed = _run(killed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{newest.name} is corrupt" in resumed.stderr and "falling back" in resumed.stderr
+    assert "resumed from" in resumed.stderr
+
+    expected, got = _losses(whole), _losses(killed)
+    assert [s for s, _ in got] == list(range(1, STEPS + 1))
+    assert got == expected  # bitwise: JSON floats round-trip exactly
+    assert _losses(killed, "eval", "val_loss") == _losses(whole, "eval", "val_loss")
+    assert (killed / "summary.json").exists()
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--steps", "-5"], "steps must be a positive integer"),
+    (["--preset", "glm99-huge"], "unknown preset 'glm99-huge'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--seq-len", "4096"], "beyond the 2048 positions"),
+    (["--data", "MISSING"], "does not exist"),
+    (["--data", "EMPTY"], "is empty"),
+    (["--data", "LATIN1"], "is not UTF-8"),
+    (["--model", "hidden_sizes=3"], "unknown model setting"),
+])
+def test_bad_values_get_one_clear_line(tmp_path, capsys, change, message):
+    files = {"MISSING": tmp_path / "nope.txt", "EMPTY": tmp_path / "empty.txt", "LATIN1": tmp_path / "latin1.txt"}
+    files["EMPTY"].write_text("")
+    files["LATIN1"].write_bytes("café au lait".encode("latin-1"))
+    change = [str(files.get(c, c)) for c in change]
+    argv = ["train", "--steps", "2", "--out", str(tmp_path / "run"), "--no-progress", *change]
+    assert message in _one_line_error(capsys, argv)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_unavailable_device_is_one_clear_line(tmp_path, capsys):
+    from workbench.device import available_device_types
+
+    missing = next(t for t in ("npu", "cuda", "xpu", "mps") if t not in available_device_types())
+    err = _one_line_error(capsys, ["train", "--device", missing, "--out", str(tmp_path / "r")])
+    assert f"device {missing!r} is not available" in err
