@@ -1,0 +1,207 @@
+"""npu kernels (torch_npu fused operators) checked for arguments and layouts against a FAKE torch_npu.
+
+THIS IS A TEST DOUBLE, NOT ASCEND HARDWARE. ``FakeTorchNpu`` implements the documented semantics of
+npu_fusion_attention, npu_rms_norm, npu_rotary_mul, npu_swiglu and npu_grouped_matmul in plain torch (see
+/work/shared/reference/torch_npu.md and Huawei's API reference), rejects arguments the documentation rules out
+(wrong layout, mask dtype, head dims, group lists), and records every call. The device layer's guarded import is
+patched to return it, so the npu implementations are reached exactly as on an Ascend host. Passing here means
+"we call the documented API with the right layouts", not "it ran on an NPU": it never has, in this project.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import workbench.kernels as K
+from workbench.device import detect
+from workbench.kernels import npu_ops, registry
+from workbench.kernels.correctness import CASES, run_case
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class FakeTorchNpu(types.ModuleType):
+    """Test double: documented torch_npu fused-op semantics in plain torch, with argument checks and a call log."""
+
+    def __init__(self):
+        super().__init__("torch_npu")
+        self.calls: list[tuple[str, dict]] = []
+
+    # -- npu_rms_norm(x, gamma, epsilon=1e-6) -> (y, rstd) --------------------------------------------------------
+    def npu_rms_norm(self, x, gamma, epsilon=1e-6):
+        self.calls.append(("npu_rms_norm", {"shape": tuple(x.shape), "epsilon": epsilon}))
+        assert gamma.shape == x.shape[-gamma.dim():], "gamma must match the trailing dims of x"
+        rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + epsilon)
+        return (x.float() * rstd * gamma.float()).to(x.dtype), rstd
+
+    # -- npu_rotary_mul(x, r1, r2, rotary_mode="half") ------------------------------------------------------------
+    def npu_rotary_mul(self, x, r1, r2, rotary_mode="half"):
+        self.calls.append(("npu_rotary_mul", {"shape": tuple(x.shape), "cos_shape": tuple(r1.shape),
+                                              "rotary_mode": rotary_mode}))
+        assert x.dim() == 4, "npu_rotary_mul takes 4-D input"
+        assert r1.dim() == 4 and r2.dim() == 4, "cos/sin must be 4-D"
+        assert r1.shape[-1] == x.shape[-1], "cos/sin are full width (the rotary dim of x)"
+        assert rotary_mode in ("half", "interleave"), rotary_mode
+        if rotary_mode == "half":
+            x1, x2 = x.chunk(2, dim=-1)
+            rotated = torch.cat((-x2, x1), dim=-1)
+        else:
+            rotated = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+        return x * r1 + rotated * r2
+
+    # -- npu_swiglu(x, dim=-1) ------------------------------------------------------------------------------------
+    def npu_swiglu(self, x, dim=-1):
+        self.calls.append(("npu_swiglu", {"shape": tuple(x.shape), "dim": dim}))
+        a, b = x.chunk(2, dim=dim)
+        return F.silu(a) * b
+
+    # -- npu_fusion_attention(query, key, value, head_num, input_layout, ...) -------------------------------------
+    def npu_fusion_attention(self, query, key, value, head_num, input_layout, pse=None, padding_mask=None,
+                             atten_mask=None, scale=1.0, keep_prob=1.0, pre_tockens=2147483647,
+                             next_tockens=2147483647, inner_precise=0, prefix=None, actual_seq_qlen=None,
+                             actual_seq_kvlen=None, sparse_mode=0, gen_mask_parallel=True, sync=False):
+        self.calls.append(("npu_fusion_attention", {
+            "input_layout": input_layout, "head_num": head_num, "scale": scale, "sparse_mode": sparse_mode,
+            "mask_shape": None if atten_mask is None else tuple(atten_mask.shape),
+            "mask_dtype": None if atten_mask is None else atten_mask.dtype, "keep_prob": keep_prob}))
+        assert input_layout in ("BNSD", "BSND"), f"this fake implements BNSD and BSND, got {input_layout}"
+        if input_layout == "BSND":
+            query, key, value = (t.transpose(1, 2) for t in (query, key, value))
+        assert query.shape[1] == head_num, "head_num must be the number of query heads"
+        assert head_num % key.shape[1] == 0, "key/value heads must divide query heads"
+        assert query.shape[-1] % 16 == 0 and query.shape[-1] <= 512, "head dim: multiple of 16, at most 512"
+        assert keep_prob == 1.0, "the fake has no dropout"
+        group = head_num // key.shape[1]
+        key, value = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
+        scores = (query.float() @ key.float().transpose(-1, -2)) * scale
+        q_len, k_len = scores.shape[-2:]
+        masked = torch.zeros(q_len, k_len, dtype=torch.bool)
+        if sparse_mode in (2, 3):  # compressed causal mask: 2048x2048, True above the diagonal
+            assert atten_mask is not None and atten_mask.dtype == torch.bool
+            assert tuple(atten_mask.shape) == (2048, 2048), "sparse_mode 2/3 take the 2048x2048 compressed mask"
+            offset = 0 if sparse_mode == 2 else k_len - q_len  # left-up vs right-down alignment
+            masked = torch.ones(q_len, k_len, dtype=torch.bool).triu(diagonal=1 + offset)
+        elif sparse_mode == 0:
+            if atten_mask is not None:
+                assert atten_mask.dtype == torch.bool, "atten_mask is bool, True = masked out"
+                assert atten_mask.shape[-2:] == (q_len, k_len), "full mask must be [.., Sq, Sk]"
+                masked = atten_mask
+        else:
+            raise AssertionError(f"sparse_mode {sparse_mode} is not implemented by the fake")
+        # Fused kernels fill masked scores with a large negative number, not -inf (a fully masked row is uniform).
+        scores = scores.masked_fill(masked, -1e30)
+        out = (torch.softmax(scores, dim=-1).to(value.dtype) @ value).to(query.dtype)
+        if input_layout == "BSND":
+            out = out.transpose(1, 2)
+        return out, None, None, None, 0, 0, 0
+
+    # -- npu_grouped_matmul(x, weight, *, group_list=None, split_item=0, group_type=-1, ...) -> list -------------
+    def npu_grouped_matmul(self, x, weight, *, bias=None, group_list=None, split_item=0, group_type=-1, **kw):
+        self.calls.append(("npu_grouped_matmul", {"n_x": len(x), "n_weight": len(weight), "split_item": split_item,
+                                                  "group_type": group_type,
+                                                  "group_list": [int(g) for g in group_list]}))
+        assert isinstance(x, list) and isinstance(weight, list), "x and weight are lists of tensors"
+        assert len(weight) <= 128, "at most 128 groups"
+        if group_type == 0:  # one x split along M by cumulative group_list
+            assert len(x) == 1 and len(group_list) == len(weight)
+            bounds = [int(g) for g in group_list]
+            assert bounds == sorted(bounds) and bounds[-1] == x[0].shape[0], "group_list is cumulative rows"
+            starts = [0] + bounds[:-1]
+            outs = [x[0][s:e] @ w for s, e, w in zip(starts, bounds, weight)]
+        else:
+            assert group_type == -1 and len(x) == len(weight)
+            outs = [a @ w for a, w in zip(x, weight)]
+        return [torch.cat(outs)] if split_item in (2, 3) else outs
+
+
+@pytest.fixture
+def fake_npu(monkeypatch):
+    """Install the fake as what the device layer's guarded torch_npu import returns."""
+    fake = FakeTorchNpu()
+    monkeypatch.setattr(detect, "_import_torch_npu", lambda: (fake, None))
+    registry._RESOLVED.clear()
+    yield fake
+    registry._RESOLVED.clear()
+
+
+def test_without_torch_npu_the_npu_kernels_say_why():
+    reason = registry.implementations("attention")["npu"].unavailable_reason("npu")
+    assert reason and "torch_npu" in reason
+    with pytest.raises(RuntimeError, match="npu kernels need torch_npu"):
+        npu_ops.swiglu(torch.randn(2, 8))
+
+
+def test_with_torch_npu_the_fused_ops_are_the_npu_default(fake_npu):
+    for op in ("attention", "moe", "rms_norm", "rope", "swiglu"):
+        assert K.resolve_impl(op, "npu").name == "npu"
+    assert K.resolve_impl("cross_entropy", "npu").name == "torch"  # no fused npu CE: the chunked torch one
+    assert K.resolve_impl("attention", "cpu").name == "torch"  # npu ops never leak onto other devices
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("op", ["rms_norm", "rope", "swiglu", "attention", "moe"])
+def test_npu_wrappers_match_reference_through_the_fake(fake_npu, op, dtype):
+    for case in CASES[op]:
+        result = run_case(op, "npu", case, DTYPES[dtype], "cpu")
+        assert result.passed, result
+    assert fake_npu.calls, "the fake torch_npu was never called"
+
+
+def test_attention_layouts_masks_and_modes(fake_npu):
+    q, k, v = torch.randn(2, 4, 8, 16), torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16)
+    npu_ops.attention(q, k, v, causal=True)
+    npu_ops.attention(q, k, v, causal=False, scale=0.5)
+    topk = torch.randint(0, 8, (2, 8, 3))
+    npu_ops.attention(q, k, v, causal=True, topk_indices=topk)
+    causal, full, sparse = [c[1] for c in fake_npu.calls]
+    assert causal["input_layout"] == "BNSD" and causal["head_num"] == 4
+    assert causal["sparse_mode"] == 3 and causal["mask_shape"] == (2048, 2048)
+    assert causal["scale"] == pytest.approx(1 / math.sqrt(16))
+    assert full["mask_shape"] is None and full["sparse_mode"] == 0 and full["scale"] == 0.5
+    assert sparse["sparse_mode"] == 0 and sparse["mask_shape"] == (2, 1, 8, 8) and sparse["mask_dtype"] == torch.bool
+    with pytest.raises(ValueError, match="multiple of 16"):
+        npu_ops.attention(torch.randn(1, 2, 4, 24), torch.randn(1, 2, 4, 24), torch.randn(1, 2, 4, 24))
+
+
+def test_decode_step_uses_right_down_causal(fake_npu):
+    q, k, v = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16)
+    from workbench.kernels import reference
+
+    torch.testing.assert_close(npu_ops.attention(q, k, v), reference.attention(q, k, v))
+
+
+def test_rope_is_4d_full_width_with_the_right_mode(fake_npu):
+    x = torch.randn(3, 5, 16)  # 3-D input: reshaped to 4-D for the fused op
+    angles = torch.rand(5, 4)  # partial: 8 of 16 channels rotate
+    for interleaved, mode in ((False, "half"), (True, "interleave")):
+        out = npu_ops.rope(x, angles.cos(), angles.sin(), interleaved)
+        call = fake_npu.calls[-1][1]
+        assert call["rotary_mode"] == mode and len(call["shape"]) == 4 and call["shape"][-1] == 8
+        assert call["cos_shape"][-1] == 8
+        assert torch.equal(out[..., 8:], x[..., 8:])
+
+
+def test_moe_grouped_matmul_arguments(fake_npu):
+    x = torch.randn(6, 8)
+    idx = torch.tensor([[0, 2], [2, 0], [0, 2], [2, 3], [3, 0], [0, 2]])
+    npu_ops.moe(x, idx, torch.rand(6, 2), torch.randn(4, 10, 8), torch.randn(4, 8, 5))
+    grouped = [c[1] for c in fake_npu.calls if c[0] == "npu_grouped_matmul"]
+    assert len(grouped) == 2
+    for call in grouped:
+        assert call["group_type"] == 0 and call["split_item"] == 2 and call["n_x"] == 1 and call["n_weight"] == 4
+        assert call["group_list"] == [5, 5, 10, 12]  # cumulative rows: expert 0 has 5, 1 none, 2 five, 3 two
+    assert [c[0] for c in fake_npu.calls].count("npu_swiglu") == 1
+
+
+def test_moe_with_more_experts_than_the_fused_limit_uses_the_torch_path(fake_npu):
+    case_args, _ = CASES["moe"][0].make(torch.Generator().manual_seed(0))
+    x, _, weights, _, _ = case_args
+    experts = npu_ops.MAX_GROUPS + 2
+    idx = torch.randint(0, experts, (x.shape[0], 2))
+    npu_ops.moe(x, idx, weights, torch.randn(experts, 16, 16), torch.randn(experts, 16, 8))
+    assert not [c for c in fake_npu.calls if c[0] == "npu_grouped_matmul"]
