@@ -89,11 +89,15 @@ def chips_for_time(spec: Spec, ev: Evaluation, target_s: float) -> dict[str, Any
     for dp in range(1, spec.global_batch // ev.micro_batch + 1):
         if spec.global_batch % (dp * ev.micro_batch):
             continue
-        layout = Layout(**{**L.as_dict(), "dp": dp})
         count = unit * dp
         scaled = Spec(**{**spec.__dict__, "cluster": type(spec.cluster)(**{**spec.cluster.__dict__, "count": count})})
-        cand = evaluate(scaled, layout, ev.micro_batch)
-        if cand.problems or not cand.fits:
+        cand = None
+        for vp in sorted({L.vp, 1}, reverse=True):  # interleaving needs micro-batches % pp == 0: drop it if not
+            trial = evaluate(scaled, Layout(**{**L.as_dict(), "dp": dp, "vp": vp}), ev.micro_batch)
+            if not trial.problems and trial.fits:
+                cand = trial
+                break
+        if cand is None:
             continue
         seconds = tokens / (spec.global_batch * spec.seq_len / cand.step_time_s)
         best = {"chips": count, "days": seconds / 86400, "layout": _layout_dict(scaled, cand),

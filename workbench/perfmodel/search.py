@@ -51,7 +51,7 @@ def candidates(spec: Spec):
                         if spec.global_batch % (mbs * dp):
                             continue
                         micro = spec.global_batch // (mbs * dp)
-                        vps = [1] if pp == 1 else [v for v in (1, 2, 4) if m.layers % (pp * v) == 0 and micro % pp == 0 or v == 1]
+                        vps = [1] if pp == 1 else [v for v in (1, 2, 4) if pp * v <= m.layers and micro % pp == 0 or v == 1]
                         for vp in _options(fixed, "vp", vps):
                             base = dict(tp=tp, cp=cp, pp=pp, dp=dp, ep=ep, vp=vp, etp=fixed.get("etp", 1),
                                         sp=fixed.get("sp", True))
@@ -62,7 +62,9 @@ def search(spec: Spec) -> list[Evaluation]:
     """Feasible evaluations, fastest first (at most ``spec.search_top``). Raises when nothing fits."""
     fixed = spec.fixed
     zeros = [fixed["zero"]] if "zero" in fixed else [1, 2, 3]
-    recomputes = [fixed["recompute"]] if "recompute" in fixed else ["selective", "full"]
+    # with flash attention "none" and "selective" cost the same here, so only "selective" is priced
+    default_rc = ["none", "selective", "full"] if spec.attention == "unfused" else ["selective", "full"]
+    recomputes = [fixed["recompute"]] if "recompute" in fixed else default_rc
     feasible: list[Evaluation] = []
     closest: Evaluation | None = None
     n_checked = 0

@@ -67,8 +67,8 @@ def layout_problems(spec: Spec, L: Layout, mbs: int) -> list[str]:
         micro = spec.global_batch // max(mbs * L.dp, 1)
         if L.pp == 1:
             p.append("vp > 1 (interleaved pipeline) needs pp > 1")
-        elif m.layers % (L.pp * L.vp):
-            p.append(f"layers = {m.layers} is not divisible by pp x vp = {L.pp}x{L.vp} (interleaving needs equal chunks)")
+        elif L.pp * L.vp > m.layers:
+            p.append(f"pp x vp = {L.pp}x{L.vp} exceeds layers = {m.layers} (each virtual stage needs a layer)")
         elif micro % L.pp:
             p.append(f"interleaved 1F1B needs micro-batches per step ({micro}) to be a multiple of pp = {L.pp}")
     if m.moe is None:
@@ -97,10 +97,11 @@ def _rates(spec: Spec) -> dict[str, float]:
     measured_peak = chip.field_source("fp32_tflops" if spec.precision == "fp32" else "bf16_dense_tflops").confidence == "measured"
     if measured_peak:  # a probe already measured the achieved GEMM rate on this machine
         gemm = peak
-    elif spec.precision in ("bf16", "fp16") and chip.measured_gemm_tflops:
-        gemm = chip.measured_gemm_tflops * 1e12
     else:
         gemm = peak * eff.gemm_eff_max
+        if spec.precision in ("bf16", "fp16") and chip.measured_gemm_tflops:
+            # a measured large-GEMM rate (best case, square shapes) caps what training GEMMs reach
+            gemm = min(gemm, chip.measured_gemm_tflops * 1e12)
     # attention runs in bf16 even in FP8 recipes
     attn_peak = peak if spec.precision in ("fp32", "bf16", "fp16") else chip.peak_flops("bf16") or peak
     return {"peak": peak, "gemm": gemm, "attn": attn_peak * eff.attn_eff,
@@ -162,8 +163,18 @@ def _layer_forward(spec: Spec, L: Layout, mbs: int, r: dict, links: dict, moe_la
         t["attention"] += idx_flops / r["attn"]
         keys = min(keys, ix.topk)
     attn_flops = 2.0 * T * keys * (H / tp) * (m.d_qk + m.d_v)
-    t["attention"] += attn_flops / r["attn"]
     t["flops"] += attn_flops
+    if spec.attention == "flash":
+        t["attention"] += attn_flops / r["attn"]
+    else:
+        # unfused: batched GEMMs over the full s x s score matrix, plus memory-bound scale/mask/softmax/dropout
+        # passes over it (~13 bytes per score forward: write, read+write softmax, dropout in/out/mask, read for PV)
+        s_kv = spec.seq_len
+        heads_local = H / tp
+        dt_qk, _ = _gemm(r, eff, T, s_kv, m.d_qk, count=heads_local)
+        dt_pv, _ = _gemm(r, eff, T, m.d_v, s_kv, count=heads_local)
+        scores = T * s_kv * heads_local
+        t["attention"] += dt_qk + dt_pv + eff.elementwise_factor * 13.0 * scores / r["mem"]
 
     # FFN
     mats_in = 2 if m.ffn_type == "swiglu" else 1
@@ -186,6 +197,8 @@ def _layer_forward(spec: Spec, L: Layout, mbs: int, r: dict, links: dict, moe_la
             gemm(T, mats_in * fs / tp, h)
             gemm(T, h, fs / tp)
             act_width += fs / tp
+        # permute / unpermute / weighted combine of the routed token copies (memory-bound, ~6 passes of h each)
+        t["elementwise"] += eff.elementwise_factor * 6 * T_dev * mo.top_k * h * r["el_bytes"] / r["mem"]
         if L.ep > 1:  # dispatch + combine all-to-all of each routed token copy
             n = T_dev * mo.top_k * h * r["el_bytes"]
             t["ep"] += 2 * C.all_to_all(n, L.ep, links["ep"], eff.a2a_eff)
@@ -193,7 +206,7 @@ def _layer_forward(spec: Spec, L: Layout, mbs: int, r: dict, links: dict, moe_la
     # the activation function; read + write counted
     tokens_h = T / tp if (tp > 1 and L.sp) else T
     elems = 10 * h * tokens_h + T * (2 * H * m.d_qk / tp + (mats_in + 1) * act_width)
-    t["elementwise"] = eff.elementwise_factor * elems * r["el_bytes"] / r["mem"]
+    t["elementwise"] += eff.elementwise_factor * elems * r["el_bytes"] / r["mem"]
     t["kernels"] = eff.kernels_per_layer * eff.kernel_overhead_s
     # tensor parallel collectives: 2 all-gathers + 2 reduce-scatters (SP) or 2 all-reduces of the T x h activations
     if tp > 1:
@@ -259,6 +272,8 @@ def _activation_bytes_per_layer(spec: Spec, L: Layout, mbs: int, moe_layer: bool
         mlp = e * T * h / shard_h + routed * e * (2 * h + (mats_in + 1) * mo.expert_ffn / L.etp)
         if mo.shared:
             mlp += e * T * (mats_in + 1) * mo.shared * mo.expert_ffn / tp
+    if spec.attention == "unfused" and L.recompute == "none":  # Korthikanti's 5as/h term (selective drops it)
+        attn += 5.0 * T * spec.seq_len * H / tp
     full = norms + attn + mlp
     if L.recompute == "full":
         return e * T * h / shard_h, full  # only the layer input is kept; one layer is rebuilt at a time
@@ -333,8 +348,9 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
     ev.links = {k: {"link": v.name, "busbw_gb_s": None if math.isinf(v.busbw) else v.busbw / GB} for k, v in links.items()}
     micro = spec.global_batch // (mbs * L.dp)
     per_stage = math.ceil(m.layers / L.pp)
-    if m.layers % L.pp:
-        ev.notes.append(f"layers = {m.layers} not divisible by pp = {L.pp}: uneven stages (slowest has {per_stage})")
+    if m.layers % (L.pp * L.vp):
+        ev.notes.append(f"layers = {m.layers} not divisible by pp x vp = {L.pp}x{L.vp}: uneven stages (at most "
+                        f"{per_stage} layers per stage; Megatron needs --decoder-first/last-pipeline-num-layers)")
 
     dense_l = _layer_forward(spec, L, mbs, r, links, False)
     moe_l = _layer_forward(spec, L, mbs, r, links, True) if m.moe else None
@@ -347,7 +363,6 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
         return out
 
     T = mbs * spec.seq_len / L.cp
-    fwd = stage_layers(per_stage)
     # the last stage also runs the output head, the loss (memory-bound over fp32 logits) and MTP layers
     head_t, head_flops = _gemm(r, eff, T, m.vocab / L.tp, m.hidden)
     loss_t = 3 * 4.0 * T * m.vocab / L.tp / r["mem"]
@@ -359,34 +374,40 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
             last_extra[key] = last_extra.get(key, 0.0) + m.mtp_layers * mtp[key]
         last_extra["gemm"] += m.mtp_layers * (proj_t + head_t)
         last_extra["flops"] += m.mtp_layers * (proj_f + head_flops)
-    stage_fwd = dict(fwd)
-    for key, value in last_extra.items():
-        stage_fwd[key] = stage_fwd.get(key, 0.0) + value
     # per micro-batch: backward = 2x forward GEMMs and elementwise, 2.5x attention (flash recomputes scores)
     compute_keys = ("gemm", "attention", "elementwise", "kernels")
 
     def micro_batch_time(f: dict[str, float]) -> dict[str, float]:
-        out = {"gemm": 3 * f["gemm"], "attention": 3.5 * f["attention"], "elementwise": 3 * f["elementwise"],
+        attn_bwd = 2.5 if spec.attention == "flash" else 2.0  # flash backward recomputes the scores
+        out = {"gemm": 3 * f["gemm"], "attention": (1 + attn_bwd) * f["attention"], "elementwise": 3 * f["elementwise"],
                "kernels": 3 * f["kernels"], "tp": 2 * f["tp"] * eff.tp_exposed, "ep": 2 * f["ep"] * eff.ep_exposed,
                "cp": 2 * f["cp"]}
         out["recompute"] = 0.0
+        if L.recompute == "selective" and spec.attention == "unfused":
+            out["recompute"] = f["attention"]  # Korthikanti: recompute QK^T, softmax, dropout, PV
         if L.recompute == "full":  # the whole forward again during backward, collectives included
             out["recompute"] = sum(f[k] for k in compute_keys) + f["tp"] * eff.tp_exposed + f["ep"] * eff.ep_exposed
         return out
 
-    mb_last = micro_batch_time(stage_fwd)
-    mb_mid = micro_batch_time(fwd)
     pp_t = 0.0
     if L.pp > 1:
         n = T * m.hidden * r["el_bytes"] / (L.tp if (L.tp > 1 and L.sp) else 1)
         pp_t = 2 * C.p2p(n, links["pp"])  # send activations forward, gradients backward
-    t_last = sum(mb_last.values()) + pp_t
-    t_mid = sum(mb_mid.values()) + pp_t
-    slowest = max(t_last, t_mid)
-    mean_stage = (t_last + (L.pp - 1) * t_mid) / L.pp
+    # Stages are balanced the way Llama 3 / Megatron's --decoder-last-pipeline-num-layers do it: the head and MTP
+    # layers count against the last stage's layers, so the slowest stage is the whole model / pp, but never less
+    # than ceil(layers / pp) whole layers.
+    whole = dict(stage_layers(m.layers))
+    for key, value in last_extra.items():
+        whole[key] = whole.get(key, 0.0) + value
+    mb_whole = micro_batch_time(whole)
+    total = sum(mb_whole.values())
+    one_layer = sum(micro_batch_time(stage_layers(1.0)).values())
+    slowest_compute = max(total / L.pp, math.ceil(m.layers / L.pp) * one_layer) if L.pp > 1 else total
+    mb = {k: v * slowest_compute / total for k, v in mb_whole.items()}
+    slowest = slowest_compute + pp_t
+    mean_stage = total / L.pp + pp_t
     bubble = (L.pp - 1) / L.vp * mean_stage
     steady = micro * slowest
-    mb = mb_last if t_last >= t_mid else mb_mid
 
     # data parallel gradient (and parameter) collectives
     dense, expert = _params_per_device(spec, L, per_stage, L.pp == 1, True)

@@ -23,7 +23,8 @@ PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
 RECOMPUTE = ("none", "selective", "full")
 LAYOUT_KEYS = ("tp", "pp", "dp", "ep", "cp", "vp", "etp", "zero", "recompute", "sp")
 SPEC_KEYS = {"model", "seq_len", "global_batch", "micro_batch", "precision", "cluster", "layout", "train_tokens",
-             "target_days", "pue", "efficiency", "optimizer", "search_top"}
+             "target_days", "pue", "efficiency", "search_top", "attention"}
+ATTENTION = ("flash", "unfused")
 CLUSTER_KEYS = {"chip", "count", "chips_per_node", "scale_up_domain"} | set(NUMERIC_FIELDS)
 
 
@@ -94,6 +95,7 @@ class Spec:
     pue: float = 1.2
     efficiency: Efficiency = field(default_factory=default_efficiency)
     search_top: int = 5
+    attention: str = "flash"  # "unfused": materialised s x s scores (pre-2022 Megatron), Korthikanti's 5as/h term
 
 
 def parse_chip(value: Any) -> Chip:
@@ -196,6 +198,9 @@ def parse_spec(spec: dict) -> Spec:
     if layout is not None and micro_batch is None:
         micro_batch = 1
 
+    attention = spec.get("attention", "flash")
+    if attention not in ATTENTION:
+        raise ConfigError(f"attention = {attention!r} must be one of {ATTENTION}")
     efficiency = default_efficiency()
     if spec.get("efficiency"):
         if not isinstance(spec["efficiency"], dict):
@@ -208,5 +213,5 @@ def parse_spec(spec: dict) -> Spec:
         train_tokens=_number("train_tokens", spec.get("train_tokens"), positive=False, allow_none=True),
         target_days=_number("target_days", spec.get("target_days"), allow_none=True),
         pue=_number("pue", spec.get("pue", 1.2)), efficiency=efficiency,
-        search_top=_number("search_top", spec.get("search_top", 5), integer=True),
+        search_top=_number("search_top", spec.get("search_top", 5), integer=True), attention=attention,
     )
