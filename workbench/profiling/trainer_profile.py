@@ -27,3 +27,29 @@ def profile_trainer(trainer, config: ProfileConfig | None = None, out_dir: str |
                      flops_source="workbench.model.accounting.flops_per_token x tokens per step" if flops else "")
     report.info["tokens_per_step"] = trainer_tokens_per_step(trainer)
     return run, report
+
+
+def profile_kernel_choices(trainer, choices: dict[str, dict[str, str]], config: ProfileConfig | None = None,
+                           out_dir: str | os.PathLike | None = None,
+                           top_n: int = 10) -> dict[str, tuple[ProfileRun, ProfileReport]]:
+    """Profile the same trainer once per kernel choice, e.g. ``{"reference": {"attention": "reference"},
+    "torch": {"attention": "torch"}}``; each run's trace, tables and figures go to ``out_dir/<label>``.
+    Unknown or unavailable implementations fail before anything runs (the registry says why)."""
+    from pathlib import Path
+
+    from workbench.kernels import resolve_impl, use_kernels
+
+    device_type = trainer.device.type
+    for label, chosen in choices.items():
+        for op, impl in chosen.items():
+            resolve_impl(op, device_type, impl)  # raises with the reason if it cannot run here
+    results = {}
+    for label, chosen in choices.items():
+        target = Path(out_dir) / label if out_dir is not None else None
+        with use_kernels(chosen):
+            run, report = profile_trainer(trainer, config, out_dir=target, top_n=top_n)
+        report.info["kernels"] = dict(chosen)
+        if target is not None:
+            report.save(target)
+        results[label] = (run, report)
+    return results
