@@ -84,11 +84,14 @@ def check_early(config) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from workbench.distributed.train_hooks import distributed_train_kwargs, finish_distributed
     from workbench.train.trainer import train
 
     config = config_from_args(args)
     check_early(config)
-    summary = train(config)
+    # Under torchrun (`workbench launch -- train ...`): join the process group and apply --parallel; {} otherwise.
+    summary = train(config, **distributed_train_kwargs(config))
+    finish_distributed(summary)
     mfu = summary.get("mfu")
     print(f"done: {summary['steps']} steps, train loss {summary['first_train_loss']:.3f} -> "
           f"{summary['final_train_loss']:.3f}, val loss {summary['final_val_loss']:.3f}, "
