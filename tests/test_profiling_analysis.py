@@ -278,3 +278,42 @@ def test_analyze_save_and_compare(tmp_path):
 def test_missing_trace_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run a profile first"):
         load_trace(tmp_path / "nope.json")
+
+
+def test_device_side_phase_ranges_are_preferred_when_the_trace_has_them():
+    # CUDA-style trace: host ranges end early (launches are asynchronous); the GPU copies say when the work ran.
+    trace = load_trace(trace_of(
+        X("ProfilerStep#1", 0, 100, cat="user_annotation"),
+        X("workbench/forward", 0, 10, cat="user_annotation"),
+        X("workbench/forward", 5, 60, tid=7, cat="gpu_user_annotation"),
+        X("ampere_sgemm_128x64_tn", 5, 60, tid=7, cat="kernel"),
+        X("ncclDevKernel_AllReduce_Sum_f32_RING_LL", 50, 30, tid=8, cat="kernel"),
+    ))
+    result = step_breakdown(trace)
+    rows = {r["phase"]: r["ms"] for r in result["rows"]}
+    comm = result["communication"]
+    # nccl 50-80 on stream 8 overlaps the GEMM on stream 7 for 50-65: 15 us overlapped, 15 us exposed
+    assert comm["overlapped_ms"] == pytest.approx(0.015) and comm["exposed_ms"] == pytest.approx(0.015)
+    assert rows["forward"] == pytest.approx(0.060 - 0.0)  # the exposed part (65-80) lies outside forward (5-65)
+    assert sum(rows.values()) == pytest.approx(0.1)
+    ops = {r["op"]: r["category"] for r in op_table(trace)}
+    assert ops == {"ampere_sgemm_128x64_tn": "matmul", "ncclDevKernel_AllReduce_Sum_f32_RING_LL": "communication"}
+
+
+def test_a_failing_step_stops_the_rss_sampler(tmp_path):
+    import threading
+
+    from workbench.device import get_device
+    from workbench.profiling import ProfileConfig, profile_steps
+
+    calls = []
+
+    def boom():  # the warmup step works, the first active step (sampler running) fails
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("step failed")
+
+    with pytest.raises(RuntimeError, match="step failed"):
+        profile_steps(boom, ProfileConfig(wait=0, warmup=1, active=1, memory_timeline="rss"),
+                      device=get_device("cpu"), out_dir=tmp_path)
+    assert not any(t.name == "workbench-rss-sampler" and t.is_alive() for t in threading.enumerate())

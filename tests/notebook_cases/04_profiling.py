@@ -17,6 +17,11 @@ def check(results):
         assert prof["kernels"] == {"attention": label}
         assert prof["n_steps"] == 1 and prof["step_ms"] > 0
         assert 0 < prof["mfu"] < 1, prof["mfu"]
+        # the waterfall's ideal uses the model's FLOPs (accounting) x tokens per step and the trainer's peak
+        assert prof["tokens_per_step"] == 2 * 16
+        assert math.isclose(prof["flops_per_step"], results["flops_per_token"] * prof["tokens_per_step"])
+        assert prof["peak_flops"] == results["peak"]["value"] and prof["peak_source"] == results["peak"]["source"]
+        assert math.isclose(prof["ideal_ms"], prof["flops_per_step"] / prof["peak_flops"] * 1e3)
         assert set(prof["category_ms"]) == set(results["categories"])
         assert prof["category_ms"]["matmul"] > 0 and prof["category_ms"]["attention"] > 0
         assert math.isclose(sum(r["ms"] for r in prof["phases"]), prof["step_ms"], rel_tol=1e-6)

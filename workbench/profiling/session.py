@@ -156,21 +156,23 @@ def profile_steps(step_fn: Callable[[], Any], config: ProfileConfig | None = Non
     step_wall_s: list[float] = []
     active_start = None
     device.reset_peak_memory()
-    with prof_mod.profile(activities=backend.activities, schedule=schedule, on_trace_ready=on_trace_ready,
-                          record_shapes=config.record_shapes, profile_memory=config.wants_allocator_events(),
-                          with_stack=config.with_stack, with_flops=config.with_flops) as prof:
-        for step in range(config.total_steps):
-            if step == config.wait + config.warmup:
-                active_start = time.perf_counter()
-                if sampler is not None:
-                    sampler.__enter__()  # sample RSS over the active steps only
-            start = time.perf_counter()
-            step_fn()
-            device.synchronize()
-            step_wall_s.append(time.perf_counter() - start)
-            prof.step()
-    if sampler is not None:
-        sampler.__exit__(None, None, None)
+    try:
+        with prof_mod.profile(activities=backend.activities, schedule=schedule, on_trace_ready=on_trace_ready,
+                              record_shapes=config.record_shapes, profile_memory=config.wants_allocator_events(),
+                              with_stack=config.with_stack, with_flops=config.with_flops) as prof:
+            for step in range(config.total_steps):
+                if step == config.wait + config.warmup:
+                    active_start = time.perf_counter()
+                    if sampler is not None:
+                        sampler.__enter__()  # sample RSS over the active steps only
+                start = time.perf_counter()
+                step_fn()
+                device.synchronize()
+                step_wall_s.append(time.perf_counter() - start)
+                prof.step()
+    finally:
+        if sampler is not None:
+            sampler.__exit__(None, None, None)  # never leave the sampling thread running, even if a step failed
     if backend.writes_trace_dir:
         _collect_npu_trace(out / "raw", trace_path)
     if not trace_path.exists():
