@@ -46,8 +46,9 @@ ASSUMPTIONS: dict[str, dict[str, Any]] = {
     **{f"MC-{size}": {"zero": 1, "why": "Megatron-LM: distributed optimizer"} for size in ("1.7B", "16B", "70B", "177B", "462B")},
     **{f"K22-{size}-{rc}": {"attention": "unfused", "zero": 0, "why": _K22}
        for size in ("22B", "175B", "530B", "1T") for rc in ("sel", "full")},
-    "TT-L3-8B-eager": {"zero": 3, "why": "source: FSDP (ZeRO-3)"},
-    "TT-L3-8B-compile": {"zero": 3, "why": "source: FSDP (ZeRO-3)"},
+    **{f"TT-L3-8B-{mode}": {"zero": 3, "cluster": {"hbm_gb": 96, "tdp_w": 500},
+                            "why": "source: FSDP (ZeRO-3); hardware column: H100 with 96 GB at 500 W (the power cap's "
+                                   "lower clocks are not modelled)"} for mode in ("eager", "compile")},
 }
 
 # Parameters fitted (the rest keep their set values; see efficiency.py for their sources).
@@ -93,7 +94,7 @@ def row_spec(row: dict[str, str]) -> dict[str, Any]:
     return {
         "model": dims, "seq_len": _i(row["seq"]), "global_batch": _i(row["gbs"]) or extra.get("global_batch"),
         "micro_batch": _i(row["mbs"]), "precision": row["precision"] or "bf16",
-        "cluster": {"chip": row["hardware"], "count": _i(row["chips"]), "chips_per_node": 8},
+        "cluster": {"chip": row["hardware"], "count": _i(row["chips"]), "chips_per_node": 8, **extra.get("cluster", {})},
         "layout": layout, "search_top": 1, "attention": extra.get("attention", "flash"),
     }
 

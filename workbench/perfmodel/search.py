@@ -12,7 +12,7 @@ Used by ``workbench.perfmodel.simulate`` and notebooks/05_hardware_comparison.ip
 from __future__ import annotations
 
 from workbench.errors import WorkbenchError
-from workbench.perfmodel.simulator import Evaluation, evaluate, layout_problems
+from workbench.perfmodel.simulator import MEMORY_HEADROOM, Evaluation, evaluate, layout_problems
 from workbench.perfmodel.spec import Layout, Spec
 
 
@@ -69,11 +69,15 @@ def search(spec: Spec) -> list[Evaluation]:
     closest: Evaluation | None = None
     n_checked = 0
     for base, mbs in candidates(spec):
-        # ZeRO-1/2 (lightest that fits) and ZeRO-3 priced separately; lightest recompute that fits
+        # ZeRO-1/2: the lightest that fits, with the lightest recompute that fits. ZeRO-3 trades communication for
+        # memory, so it is priced only where it lets a lighter recompute fit.
+        chosen_rc = None
         for zero_group in ([z for z in zeros if z < 3], [z for z in zeros if z == 3]):
             chosen = None
             for zero in zero_group:
                 for rc in recomputes:
+                    if zero == 3 and chosen_rc is not None and recomputes.index(rc) >= recomputes.index(chosen_rc):
+                        break
                     L = Layout(zero=zero, recompute=rc, **base)
                     if layout_problems(spec, L, mbs):
                         break
@@ -87,6 +91,7 @@ def search(spec: Spec) -> list[Evaluation]:
                 if chosen:
                     break
             if chosen:
+                chosen_rc = chosen[0].recompute
                 feasible.append(evaluate(spec, *chosen))
     if not feasible:
         if closest is None:
@@ -94,7 +99,8 @@ def search(spec: Spec) -> list[Evaluation]:
                                  f"check heads/ffn/experts against the chip count and global_batch")
         L = closest.layout
         raise WorkbenchError(
-            f"impossible memory: no layout fits in {spec.cluster.chip.hbm_gb:g} GB per {spec.cluster.chip.chip}; the "
+            f"impossible memory: no layout fits in the usable {spec.cluster.chip.hbm_gb * MEMORY_HEADROOM:.0f} of "
+            f"{spec.cluster.chip.hbm_gb:g} GB per {spec.cluster.chip.chip}; the "
             f"closest (tp={L.tp} pp={L.pp} dp={L.dp} ep={L.ep} zero={L.zero} recompute={L.recompute} "
             f"micro_batch={closest.micro_batch}) needs {closest.memory['total_gb']:.1f} GB. Use more chips, a chip "
             f"with more memory, or a shorter sequence")

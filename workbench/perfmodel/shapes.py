@@ -12,6 +12,7 @@ Used by ``workbench.perfmodel.simulator`` and notebooks/05_hardware_comparison.i
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,6 +264,16 @@ class ModelShape:
         """Training model FLOPs per token: PaLM convention, plus DSA indexers and MTP layers where the model has
         them (as ``workbench.model.accounting.flops_per_token``)."""
         return self.flops_breakdown(seq_len)["total"]
+
+    @functools.cached_property
+    def consts(self) -> dict[str, float]:
+        """Per-block parameter counts, computed once per shape (the layout search asks thousands of times)."""
+        return {"attention": self.attention_params(), "indexer": self.indexer_params(),
+                "indexer_layers": self.indexer_layers, "norms": self.norm_params_per_layer(),
+                "dense_ffn": self.dense_ffn_params(), "expert": self.expert_params() if self.moe else 0,
+                "router": self.router_params() if self.moe else 0, "embedding": self.embedding_params(),
+                "output": self.output_params(), "mtp_layer": self.mtp_layer_params() if self.mtp_layers else 0,
+                "moe_frac": self.moe_layers / self.layers}
 
     def as_dims(self) -> dict[str, Any]:
         """The explicit-dims dict that rebuilds this shape (round-trips through ``shape_from_dims``)."""

@@ -228,23 +228,22 @@ def _layer_forward(spec: Spec, L: Layout, mbs: int, r: dict, links: dict, moe_la
 def _params_per_device(spec: Spec, L: Layout, layers: int, first: bool, last: bool) -> tuple[float, float]:
     """(dense, expert) parameters held by one device of a stage with ``layers`` layers."""
     m = spec.model
-    moe_frac = m.moe_layers / m.layers
-    n_moe = layers * moe_frac
+    k = m.consts
+    n_moe = layers * k["moe_frac"]
     n_dense = layers - n_moe
-    attn = (m.attention_params() + m.indexer_params() * (m.indexer_layers / m.layers)) / L.tp + m.norm_params_per_layer()
-    dense = layers * attn + n_dense * m.dense_ffn_params() / L.tp
+    attn = (k["attention"] + k["indexer"] * (k["indexer_layers"] / m.layers)) / L.tp + k["norms"]
+    dense = layers * attn + n_dense * k["dense_ffn"] / L.tp
     expert = 0.0
     if m.moe and n_moe:
-        dense += n_moe * (m.router_params() + m.moe.shared * m.expert_params() / L.tp)
-        expert = n_moe * (m.moe.experts / L.ep) * m.expert_params() / L.etp
+        dense += n_moe * (k["router"] + m.moe.shared * k["expert"] / L.tp)
+        expert = n_moe * (m.moe.experts / L.ep) * k["expert"] / L.etp
     if first:
-        dense += m.embedding_params() / L.tp
+        dense += k["embedding"] / L.tp
     if last:
-        dense += (m.output_params() or (m.embedding_params() if L.pp > 1 else 0)) / L.tp + m.hidden
+        dense += (k["output"] or (k["embedding"] if L.pp > 1 else 0)) / L.tp + m.hidden
         if m.mtp_layers:
-            mtp = m.mtp_layers * m.mtp_layer_params()
-            share = m.expert_params() * m.moe.experts if m.moe else 0
-            dense += (mtp - m.mtp_layers * share) / L.tp
+            share = k["expert"] * m.moe.experts if m.moe else 0
+            dense += m.mtp_layers * (k["mtp_layer"] - share) / L.tp
             expert += m.mtp_layers * share / (L.ep * L.etp)
     return dense, expert
 
@@ -308,8 +307,8 @@ def memory(spec: Spec, L: Layout, mbs: int) -> dict:
         if L.vp > 1:
             in_flight *= 1 + (L.pp - 1) / (L.pp * L.vp)
         acts = per_layer * per_stage * in_flight + max(work_d, work_m)
-        if last:  # logits in fp32 plus their gradient for one micro-batch
-            acts += 2 * 4.0 * mbs * spec.seq_len / L.cp * m.vocab / L.tp
+        if last:  # fp32 logits of one micro-batch (their gradient reuses the buffer)
+            acts += 4.0 * mbs * spec.seq_len / L.cp * m.vocab / L.tp
         total = weights + grads + optim + acts
         entry = {"params_gb": weights / GB, "grads_gb": grads / GB, "optimizer_gb": optim / GB,
                  "activations_gb": acts / GB, "total_gb": total / GB, "stage": stage}

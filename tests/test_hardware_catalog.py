@@ -1,0 +1,145 @@
+"""The accelerator catalog: sources per number, loose name lookup, custom chips, and "this machine" from probes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workbench.errors import WorkbenchError
+from workbench.hardware import (
+    UnknownChipError,
+    all_chips,
+    catalog_table,
+    chip_from_dict,
+    find_chip,
+    load_catalog,
+    load_chip_file,
+    match_device_name,
+    register_chip,
+    this_machine,
+    unregister_chip,
+)
+from workbench.hardware.catalog import NUMERIC_FIELDS
+
+
+def test_every_number_has_a_source_and_a_confidence():
+    chips = load_catalog()
+    assert len(chips) >= 19  # the shared reference's 17 + A800 + H20
+    for chip in chips:
+        for field in NUMERIC_FIELDS:
+            if getattr(chip, field) is not None:
+                src = chip.field_source(field)
+                assert src.source and src.confidence in ("high", "medium", "low", "measured", "user"), (chip.chip, field)
+
+
+def test_fp8_figures_have_their_own_source():
+    with_fp8 = [c for c in load_catalog() if c.fp8_dense_tflops]
+    assert {c.chip for c in with_fp8} >= {"NVIDIA H100 SXM", "NVIDIA H800 SXM", "NVIDIA H200 SXM", "NVIDIA B200",
+                                          "AMD MI300X", "Intel Gaudi 3", "Ascend 950DT"}
+    for chip in with_fp8:
+        src = chip.field_source("fp8_dense_tflops")
+        assert src.source != chip.source, f"{chip.chip}: FP8 figure has no specific source"
+    h100 = find_chip("H100")
+    assert h100.peak_flops("fp8") == pytest.approx(2 * h100.peak_flops("bf16"), rel=0.01)
+    assert "sparsity" in h100.field_source("fp8_dense_tflops").source
+
+
+def test_catalog_keeps_the_shared_reference_numbers():
+    """The package catalog starts from ../shared/reference/accelerators.csv: same peaks for the same chips."""
+    import csv
+    from pathlib import Path
+
+    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "accelerators.csv"
+    if not ref.exists():
+        pytest.skip("shared reference not present")
+    changed = {"Ascend 910C"}  # corrected from the CloudMatrix384 paper, see field_sources.csv
+    for row in csv.DictReader(ref.read_text().splitlines()):
+        if row["chip"] in changed:
+            continue
+        chip = find_chip(row["chip"])
+        for field in ("bf16_dense_tflops", "hbm_gb", "hbm_tb_s", "tdp_w"):
+            want = float(row[field]) if row[field] else None
+            assert getattr(chip, field) == want, (row["chip"], field)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("h100", "NVIDIA H100 SXM"), ("H100-SXM", "NVIDIA H100 SXM"), ("NVIDIA H100 SXM5", "NVIDIA H100 SXM"),
+    ("A100-80GB", "NVIDIA A100 SXM 80GB"), ("Ascend 910B", "Ascend 910B (generic)"), ("910c", "Ascend 910C"),
+    ("H100-SXM (96GB 500W)", "NVIDIA H100 SXM"), ("Ascend 910B (Atlas 900 A2)", "Ascend 910B (generic)"),
+    ("h20", "NVIDIA H20"), ("H200", "NVIDIA H200 SXM"), ("tpu v5p", "Google TPU v5p"),
+])
+def test_loose_names(name, expected):
+    assert find_chip(name).chip == expected
+
+
+def test_unknown_chip_lists_close_matches():
+    with pytest.raises(UnknownChipError, match="did you mean.*H100") as info:
+        find_chip("H1000")
+    assert isinstance(info.value, KeyError) and isinstance(info.value, WorkbenchError)
+    assert str(info.value).startswith("unknown chip 'H1000'")  # readable, not KeyError's quoted repr
+
+
+def test_device_layer_lookups_still_work():
+    assert match_device_name("NVIDIA H100 80GB HBM3").chip == "NVIDIA H100 SXM"
+    assert match_device_name("NVIDIA H20").chip == "NVIDIA H20"
+    assert match_device_name("NVIDIA H200").chip == "NVIDIA H200 SXM"  # longest pattern wins over 'h20'
+    assert match_device_name("Ascend910B2").peak_flops("bf16") == pytest.approx(353.89e12)
+
+
+def test_custom_chip_from_dict_and_base():
+    mine = chip_from_dict({"chip": "my-npu", "bf16_dense_tflops": 400, "hbm_gb": 64, "hbm_tb_s": 1.6})
+    assert mine.peak_flops("bf16") == 400e12 and mine.field_source("hbm_gb").confidence == "user"
+    slow = chip_from_dict({"chip": "H100 slow net", "base": "H100", "scale_out_gb_s_per_chip": 12.5})
+    assert slow.bf16_dense_tflops == 989 and slow.scale_out_gb_s_per_chip == 12.5
+    assert slow.field_source("scale_out_gb_s_per_chip").source == "user-supplied"
+    assert slow.field_source("bf16_dense_tflops").confidence == "high"
+    with pytest.raises(WorkbenchError, match="non-negative"):
+        chip_from_dict({"chip": "bad", "bf16_dense_tflops": -1})
+    with pytest.raises(WorkbenchError, match="unknown field"):
+        chip_from_dict({"chip": "bad", "bf16_tflops": 1})
+    with pytest.raises(WorkbenchError, match="needs a peak"):
+        chip_from_dict({"chip": "bad", "hbm_gb": 10})
+
+
+def test_custom_chips_from_files_register_by_name(tmp_path):
+    (tmp_path / "chips.json").write_text(json.dumps([{"chip": "Lab NPU", "bf16_dense_tflops": 250, "hbm_gb": 48,
+                                                      "hbm_tb_s": 1.0, "scale_up_gb_s": 200}]))
+    (tmp_path / "chips.csv").write_text("chip,bf16_dense_tflops,hbm_gb,hbm_tb_s\nCSV NPU,100,16,0.5\n")
+    chips = load_chip_file(tmp_path / "chips.json") + load_chip_file(tmp_path / "chips.csv")
+    try:
+        for chip in chips:
+            register_chip(chip)
+        assert find_chip("lab npu").bf16_dense_tflops == 250
+        assert find_chip("CSV-NPU").hbm_gb == 16
+        assert {"Lab NPU", "CSV NPU"} <= {c.chip for c in all_chips()}
+    finally:
+        for chip in chips:
+            unregister_chip(chip.chip)
+    with pytest.raises(UnknownChipError):
+        find_chip("Lab NPU")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(WorkbenchError, match="not valid JSON"):
+        load_chip_file(tmp_path / "bad.json")
+
+
+def test_table_rows_carry_sources():
+    rows = catalog_table()
+    h100 = next(r for r in rows if r["chip"] == "NVIDIA H100 SXM")
+    assert h100["bf16_dense_tflops"] == 989 and "datasheet" in h100["bf16_dense_tflops_source"]
+    assert h100["scale_up_busbw_gb_s"] == 370 and "nccl-tests" in h100["scale_up_busbw_gb_s_source"]
+
+
+def test_this_machine_comes_from_the_device_probes(monkeypatch):
+    """The device layer's measured peak and bandwidth become the chip's numbers, marked 'measured'."""
+    from workbench.device import PeakEstimate, detect
+
+    monkeypatch.setattr(detect.Device, "peak_flops",
+                        lambda self, dtype=None, allow_probe=True: PeakEstimate(2.5e11, "measured: fp32 GEMM probe"))
+    monkeypatch.setattr(detect.Device, "memory_bandwidth",
+                        lambda self, allow_probe=True: PeakEstimate(2.0e10, "measured: 256 MB copy probe"))
+    chip = this_machine("cpu", allreduce_busbw_gb_s=0.5)
+    assert chip.chip.startswith("this machine (cpu")
+    assert chip.peak_flops("fp32") == pytest.approx(2.5e11) and chip.hbm_tb_s == pytest.approx(0.02)
+    assert chip.field_source("fp32_tflops").confidence == "measured"
+    assert chip.scale_up_busbw_gb_s == 0.5 and chip.field_source("scale_up_busbw_gb_s").confidence == "user"

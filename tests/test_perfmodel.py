@@ -1,0 +1,212 @@
+"""The cluster-training simulator: shapes vs accounting, result structure, physics sanity, search, clear errors, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workbench.errors import WorkbenchError
+from workbench.perfmodel import shape_from_dims, shape_from_preset, simulate
+
+GPT175 = {"layers": 96, "hidden": 12288, "heads": 96, "kv_heads": 96, "head_dim": None, "ffn": 49152,
+          "ffn_type": "gelu", "vocab": 51200, "moe": None, "mla": None}
+LLAMA8B = {"layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 8, "ffn": 14336, "ffn_type": "swiglu", "vocab": 128256}
+SMALL_MOE = {"layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn": 4096, "vocab": 32000,
+             "moe": {"experts": 16, "top_k": 2, "shared": 1, "expert_ffn": 512, "first_dense": 1}}
+
+
+def spec(**changes):
+    base = {"model": LLAMA8B, "seq_len": 4096, "global_batch": 64, "micro_batch": 1, "precision": "bf16",
+            "cluster": {"chip": "H100-SXM", "count": 16, "chips_per_node": 8},
+            "layout": {"tp": 2, "pp": 1, "dp": 8, "ep": 1, "cp": 1, "vp": 1, "zero": 1, "recompute": "selective"},
+            "train_tokens": 1e11}
+    base.update(changes)
+    return base
+
+
+# ---- shapes -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["glm-5", "glm-4.5", "glm-4.5-air", "glm4-tiny", "glm45-tiny", "glm5-tiny"])
+def test_shape_totals_equal_accounting(preset):
+    """Cross-check: totals derived from the simulator's per-layer shapes == workbench.model.accounting."""
+    from workbench.model import get_preset
+    from workbench.model.accounting import count_parameters, flops_per_token
+
+    config = get_preset(preset)
+    shape = shape_from_preset(preset)
+    counts, mine = count_parameters(config), shape.param_counts()
+    assert mine["total"] == counts.main
+    assert mine["mtp"] == counts.mtp
+    assert mine["embedding"] == counts.embedding
+    assert mine["active_non_embedding"] - shape.output_params() == counts.active
+    for seq in (1024, 4096):
+        assert shape.flops_per_token(seq) == pytest.approx(flops_per_token(config, seq).total, rel=1e-12)
+
+
+def test_explicit_dims_known_models():
+    gpt = shape_from_dims(GPT175)
+    assert gpt.param_counts()["total"] / 1e9 == pytest.approx(175.2, abs=0.3)
+    llama = shape_from_dims(LLAMA8B)
+    assert llama.param_counts()["total"] / 1e9 == pytest.approx(8.03, abs=0.01)
+    # PaLM: 6N + 12 L H Q T
+    n = llama.matmul_params_per_token()
+    assert llama.flops_per_token(8192) == pytest.approx(6 * n + 12 * 32 * 32 * 128 * 8192)
+
+
+# ---- result structure and physics ----------------------------------------------------------------------------------
+def test_result_has_the_promised_keys_and_consistent_numbers():
+    r = simulate(spec())
+    for key in ("step_time_s", "tokens_per_s_per_chip", "mfu", "memory_gb_per_chip", "fits", "breakdown", "layout"):
+        assert key in r
+    assert r["feasible"] and r["fits"]
+    assert sum(r["breakdown"].values()) == pytest.approx(r["step_time_s"])
+    assert set(r["breakdown"]) >= {"compute", "tp_comm", "pp_comm", "dp_comm", "ep_comm", "cp_comm", "pipeline_bubble",
+                                   "optimizer"}
+    assert r["tokens_per_s_per_chip"] == pytest.approx(64 * 4096 / r["step_time_s"] / 16)
+    fpt = r["model"]["flops_per_token"]
+    assert r["mfu"] == pytest.approx(r["tokens_per_s_per_chip"] * fpt / 989e12)
+    assert 0.2 < r["mfu"] < 0.8
+    mem = r["memory"]
+    assert mem["total_gb"] == pytest.approx(mem["params_gb"] + mem["grads_gb"] + mem["optimizer_gb"] + mem["activations_gb"])
+    train = r["train"]
+    assert train["time_s"] == pytest.approx(1e11 / r["tokens_per_s"])
+    assert train["energy_mwh"] == pytest.approx(16 * 1275 * train["time_s"] * 1.2 / 3.6e9)  # DGX H100 W per GPU x PUE
+
+
+def test_layout_knobs_move_time_and_memory_the_right_way():
+    base = simulate(spec())
+    full = simulate(spec(layout={"tp": 2, "dp": 8, "recompute": "full"}))
+    assert full["step_time_s"] > base["step_time_s"] * 1.15  # one more forward
+    assert full["memory"]["activations_gb"] < base["memory"]["activations_gb"] / 3  # logits stay
+    z3 = simulate(spec(layout={"tp": 2, "dp": 8, "zero": 3}))
+    z0 = simulate(spec(layout={"tp": 2, "dp": 8, "zero": 0}))
+    assert z3["memory"]["params_gb"] < base["memory"]["params_gb"] < z0["memory"]["params_gb"] + 1e-9
+    assert z0["memory"]["optimizer_gb"] == pytest.approx(8 * base["memory"]["optimizer_gb"])
+    no_tp = simulate(spec(layout={"tp": 1, "dp": 16}))
+    assert no_tp["breakdown"]["tp_comm"] == 0 and base["breakdown"]["tp_comm"] > 0
+    pp = simulate(spec(layout={"tp": 1, "pp": 4, "dp": 4}))
+    pp_v = simulate(spec(layout={"tp": 1, "pp": 4, "dp": 4, "vp": 2}))
+    assert pp["breakdown"]["pipeline_bubble"] > 0
+    assert pp_v["breakdown"]["pipeline_bubble"] == pytest.approx(pp["breakdown"]["pipeline_bubble"] / 2, rel=0.05)
+
+
+def test_slower_network_and_fp8_and_bigger_memory():
+    base = simulate(spec(layout={"tp": 1, "dp": 16, "zero": 1}))
+    slow = simulate(spec(layout={"tp": 1, "dp": 16, "zero": 1}, cluster={"chip": "H100", "count": 16,
+                                                                         "scale_out_gb_s_per_chip": 1.0}))
+    assert slow["breakdown"]["dp_comm"] > base["breakdown"]["dp_comm"] and slow["step_time_s"] > base["step_time_s"]
+    fp8 = simulate(spec(precision="fp8"))
+    assert fp8["tokens_per_s_per_chip"] > simulate(spec())["tokens_per_s_per_chip"]
+    assert fp8["mfu_vs_bf16_peak"] == pytest.approx(2 * fp8["mfu"], rel=0.01)
+
+
+def test_moe_expert_parallel_costs_all_to_all():
+    s = spec(model=SMALL_MOE, cluster={"chip": "H100", "count": 8}, global_batch=32,
+             layout={"tp": 1, "dp": 8, "ep": 4})
+    r = simulate(s)
+    assert r["feasible"] and r["breakdown"]["ep_comm"] > 0
+    assert r["model"]["params_active"] < r["model"]["params_total"] / 2
+    across = simulate({**s, "cluster": {"chip": "H100", "count": 8, "chips_per_node": 2, "scale_up_domain": 2}})
+    assert across["breakdown"]["ep_comm"] > r["breakdown"]["ep_comm"] * 2  # all-to-all leaves the NVLink domain
+
+
+def test_auto_search_returns_best_and_runners_up():
+    r = simulate(spec(layout="auto", micro_batch=None))
+    assert r["searched"] and r["feasible"]
+    times = [r["step_time_s"]] + [x["step_time_s"] for x in r["runners_up"]]
+    assert times == sorted(times) and len(times) >= 3
+    fixed = simulate(spec(layout={"auto": True, "tp": 4}, micro_batch=None))
+    assert fixed["layout"]["tp"] == 4 and fixed["step_time_s"] >= r["step_time_s"] - 1e-12
+
+
+def test_chips_needed_for_a_target_time():
+    r = simulate(spec(global_batch=256, train_tokens=1e11, target_days=1.0))
+    need = r["train"]["chips_needed"]
+    assert need["reached"] and need["days"] <= 1.0
+    assert need["chips"] > 16 and need["chips"] % 2 == 0
+    too_fast = simulate(spec(global_batch=16, train_tokens=1e12, target_days=0.01))["train"]["chips_needed"]
+    assert too_fast["reached"] is False and "micro-batch" in too_fast["why"]
+
+
+# ---- bad specs -------------------------------------------------------------------------------------------------------
+def test_unknown_chip_lists_close_matches():
+    with pytest.raises(WorkbenchError, match="did you mean.*H100"):
+        simulate(spec(cluster={"chip": "H1OO", "count": 16}))
+
+
+@pytest.mark.parametrize("model,layout,message", [
+    (LLAMA8B, {"tp": 3, "dp": 5}, r"tp\*pp\*dp\*cp = 3\*1\*5\*1 = 15 but the cluster has 16"),
+    ({**LLAMA8B, "kv_heads": 4, "heads": 24, "hidden": 3072}, {"tp": 16, "dp": 1}, r"heads = 24 is not divisible"),
+    ({**LLAMA8B, "ffn": 14008}, {"tp": 16, "dp": 1}, r"ffn = 14008 is not divisible by tp = 16"),
+    (LLAMA8B, {"tp": 1, "dp": 16, "ep": 2}, r"needs an MoE model"),
+    (LLAMA8B, {"tp": 1, "pp": 2, "dp": 8, "vp": 2}, None),  # 64 / 8 = 8 micro-batches, divisible by pp: fine
+    (LLAMA8B, {"tp": 1, "pp": 16, "dp": 1, "vp": 4}, r"pp x vp = 16x4 exceeds layers = 32"),
+])
+def test_layouts_that_do_not_divide_are_reported_not_fixed(model, layout, message):
+    import re
+
+    r = simulate(spec(model=model, layout=layout))
+    if message is None:
+        assert r["feasible"]
+        return
+    assert not r["feasible"] and r["step_time_s"] is None
+    assert any(re.search(message, p) for p in r["problems"]), r["problems"]
+    assert r["layout"]["tp"] == layout["tp"]  # what was asked, not a "fixed" layout
+
+
+def test_global_batch_must_divide():
+    r = simulate(spec(global_batch=60))
+    assert not r["feasible"] and "global_batch = 60 is not a multiple of micro_batch x dp = 1x8" in r["problems"][0]
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"seq_len": -4096}, "seq_len = -4096 must be positive"),
+    ({"global_batch": 0}, "global_batch = 0 must be positive"),
+    ({"cluster": {"chip": "H100", "count": -8}}, "cluster.count = -8 must be positive"),
+    ({"train_tokens": -1.0}, "train_tokens = -1.0 must be non-negative"),
+    ({"layout": {"tp": -2}}, "layout.tp = -2 must be positive"),
+    ({"model": {**LLAMA8B, "hidden": -1}}, "'hidden' = -1 must be a positive integer"),
+    ({"precision": "int4"}, "precision = 'int4' must be one of"),
+    ({"cluster": {"chip": "H100", "count": 16, "scale_out_gb_s_per_chip": -5}}, "must be non-negative"),
+    ({"nonsense": 1}, "unknown key"),
+    ({"precision": "fp8", "cluster": {"chip": "A100", "count": 16}}, "no FP8 peak"),
+])
+def test_bad_specs_give_one_clear_error(changes, message):
+    with pytest.raises(WorkbenchError, match=message.replace("(", "\\(").replace(")", "\\)").replace("*", "\\*")):
+        simulate(spec(**changes))
+
+
+def test_impossible_memory_is_an_error_and_a_tight_layout_is_infeasible():
+    with pytest.raises(WorkbenchError, match="impossible memory.*use at least"):
+        simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 8}, layout={"tp": 8}))
+    with pytest.raises(WorkbenchError, match="impossible memory: no layout fits"):
+        simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 46, "chips_per_node": 2}, layout="auto",
+                      seq_len=2048, global_batch=46))
+    r = simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 64}, seq_len=2048,
+                      layout={"tp": 8, "pp": 1, "dp": 8, "zero": 0}))
+    assert not r["feasible"] and not r["fits"] and "more than the usable" in r["problems"][0]
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------------
+def test_cli_prints_json_and_one_line_errors(tmp_path, capsys):
+    from workbench.cli import main
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec()))
+    assert main(["simulate", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["feasible"] and out["step_time_s"] > 0
+    path.write_text(json.dumps(spec(cluster={"chip": "Ascend 999", "count": 16})))
+    assert main(["simulate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown chip 'Ascend 999'" in err[0]
+    chips = tmp_path / "chips.json"
+    chips.write_text(json.dumps({"chip": "Lab NPU", "base": "H100", "bf16_dense_tflops": 500}))
+    path.write_text(json.dumps(spec(cluster={"chip": "lab npu", "count": 16})))
+    try:
+        assert main(["simulate", str(path), "--chips", str(chips), "--compact"]) == 0
+        assert json.loads(capsys.readouterr().out)["chip"] == "Lab NPU"
+    finally:
+        from workbench.hardware import unregister_chip
+
+        unregister_chip("Lab NPU")
