@@ -187,6 +187,28 @@ def test_moe_handles_experts_with_no_tokens():
                                reference.moe(x, idx, w, w_gate_up, w_down))
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_chunked_cross_entropy_matches_reference(dtype):
+    import functools
+
+    for chunk in (7, 8192):  # many ragged chunks; one chunk smaller than V=20000
+        chunked = functools.partial(torch_ops.cross_entropy, chunk_size=chunk)
+        for case in CASES["cross_entropy"]:
+            result = run_case("cross_entropy", "torch-chunked", case, DTYPES[dtype], DEVICE, fn=chunked)
+            assert result.passed, result
+
+
+def test_cross_entropy_chooses_chunking_by_size(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch_ops.ChunkedCrossEntropy, "apply", lambda *a: calls.append(a[-1]) or torch.tensor(0.0))
+    hidden, weight, labels = torch.randn(4, 8), torch.randn(100, 8), torch.randint(0, 100, (4,))
+    torch_ops.cross_entropy(hidden, weight, labels)
+    assert calls == []  # 4 x 100 logits: the plain formula
+    monkeypatch.setattr(torch_ops, "LOGITS_BUDGET_BYTES", 100)
+    torch_ops.cross_entropy(hidden, weight, labels)
+    assert calls == [100]  # over budget: chunked (one chunk of at most V)
+
+
 def test_chunked_cross_entropy_never_holds_the_full_logits():
     rows, dim, vocab, chunk = 64, 32, 4096, 512
     hidden = torch.randn(rows, dim, requires_grad=True)

@@ -341,13 +341,13 @@ def roofline_figure(result: dict, title: str | None = None):
 def write_outputs(result: dict, out_dir: str | Path, stem: str = "kernels_bench") -> dict[str, str]:
     """Write ``<stem>.json`` and the roofline chart ``<stem>_roofline.html`` into ``out_dir``."""
     from workbench.results import write_json_atomic
+    from workbench.viz import save_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = write_json_atomic(out_dir / f"{stem}.json", result)
-    html_path = out_dir / f"{stem}_roofline.html"
-    roofline_figure(result).write_html(str(html_path), include_plotlyjs="cdn")
-    return {"json": str(json_path), "html": str(html_path)}
+    written = save_figure(roofline_figure(result), out_dir / f"{stem}_roofline.html")
+    return {"json": str(json_path), "html": written["html"]}
 
 
 def format_table(result: dict) -> str:

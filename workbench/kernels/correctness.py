@@ -134,7 +134,7 @@ CASES: dict[str, list[Case]] = {
     ],
     "cross_entropy": [
         _ce_case("N=12 V=50, 3 ignored", 12, 16, 50, 3),
-        _ce_case("N=6 V=20000 (3 chunks of 8192)", 6, 16, 20000, 1),
+        _ce_case("N=6 V=20000", 6, 16, 20000, 1),
     ],
 }
 
