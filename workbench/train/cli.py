@@ -10,20 +10,16 @@ preset or device) end with one clear line and exit status 2 (workbench/cli.py pr
 from __future__ import annotations
 
 import argparse
-import json
 
 from workbench.errors import WorkbenchError
 
 
 def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        parsed = value
-    return key.strip(), parsed
+    from workbench.train.config import TrainConfig
+
+    if "=" not in text or text.count(",") or not text.partition("=")[0].strip():
+        raise argparse.ArgumentTypeError(f"expected one KEY=VALUE, got {text!r}")
+    return next(iter(TrainConfig.parse_overrides(text).items()))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

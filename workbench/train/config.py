@@ -8,6 +8,7 @@ loss trajectory (model, data, batch, seed, optimizer) match the checkpoint's. Us
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,24 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def parse_overrides(text: str | dict | None) -> dict[str, Any]:
+        """"hidden_size=64,num_layers=2" (notebook / CLI strings) -> {"hidden_size": 64, "num_layers": 2}."""
+        if text is None or isinstance(text, dict):
+            return dict(text or {})
+        out: dict[str, Any] = {}
+        for item in str(text).split(","):
+            if not item.strip():
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"model override {item.strip()!r} is not KEY=VALUE (e.g. 'num_layers=2')")
+            try:
+                out[key.strip()] = json.loads(value)
+            except ValueError:
+                out[key.strip()] = value.strip()
+        return out
 
     def trajectory_mismatch(self, other: "TrainConfig") -> list[str]:
         """Names of settings that differ from ``other`` and would change the loss trajectory."""

@@ -1,0 +1,77 @@
+"""``make demo`` / ``python -m workbench.demo``: train the default preset on the default corpus, on the best device.
+
+It picks the device (NPU, CUDA, ... or CPU), trains ``glm4-tiny`` (byte-level tokens, the bundled synthetic stories)
+for a few minutes with a progress bar, then prints the loss it reached, tokens/s and MFU, two samples, and where the
+run folder and the loss figure are. On 2 CPU cores the loss falls from ~5.6 to well under 2 within 5 minutes; on an
+accelerator the same run takes seconds, so it trains longer there. Options: ``--steps``, ``--minutes``, ``--out``,
+``--device``, ``--batch-size``, ``--seq-len``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = "runs/demo"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workbench.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=None, help="default: 300 on CPU, 2000 on an accelerator")
+    p.add_argument("--minutes", type=float, default=3.5, help="stop training after this long (then eval + save)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--preset", default="glm4-tiny")
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from workbench.device import get_device
+    from workbench.device.detect import dtype_name
+    from workbench.errors import WorkbenchError
+    from workbench.train import TrainConfig, train
+
+    try:
+        device = get_device(args.device)
+    except (WorkbenchError, ValueError, RuntimeError) as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+    steps = args.steps or (300 if device.type == "cpu" else 2000)
+    out = Path(args.out)
+    if (out / "config.json").exists():  # a previous demo run: start over (only ever this demo's own folder)
+        shutil.rmtree(out)
+    print(f"workbench demo: training {args.preset} on the bundled stories on {device.type} ({device.name}), "
+          f"{dtype_name(device.training_dtype)}; up to {steps} steps or {args.minutes:g} minutes", flush=True)
+    config = TrainConfig(preset=args.preset, steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                         device=args.device, out_dir=str(out), lr=3e-3, warmup_steps=20, eval_every=50,
+                         ckpt_every=100, log_every=10, progress=not args.no_progress, sample_tokens=200,
+                         time_limit_s=60.0 * args.minutes)
+    try:
+        s = train(config)
+    except WorkbenchError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+    mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"
+    print()
+    print(f"loss: {s['first_train_loss']:.3f} at step 1 -> {s['final_train_loss']:.3f} at step {s['steps']} "
+          f"(validation {s['final_val_loss']:.3f}; uniform guessing over {s['vocab_size']} tokens would be "
+          f"{__import__('math').log(s['vocab_size']):.2f})")
+    print(f"speed: {s['tokens_per_s']:,.0f} tokens/s, MFU {mfu} of {s['peak_flops'] or 0:.3g} FLOP/s "
+          f"({s['peak_source']})")
+    print("samples:")
+    for text in s.get("samples", []):
+        print("  " + text.replace("\n", " ")[:400])
+    print(f"run folder: {s['run_dir']}  (config.json, metrics.jsonl, summary.json, checkpoints/, samples.txt)")
+    for kind, path in (s.get("figures") or {}).items():
+        print(f"figure ({kind}): {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
