@@ -33,7 +33,9 @@ class GQAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x_BSD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, **_) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                prev_topk: None = None) -> tuple[torch.Tensor, None]:
+        """x [B, S, D], cos/sin [S, R/2] -> (output [B, S, D], None: GQA selects no top-k keys)."""
         B, S, _ = x_BSD.shape
         q = self.q_proj(x_BSD).view(B, S, self.n_heads, self.head_dim)
         k = self.k_proj(x_BSD).view(B, S, self.n_kv_heads, self.head_dim)
@@ -44,4 +46,4 @@ class GQAttention(nn.Module):
         q = kernels.rope(q, cos, sin, self.interleaved)  # rotates the first R channels only (partial RoPE)
         k = kernels.rope(k, cos, sin, self.interleaved)
         out = kernels.attention(q, k, v, causal=True)  # [B, H, S, Dh]; scale 1/sqrt(Dh)
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)), None

@@ -19,7 +19,6 @@ from workbench import kernels
 from workbench.model.attention_gqa import GQAttention
 from workbench.model.attention_mla import MLAttention
 from workbench.model.config import ModelConfig
-from workbench.model.dsa_indexer import LightningIndexer
 from workbench.model.layers import DenseMLP, RMSNorm, RotaryTable
 from workbench.model.moe import MoE, GroupedExperts, Router
 from workbench.model.mtp import MTPLayer
@@ -46,8 +45,8 @@ class Block(nn.Module):
                                                                          cfg.ffn_act)
 
     def forward(self, x, cos, sin, prev_topk=None):
-        attn = self.self_attn(self.input_layernorm(x), cos, sin, prev_topk=prev_topk)
-        attn, topk = attn if isinstance(attn, tuple) else (attn, None)
+        """Returns (x, the DSA top-k this layer used, or None); the top-k feeds the next ("shared") layer."""
+        attn, topk = self.self_attn(self.input_layernorm(x), cos, sin, prev_topk=prev_topk)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), topk
 
@@ -145,13 +144,14 @@ class GLMForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ balancing
     @torch.no_grad()
-    def update_expert_bias(self, rate: float | None = None) -> dict:
+    def update_expert_bias(self, rate: float | None = None, reduce_fn=None) -> dict:
         """Aux-loss-free balancing step over every MoE block (call after each optimizer step).
 
         Uses the loads accumulated since the previous call (then resets them). Returns load metrics:
         ``expert_load/max_over_mean`` (mean over layers), ``expert_load/max_over_mean_worst`` and one entry per
         layer ``expert_load/max_over_mean/L{i}`` (max expert load / mean expert load; 1.0 is perfect balance).
-        Under data parallelism, all-reduce every ``moe.load_accum`` before calling this so all ranks agree.
+        Under data parallelism pass ``reduce_fn=torch.distributed.all_reduce`` (sums each layer's counts in place
+        across ranks) so every rank applies the same update.
         """
         moes = self.moe_layers()
         if not moes:
@@ -159,7 +159,7 @@ class GLMForCausalLM(nn.Module):
         rate = self.config.bias_update_rate if rate is None else rate
         ratios = []
         for i, moe in enumerate(moes):
-            load = moe.update_bias(rate)
+            load = moe.update_bias(rate, reduce_fn)
             ratios.append(float(load.max() / load.mean()) if load.sum() > 0 else float("nan"))
         metrics = {f"expert_load/max_over_mean/L{i}": r for i, r in enumerate(ratios)}
         valid = [r for r in ratios if r == r]
@@ -181,11 +181,9 @@ def build_model(config: ModelConfig, device: str | torch.device | None = None,
         for module in model.modules():  # balancing state and RoPE frequencies stay fp32
             if isinstance(module, Router):
                 module.expert_bias.data = module.expert_bias.data.float()
-            elif isinstance(module, MoE):
-                module.load_accum.data = module.load_accum.data.float()
             elif isinstance(module, RotaryTable):
                 module.inv_freq.data = module.inv_freq.data.float()
     return model
 
 
-__all__ = ["Block", "GLMForCausalLM", "LightningIndexer", "ModelOutput", "build_model"]
+__all__ = ["Block", "GLMForCausalLM", "ModelOutput", "build_model"]

@@ -61,8 +61,9 @@ class MoE(nn.Module):
         self.experts = GroupedExperts(cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size)
         self.shared_experts = (DenseMLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts)
                                if cfg.num_shared_experts > 0 else None)
-        # token counts per expert, summed over forwards since the last update_bias() (read by the trainer)
-        self.register_buffer("load_accum", torch.zeros(cfg.num_experts, dtype=torch.float32), persistent=False)
+        # token counts per expert [E], summed over forwards since the last update_bias(). A plain tensor attribute,
+        # not a buffer, so that DDP's buffer broadcast does not overwrite each rank's own counts.
+        self.load_accum = torch.zeros(cfg.num_experts, dtype=torch.float32)
         self.last_load: torch.Tensor | None = None      # counts of the latest forward [E]
         self.last_aux_loss: torch.Tensor | None = None  # sequence-level balance loss of the latest forward
 
@@ -75,7 +76,7 @@ class MoE(nn.Module):
             out = out + self.shared_experts(x_TD)
         with torch.no_grad():
             load = torch.bincount(indices.flatten(), minlength=self.num_experts).float()
-            self.load_accum += load
+            self.load_accum = self.load_accum.to(load.device) + load
             self.last_load = load
         self.last_aux_loss = self._sequence_aux_loss(indices, scores, B, S) if self.aux_coef > 0 else None
         return out.view(B, S, D)
@@ -90,9 +91,17 @@ class MoE(nn.Module):
         return (f * p).sum(-1).mean()
 
     @torch.no_grad()
-    def update_bias(self, rate: float) -> torch.Tensor:
-        """Aux-loss-free balancing step; returns the load [E] it used and resets the accumulator."""
-        load = self.load_accum.clone()
-        self.router.expert_bias += rate * torch.sign(load.mean() - load)
-        self.load_accum.zero_()
+    def update_bias(self, rate: float, reduce_fn=None) -> torch.Tensor:
+        """Aux-loss-free balancing step; returns the load [E] it used and resets the accumulator.
+
+        ``reduce_fn(tensor)`` sums the counts in place across data-parallel ranks (e.g. ``dist.all_reduce``),
+        so every rank applies the same update. Recomputation (activation checkpointing) counts a layer's tokens
+        twice; the update only uses sign(mean - load), which a uniform factor does not change.
+        """
+        bias = self.router.expert_bias
+        load = self.load_accum.to(bias.device)
+        if reduce_fn is not None:
+            reduce_fn(load)
+        bias += rate * torch.sign(load.mean() - load)
+        self.load_accum = torch.zeros_like(load)
         return load
