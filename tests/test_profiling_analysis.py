@@ -105,8 +105,9 @@ def test_backward_ops_inherit_the_forward_context_through_the_sequence_number():
     trace = load_trace(trace_of(
         X("workbench/kernels/reference.py(74): attention", 0, 50, cat="python_function"),
         X("aten::bmm", 5, 20, **{"Sequence number": 11}),
+        X("nn.Module: GQAttention_0", 58, 24, cat="python_function"),
         X("workbench/model/attention_gqa.py(36): forward", 60, 20, cat="python_function"),
-        X("aten::mm", 62, 10, **{"Sequence number": 12}),  # a projection in a module file named attention_*
+        X("aten::mm", 62, 10, **{"Sequence number": 12}),  # a projection in an attention module (and file)
         X("autograd::engine::evaluate_function: BmmBackward0", 100, 30, **{"Sequence number": 11}),
         X("aten::bmm", 105, 20),
         X("autograd::engine::evaluate_function: MmBackward0", 140, 30, **{"Sequence number": 12}),
@@ -317,3 +318,16 @@ def test_a_failing_step_stops_the_rss_sampler(tmp_path):
         profile_steps(boom, ProfileConfig(wait=0, warmup=1, active=1, memory_timeline="rss"),
                       device=get_device("cpu"), out_dir=tmp_path)
     assert not any(t.name == "workbench-rss-sampler" and t.is_alive() for t in threading.enumerate())
+
+
+def test_python_frames_give_context_but_are_not_ops():
+    # with_stack also traces unrelated threads (a Jupyter kernel's zmq thread calling `send`): no comm, no op rows
+    trace = load_trace(trace_of(
+        X("ProfilerStep#1", 0, 100, cat="user_annotation"),
+        X("workbench/kernels/reference.py(74): attention", 10, 50, cat="python_function"),
+        X("aten::bmm", 20, 30),
+        X("zmq/sugar/socket.py(700): send", 0, 90, tid=9, cat="python_function"),
+    ))
+    ops = op_table(trace)
+    assert [(r["op"], r["category"]) for r in ops] == [("aten::bmm", "attention")]
+    assert step_breakdown(trace)["communication"]["total_ms"] == 0

@@ -16,7 +16,7 @@ costs no step time. Used by ``workbench.profiling.analysis`` and notebooks/04_pr
 from __future__ import annotations
 
 from workbench.profiling import intervals as iv
-from workbench.profiling.trace import DEVICE_ANNOTATION_CATS, PHASE_PREFIX, Trace, TraceEvent, is_structural
+from workbench.profiling.trace import DEVICE_ANNOTATION_CATS, OP_CATS, PHASE_PREFIX, Trace, TraceEvent, is_structural
 
 PHASES = ("data", "forward", "backward", "optimizer")
 
@@ -59,7 +59,7 @@ def _comm_events(trace: Trace) -> list[TraceEvent]:
         device = [e for e in trace.events if e.is_device and e.category == "communication"]
         if device:
             return device
-    return [e for e in trace.events if not e.is_device and e.category == "communication"]
+    return [e for e in trace.events if e.cat in OP_CATS and e.category == "communication"]
 
 
 def communication_split(trace: Trace, window: iv.Interval | None = None) -> dict:

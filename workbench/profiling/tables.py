@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from workbench.profiling.categories import CATEGORIES
-from workbench.profiling.trace import HOST_CATS, Trace, TraceEvent, is_structural
+from workbench.profiling.trace import OP_CATS, Trace, TraceEvent, is_structural
 
 
 def time_basis(trace: Trace) -> str:
@@ -24,11 +24,12 @@ def time_basis(trace: Trace) -> str:
 
 
 def op_events(trace: Trace, basis: str | None = None) -> list[TraceEvent]:
-    """The events the op table sums: device kernels, or host ops and annotations (not step/phase ranges)."""
+    """The events the op table sums: device kernels, or host ops and annotations (not step/phase ranges, not
+    Python frames: with ``with_stack`` their time is interpreter overhead, left to the waterfall's host row)."""
     basis = basis or time_basis(trace)
     if basis == "device":
         return [e for e in trace.events if e.is_device]
-    return [e for e in trace.events if e.cat in HOST_CATS and not is_structural(e)]
+    return [e for e in trace.events if e.cat in OP_CATS and not is_structural(e)]
 
 
 def op_table(trace: Trace, n_steps: int = 1, basis: str | None = None) -> list[dict]:

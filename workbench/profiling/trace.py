@@ -19,6 +19,9 @@ from workbench.profiling.categories import categorize
 
 # Event kinds. Host events nest on their thread; device events (kernels, copies) run on streams and do not nest.
 HOST_CATS = {"cpu_op", "user_annotation", "python_function", "operator"}
+# Host events that count as ops in the tables. Python frames (``with_stack``) only give context (which kernel
+# function an op ran in); their own time is interpreter overhead, and the tracer also records unrelated threads.
+OP_CATS = {"cpu_op", "user_annotation", "operator"}
 DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset", "mtia_ccp_events"}
 DEVICE_ANNOTATION_CATS = {"gpu_user_annotation"}
 STEP_PREFIX = "ProfilerStep#"
@@ -175,8 +178,12 @@ def _link_kernels(events: list[TraceEvent]) -> None:
 
 def _label(event: TraceEvent) -> str:
     """The name to categorise by: a Python frame "path/file.py(12): attention" counts by its function name only,
-    so a kernel function named ``attention`` marks its ops but a module file named attention_gqa.py does not."""
+    so a kernel function named ``attention`` marks its ops but a module file named attention_gqa.py does not.
+    Module frames ("nn.Module: GQAttention_0") give no context: the projections inside an attention block are
+    matmuls, not attention."""
     if event.cat == "python_function":
+        if event.name.startswith("nn.Module:"):
+            return ""
         return event.name.rsplit(": ", 1)[-1]
     return event.name
 
