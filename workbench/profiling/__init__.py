@@ -13,12 +13,22 @@ category tables, top-N), ``breakdown`` (forward/backward/optimizer/data/communic
 Notebook: notebooks/04_profiling.ipynb.
 """
 
-from workbench.profiling.analysis import ProfileReport, analyze, compare
-from workbench.profiling.categories import CATEGORIES, categorize
-from workbench.profiling.session import ProfileConfig, ProfileRun, profile_steps
-from workbench.profiling.trace import Trace, load_trace
+import importlib
 
-__all__ = [
-    "CATEGORIES", "ProfileConfig", "ProfileReport", "ProfileRun", "Trace", "analyze", "categorize", "compare",
-    "load_trace", "profile_steps",
-]
+# Names are imported on first use, so ``workbench.profiling.session`` (e.g. in a distributed worker) does not pay for
+# plotly, which only the analysis and figures need.
+_EXPORTS = {
+    "ProfileReport": "analysis", "analyze": "analysis", "compare": "analysis",
+    "CATEGORIES": "categories", "categorize": "categories",
+    "ProfileConfig": "session", "ProfileRun": "session", "profile_steps": "session",
+    "Trace": "trace", "load_trace": "trace",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'workbench.profiling' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"workbench.profiling.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
