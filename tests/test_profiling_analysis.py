@@ -331,3 +331,16 @@ def test_python_frames_give_context_but_are_not_ops():
     ops = op_table(trace)
     assert [(r["op"], r["category"]) for r in ops] == [("aten::bmm", "attention")]
     assert step_breakdown(trace)["communication"]["total_ms"] == 0
+
+
+def test_kernels_without_an_external_id_link_through_the_runtime_call():
+    trace = load_trace(trace_of(
+        X("aten::_scaled_dot_product_flash_attention", 0, 20),
+        X("cudaLaunchKernel", 5, 3, cat="cuda_runtime", correlation=77),
+        X("void pytorch_flash::flash_fwd_kernel", 10, 40, tid=7, cat="kernel", correlation=77),
+    ))
+    kernel = next(e for e in trace.events if e.is_device)
+    assert kernel.linked_op.name == "aten::_scaled_dot_product_flash_attention"
+    assert kernel.category == "attention"
+    # the runtime call is nested (not counted as the op's self time twice) but is no op row of its own
+    assert [r["op"] for r in op_table(trace)] == ["aten::_scaled_dot_product_flash_attention"]

@@ -23,6 +23,9 @@ HOST_CATS = {"cpu_op", "user_annotation", "python_function", "operator"}
 # function an op ran in); their own time is interpreter overhead, and the tracer also records unrelated threads.
 OP_CATS = {"cpu_op", "user_annotation", "operator"}
 DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset", "mtia_ccp_events"}
+# Host-side launch calls (cudaLaunchKernel ...): they nest under the op that launched them, and share a
+# ``correlation`` number with the kernel they launched.
+RUNTIME_CATS = {"cuda_runtime", "cuda_driver", "xpu_runtime", "privateuse1_runtime"}
 DEVICE_ANNOTATION_CATS = {"gpu_user_annotation"}
 STEP_PREFIX = "ProfilerStep#"
 PHASE_PREFIX = "workbench/"
@@ -151,7 +154,7 @@ def _link_nesting(events: list[TraceEvent]) -> None:
     by_thread: dict[tuple, list[TraceEvent]] = {}
     for event in events:
         event.self_us = event.dur
-        if event.cat in HOST_CATS:
+        if event.cat in HOST_CATS or event.cat in RUNTIME_CATS:
             by_thread.setdefault(event.thread, []).append(event)
     eps = 1e-3  # the trace rounds to nanoseconds; a child may end a hair after its parent
     for thread_events in by_thread.values():
@@ -169,11 +172,20 @@ def _link_nesting(events: list[TraceEvent]) -> None:
 
 
 def _link_kernels(events: list[TraceEvent]) -> None:
-    """Point each device kernel at the host op that launched it (shared ``External id``), for its category."""
+    """Point each device kernel at the host op that launched it: the op with the kernel's ``External id``, or
+    failing that the op around the runtime call with the kernel's ``correlation`` number."""
     ops = {e.args.get("External id"): e for e in events if e.cat == "cpu_op" and "External id" in e.args}
+    launches = {e.args.get("correlation"): e for e in events if e.cat in RUNTIME_CATS and "correlation" in e.args}
     for event in events:
-        if event.is_device:
-            event.linked_op = ops.get(event.args.get("External id"))
+        if not event.is_device:
+            continue
+        op = ops.get(event.args.get("External id"))
+        if op is None:
+            launch = launches.get(event.args.get("correlation"))
+            op = launch.parent if launch is not None else None
+            while op is not None and op.cat != "cpu_op":
+                op = op.parent
+        event.linked_op = op
 
 
 def _label(event: TraceEvent) -> str:
