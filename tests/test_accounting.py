@@ -77,6 +77,12 @@ def test_flops_dsa_attention_term_caps_at_topk():
     assert short.attention * 2 == at.attention == long.attention  # attention reads index_topk keys at most
     assert short.indexer == at.indexer == 0 < long.indexer        # the indexer runs only when it can prune
     assert long.mtp > 0 and flops_per_token(cfg, 128, include_mtp=False).mtp == 0
+    no_kl = flops_per_token(cfg.replace(indexer_loss_coef=0.0), 4 * cfg.index_topk)
+    S = 4 * cfg.index_topk
+    per_layer = no_kl.indexer / 2  # glm5-tiny: 2 indexer-owning layers
+    n_indexer = 128 * 4 * 32 + 256 * 32 + 2 * 32 + 256 * 4  # wq_b, wk, k LayerNorm, weights_proj
+    assert per_layer == 2 * n_indexer + 2 * 4 * (32 + 1) * S
+    assert long.indexer == 3 * no_kl.indexer + 2 * 2 * cfg.num_heads * cfg.qk_head_dim * S
 
 
 def test_flops_moe_uses_active_experts_only():

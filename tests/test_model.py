@@ -28,6 +28,8 @@ def test_forward_logits_and_loss(name):
     # untrained model: loss near log(V)
     assert abs(out.lm_loss.item() - torch.log(torch.tensor(float(cfg.vocab_size))).item()) < 0.5
     expected = out.lm_loss + (cfg.mtp_loss_weight * out.mtp_loss if cfg.mtp_layers else 0)
+    if cfg.use_dsa:  # 48 > index_topk: the indexer ran and its KL loss is part of the total
+        expected = expected + cfg.indexer_loss_coef * out.indexer_loss
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "indexer" not in n]
@@ -201,3 +203,30 @@ def test_rotary_larger_than_head_dim_and_unknown_preset():
         get_preset("glm-6")
     for name in list_presets():
         assert name in str(err.value)
+
+
+def test_indexer_kl_loss_trains_only_the_indexer():
+    torch.manual_seed(0)
+    cfg = _small("glm5-tiny", index_topk=4, mtp_layers=0)
+    model = build_model(cfg)
+    x = torch.randint(0, cfg.vocab_size, (2, 12))
+    out = model(x, labels=torch.roll(x, -1, 1))
+    assert out.indexer_loss is not None and out.indexer_loss > 0
+    torch.testing.assert_close(out.loss, out.lm_loss + cfg.indexer_loss_coef * out.indexer_loss)
+    out.indexer_loss.backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None and p.grad.abs().sum() > 0) == ("indexer" in name), name
+    model.eval()
+    assert model(x, labels=x).indexer_loss is None  # eval: no KL loss
+    model.train()
+    assert build_model(cfg.replace(indexer_loss_coef=0.0))(x, labels=x).indexer_loss is None
+    # the loss is a KL: zero when the indexer's distribution equals the attention's
+    from workbench.model.dsa_indexer import indexer_kl_loss
+    B, H, S, D = 1, 2, 6, 8
+    q, k = torch.randn(B, H, S, D), torch.randn(B, H, S, D)
+    topk = torch.arange(S).expand(B, S, S).masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), -1)
+    probs = torch.softmax((q @ k.transpose(-1, -2) * 0.3).masked_fill(torch.ones(S, S).triu(1).bool(), -1e9), -1)
+    target = probs.sum(1) / H
+    scores = target.clamp_min(1e-30).log().masked_fill(torch.ones(S, S).triu(1).bool(), float("-inf"))
+    assert indexer_kl_loss(scores, topk, q, k, 0.3).abs() < 1e-5
+    assert indexer_kl_loss(torch.zeros(B, S, S), topk, q, k, 0.3) > 1e-3

@@ -17,9 +17,11 @@ Conventions
   (the LM head is counted, tied or not: it is a matmul; the embedding lookup is not. Norm gains and biases stay
   in N: < 0.01%). Attention core, per layer, not halved for causality (PaLM convention):
       attention = 6 * n_heads * (d_qk + d_v) * S_eff,   S_eff = seq_len, or min(seq_len, index_topk) with DSA
-  (DSA-aware: each query reads only index_topk keys). The indexer runs forward only (no gradient reaches it) and,
-  as implemented here, only when seq_len > index_topk; per indexer-owning layer:
+  (DSA-aware: each query reads only index_topk keys). The indexer runs, as implemented here, only when
+  seq_len > index_topk; per indexer-owning layer, forward only when its KL loss is off (indexer_loss_coef = 0):
       indexer = 2 * N_indexer_layer + 2 * index_n_heads * (index_head_dim + 1) * seq_len
+  and with the KL loss (training): 3x that (its backward) + 2 * n_heads * d_qk * seq_len (the no-grad q.k scores
+  of the KL target).
   MTP layers add 6 * (their active matmul params + the LM head) + their attention (field ``mtp``).
 """
 
@@ -145,7 +147,10 @@ def _attention_flops(c: ModelConfig, seq_len: int) -> float:
 def _indexer_flops(c: ModelConfig, seq_len: int) -> float:
     if not c.use_dsa or seq_len <= c.index_topk:
         return 0.0
-    return 2.0 * indexer_params(c) + 2.0 * c.index_n_heads * (c.index_head_dim + 1) * seq_len
+    forward = 2.0 * indexer_params(c) + 2.0 * c.index_n_heads * (c.index_head_dim + 1) * seq_len
+    if c.indexer_loss_coef == 0:
+        return forward
+    return 3.0 * forward + 2.0 * c.num_heads * c.qk_head_dim * seq_len
 
 
 def flops_per_token(c: ModelConfig, seq_len: int, include_mtp: bool = True) -> FlopsPerToken:

@@ -18,7 +18,7 @@ from torch import nn
 
 from workbench import kernels
 from workbench.model.config import ModelConfig
-from workbench.model.dsa_indexer import LightningIndexer
+from workbench.model.dsa_indexer import LightningIndexer, indexer_kl_loss
 from workbench.model.layers import RMSNorm
 
 
@@ -44,6 +44,8 @@ class MLAttention(nn.Module):
         # DSA: "full" layers own an indexer, "shared" layers reuse the previous layer's top-k, None = dense MLA
         self.indexer_type = indexer_type
         self.indexer = LightningIndexer(cfg) if indexer_type == "full" else None
+        self.indexer_loss_coef = cfg.indexer_loss_coef
+        self.last_indexer_loss: torch.Tensor | None = None  # set by a training forward that ran the indexer
 
     def forward(self, x_BSD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 prev_topk: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -67,9 +69,15 @@ class MLAttention(nn.Module):
         q = torch.cat([q_nope, q_rope], dim=-1)
         k = torch.cat([k_nope, k_rope.expand(B, self.n_heads, S, self.rope_dim)], dim=-1)
 
-        topk = None
-        if self.indexer_type == "full":
-            topk = self.indexer(x_BSD, q_latent, cos, sin) if S > self.indexer.topk else None
+        topk, self.last_indexer_loss = None, None
+        if self.indexer_type == "full" and S > self.indexer.topk:
+            if self.training and self.indexer_loss_coef > 0 and torch.is_grad_enabled():
+                # train the indexer on detached inputs: its loss must not move the rest of the model
+                index_scores = self.indexer.scores(x_BSD.detach(), q_latent.detach(), cos, sin)
+                topk = self.indexer.select(index_scores)
+                self.last_indexer_loss = indexer_kl_loss(index_scores, topk, q.detach(), k.detach(), self.scale)
+            else:
+                topk = self.indexer(x_BSD, q_latent, cos, sin)
         elif self.indexer_type == "shared":
             topk = prev_topk
         out = kernels.attention(q, k, v, causal=True, scale=self.scale, topk_indices=topk)  # [B, H, S, v]

@@ -50,6 +50,7 @@ class ModelConfig:
     index_head_dim: int = 32
     index_topk: int = 64
     indexer_types: tuple[str, ...] | None = None   # per layer "full" | "shared"; None = all "full"
+    indexer_loss_coef: float = 1.0          # weight of the indexer's KL loss (trains the indexer only; 0 = off)
     # --- MoE; num_experts = 0 means a dense model
     num_experts: int = 0
     num_experts_per_token: int = 2
@@ -154,8 +155,8 @@ class ModelConfig:
                 p.append("MoE experts are SwiGLU: use ffn_act='swiglu' with num_experts > 0")
             if self.routed_scaling <= 0:
                 p.append(f"routed_scaling must be > 0 (got {self.routed_scaling})")
-        if self.aux_loss_coef < 0 or self.bias_update_rate < 0:
-            p.append("aux_loss_coef and bias_update_rate must be >= 0")
+        if self.aux_loss_coef < 0 or self.bias_update_rate < 0 or self.indexer_loss_coef < 0:
+            p.append("aux_loss_coef, bias_update_rate and indexer_loss_coef must be >= 0")
         if self.mtp_layers < 0:
             p.append(f"mtp_layers must be >= 0 (got {self.mtp_layers})")
         if self.mtp_loss_weight < 0:

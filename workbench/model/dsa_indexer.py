@@ -7,8 +7,10 @@ lets some layers reuse the previous layer's selection ("shared" indexer layers, 
 
 q comes from the attention's q latent (q_a_layernorm(q_a_proj(x))), k is one head shared by all indexer heads, with
 its own LayerNorm; the first ``qk_rope_head_dim`` channels of q and k are rotated. Scores are masked causally and
-the ``index_topk`` best keys kept. The indexer is cheap (few heads, one key head, fp32 scores) and not
-differentiable through top-k: as in transformers it runs under ``no_grad``, so the LM loss does not train it.
+the ``index_topk`` best keys kept. Top-k is not differentiable, so the LM loss cannot train the indexer. As in
+DeepSeek-V3.2 (sparse training stage), a separate KL loss does: it pulls softmax(index_score) over the selected
+keys towards the main attention's distribution over the same keys (summed over heads), with the indexer's inputs
+detached so the loss trains the indexer only (``indexer_kl_loss``; weight ``indexer_loss_coef``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench import kernels
+from workbench.kernels.reference import topk_to_mask
 from workbench.model.config import ModelConfig
 
 
@@ -31,10 +34,9 @@ class LightningIndexer(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6)
         self.weights_proj = nn.Linear(cfg.hidden_size, self.n_heads, bias=False)
 
-    @torch.no_grad()
-    def forward(self, x_BSD: torch.Tensor, q_latent: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> torch.Tensor:
-        """Returns topk_indices [B, S, min(index_topk, S)] (long); -1 marks a slot with no causal key."""
+    def scores(self, x_BSD: torch.Tensor, q_latent: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> torch.Tensor:
+        """index_score [B, S, S] in fp32, -inf above the diagonal (future keys)."""
         B, S, _ = x_BSD.shape
         q = self.wq_b(q_latent).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, Hi, S, Di]
         k = self.k_norm(self.wk(x_BSD)).unsqueeze(1)                                      # [B, 1, S, Di]
@@ -44,6 +46,32 @@ class LightningIndexer(nn.Module):
         weights = self.weights_proj(x_BSD).float() * self.n_heads ** -0.5                 # [B, S, Hi]
         index_scores = torch.einsum("bhst,bsh->bst", scores, weights)                     # [B, S, S]
         future = torch.ones(S, S, dtype=torch.bool, device=x_BSD.device).triu(1)
-        index_scores = index_scores.masked_fill(future, float("-inf"))
-        values, indices = index_scores.topk(min(self.topk, S), dim=-1)
+        return index_scores.masked_fill(future, float("-inf"))
+
+    @torch.no_grad()
+    def select(self, index_scores: torch.Tensor) -> torch.Tensor:
+        """topk_indices [B, S, min(index_topk, S)] (long); -1 marks a slot with no causal key."""
+        values, indices = index_scores.topk(min(self.topk, index_scores.shape[-1]), dim=-1)
         return indices.masked_fill(values == float("-inf"), -1)
+
+    def forward(self, x_BSD, q_latent, cos, sin) -> torch.Tensor:
+        with torch.no_grad():
+            return self.select(self.scores(x_BSD, q_latent, cos, sin))
+
+
+def indexer_kl_loss(index_scores: torch.Tensor, topk: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """KL(main attention || indexer) over each query's selected keys, averaged over queries (DeepSeek-V3.2 eq. 3).
+
+    index_scores [B, S, S] (with grad, to the indexer only); topk [B, S, K]; q [B, H, S, Dqk] and k [B, H, S, Dqk]
+    detached: the target is the attention distribution over the selected keys, summed over heads, L1-normalised.
+    """
+    S = index_scores.shape[-1]
+    keep = topk_to_mask(topk, S) & torch.ones(S, S, dtype=torch.bool, device=q.device).tril()  # [B, S, S]
+    with torch.no_grad():
+        logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~keep[:, None], float("-inf"))
+        target = torch.softmax(logits, dim=-1).sum(dim=1)
+        target = target / target.sum(dim=-1, keepdim=True)                                 # [B, S, S]
+    log_index = torch.log_softmax(index_scores.masked_fill(~keep, float("-inf")), dim=-1).masked_fill(~keep, 0.0)
+    kl = target * (target.clamp_min(1e-30).log() - log_index)
+    return torch.where(keep, kl, torch.zeros_like(kl)).sum(dim=-1).mean()

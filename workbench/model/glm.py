@@ -27,10 +27,12 @@ from workbench.model.mtp import MTPLayer
 @dataclass
 class ModelOutput:
     loss: torch.Tensor | None = None         # lm_loss + mtp_loss_weight * mtp_loss + aux_loss_coef * aux_loss
+                                             # (+ indexer_loss_coef * indexer_loss, which only reaches the indexer)
     logits: torch.Tensor | None = None       # [B, S, V]; None when labels were given (the loss never builds it)
     lm_loss: torch.Tensor | None = None
     mtp_loss: torch.Tensor | None = None     # mean over MTP depths (unweighted)
     aux_loss: torch.Tensor | None = None     # sequence-level balance loss summed over MoE layers (unweighted)
+    indexer_loss: torch.Tensor | None = None # DSA indexer KL loss, mean over indexer layers (trains the indexer only)
     expert_load: torch.Tensor | None = None  # [num trunk MoE layers, E] token counts of this forward
 
 
@@ -104,8 +106,11 @@ class GLMForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         B, S = input_ids.shape
         cos, sin = self.rotary(S, input_ids.device)  # [S, R/2], once per forward, shared by every layer
-        for moe in self.moe_layers():
-            moe.last_load = moe.last_aux_loss = None
+        for module in self.modules():  # per-forward side outputs of the layers
+            if isinstance(module, MoE):
+                module.last_load = module.last_aux_loss = None
+            elif isinstance(module, MLAttention):
+                module.last_indexer_loss = None
         embeds = self.embed_tokens(input_ids)
         x, topk = embeds, None
         for layer in self.layers:
@@ -139,6 +144,11 @@ class GLMForCausalLM(nn.Module):
         if aux:
             out.aux_loss = torch.stack(aux).sum()
             loss = loss + self.config.aux_loss_coef * out.aux_loss
+        indexer = [m.last_indexer_loss for m in self.modules()
+                   if isinstance(m, MLAttention) and m.last_indexer_loss is not None]
+        if indexer:
+            out.indexer_loss = torch.stack(indexer).mean()
+            loss = loss + self.config.indexer_loss_coef * out.indexer_loss
         out.loss = loss
         return out
 
