@@ -1,0 +1,178 @@
+"""Training throughput: the workbench next to HF transformers on identical configs, in one process, plus MFU.
+
+    python benchmarks/train_throughput.py [--device auto] [--batch-size 8] [--seq-len 256] [--steps 6]
+                                          [--cases glm4-dense,glm45-tiny,glm5-tiny] [--out figures/train_throughput.json]
+
+For each case it builds the workbench model and the transformers model from the same ModelConfig (through
+``workbench.interop.hf.config_to_hf``), then times full training steps (forward + backward + AdamW step) of the
+two *interleaved* (wb, hf, wb, hf, ...), so background load on a shared machine hits both alike; the median step
+time of each gives tokens/s. MFU = tokens/s * FLOPs per token (workbench.model.accounting, PaLM convention) / the
+fp32 GEMM peak measured in this same run (best of a square-GEMM probe before and after the cases).
+Cases (MTP is off in all of them because transformers' GLM models ignore the MTP layer; identical work otherwise):
+- ``glm4-dense``: the glm4-tiny shape (hidden 512, 6 layers, GQA, SwiGLU) with half-split RoPE (what transformers'
+  GLM expresses), against ``Glm4MoeForCausalLM`` with every layer dense. Target: workbench MFU >= 0.75.
+- ``glm45-tiny``: against ``Glm4MoeForCausalLM`` (sdpa). Target: >= 1.5x its tokens/s.
+- ``glm5-tiny``: against ``GlmMoeDsaForCausalLM``. Target: >= 2x its tokens/s.
+On a CUDA/NPU device it also times the workbench in bf16 autocast and reports MFU against the catalog bf16 peak.
+Prints one JSON object and writes it to ``--out``. A benchmark, not a test: numbers depend on the machine and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from workbench.device import get_device, measure_gemm_peak
+from workbench.model import build_model, get_preset
+from workbench.model.accounting import flops_per_token
+
+VOCAB = 2048
+CASES = {
+    "glm4-dense": dict(preset="glm4-tiny", changes=dict(rope_interleaved=False), hf="Glm4MoeForCausalLM",
+                       target=("mfu", 0.75)),
+    "glm45-tiny": dict(preset="glm45-tiny", changes=dict(mtp_layers=0), hf="Glm4MoeForCausalLM",
+                       target=("ratio", 1.5)),
+    "glm5-tiny": dict(preset="glm5-tiny", changes=dict(mtp_layers=0), hf="GlmMoeDsaForCausalLM",
+                      target=("ratio", 2.0)),
+}
+
+
+def hf_model(config, class_name: str, device):
+    import transformers
+
+    from workbench.interop.hf import config_to_hf
+
+    d = config_to_hf(config)
+    d.pop("workbench_config", None)
+    d.pop("architectures", None)
+    kind = d.pop("model_type")
+    hf_config = transformers.AutoConfig.for_model(kind, **d)
+    model = getattr(transformers, class_name)._from_config(hf_config, attn_implementation="sdpa")
+    return model.to(device.torch_device).train()
+
+
+def make_step(model, optimizer, batch, kind: str, autocast):
+    x, y = batch
+
+    def step() -> None:
+        with autocast():
+            if kind == "workbench":
+                loss = model(x, labels=y).loss
+            else:  # transformers shifts the labels itself: pass the unshifted sequence
+                loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if kind == "workbench" and hasattr(model, "update_expert_bias"):
+            model.update_expert_bias()
+
+    return step
+
+
+def timed(step, device) -> float:
+    device.synchronize()
+    start = time.perf_counter()
+    step()
+    device.synchronize()
+    return time.perf_counter() - start
+
+
+def run_case(name: str, spec: dict, device, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
+    config = get_preset(spec["preset"]).replace(vocab_size=VOCAB, **spec["changes"])
+    torch.manual_seed(0)
+    x = torch.randint(0, VOCAB, (batch_size, seq_len + 1), device=device.torch_device)
+    batch = (x[:, :-1].contiguous(), x[:, 1:].contiguous())
+    fused = device.supports_fused_adamw()
+    models = {"workbench": build_model(config).to(device.torch_device).train(),
+              "hf": hf_model(config, spec["hf"], device)}
+    fp32 = torch.autocast(device.type, enabled=False) if device.type != "cpu" else None
+    null = (lambda: fp32) if fp32 is not None else (lambda: __import__("contextlib").nullcontext())
+    step_fns = {}
+    for kind, model in models.items():
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+        step_fns[kind] = make_step(model, opt, batch, kind, null)
+    for _ in range(warmup):
+        for fn in step_fns.values():
+            fn()
+    times = {k: [] for k in step_fns}
+    for _ in range(steps):  # interleaved: load spikes hit both
+        for kind, fn in step_fns.items():
+            times[kind].append(timed(fn, device))
+    tokens = batch_size * seq_len
+    fpt = flops_per_token(config, seq_len).total
+    result = {"case": name, "preset": spec["preset"], "changes": spec["changes"], "hf_class": spec["hf"],
+              "batch_size": batch_size, "seq_len": seq_len, "flops_per_token": fpt,
+              "params": sum(p.numel() for p in models["workbench"].parameters()),
+              "hf_params": sum(p.numel() for p in models["hf"].parameters())}
+    for kind in step_fns:
+        median = statistics.median(times[kind])
+        result[f"{kind}_step_s"] = median
+        result[f"{kind}_tokens_per_s"] = tokens / median
+    result["ratio"] = result["workbench_tokens_per_s"] / result["hf_tokens_per_s"]
+    if device.type != "cpu":  # bf16 autocast on accelerators, MFU against the catalog's bf16 peak
+        model = models["workbench"]
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+        fn = make_step(model, opt, batch, "workbench", lambda: device.autocast(torch.bfloat16))
+        for _ in range(warmup):
+            fn()
+        t = statistics.median(timed(fn, device) for _ in range(steps))
+        peak = device.peak_flops(torch.bfloat16)
+        result.update(bf16_tokens_per_s=tokens / t, bf16_mfu=tokens / t * fpt / peak.value if peak.value else None,
+                      bf16_peak_source=peak.source)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per model (median is reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--out", default="figures/train_throughput.json")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = get_device(args.device)
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    peaks = [measure_gemm_peak(device, torch.float32)]
+    rows = [run_case(n, CASES[n], device, args.batch_size, args.seq_len, args.steps, args.warmup) for n in names]
+    peaks.append(measure_gemm_peak(device, torch.float32))
+    peak, peak_detail = max(peaks)
+    for row in rows:
+        row["workbench_mfu"] = row["workbench_tokens_per_s"] * row["flops_per_token"] / peak
+        row["hf_mfu"] = row["hf_tokens_per_s"] * row["flops_per_token"] / peak
+        kind, goal = CASES[row["case"]]["target"]
+        row["target"] = f"{'MFU' if kind == 'mfu' else 'tokens/s ratio'} >= {goal}"
+        row["target_met"] = (row["workbench_mfu"] if kind == "mfu" else row["ratio"]) >= goal
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{device.name} ({platform.machine()}), {torch.get_num_threads()} threads" if device.type == "cpu"
+        else f"{device.name}",
+        "device": device.type, "dtype": "fp32", "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "gemm_peak_flops": peak, "gemm_peak_source": f"{peak_detail} (max of before/after the cases)",
+        "cases": rows,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
