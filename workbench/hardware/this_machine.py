@@ -73,17 +73,25 @@ def measure_gloo_allreduce(world: int = 2, megabytes: float = 16.0) -> dict:
 
 
 def this_machine(device: str = "cpu", measure_allreduce: bool = False, allreduce_busbw_gb_s: float | None = None,
-                 allow_probe: bool = True) -> Chip:
+                 allow_probe: bool = True, quick: bool = False) -> Chip:
     """This machine's ``device`` as a Chip: measured fp32 peak and memory bandwidth, plus (optionally) the gloo
     all-reduce bus bandwidth of local processes as its "scale-up" link. For an accelerator the catalog's bf16
-    figures are kept when the chip is known."""
+    figures are kept when the chip is known. ``quick`` runs the device layer's probes at small sizes (~1 s, not
+    cached) instead of asking for the cached full-size ones."""
     import torch
 
-    from workbench.device import get_device
+    from workbench.device import PeakEstimate, get_device
+    from workbench.device.probes import measure_gemm_peak, measure_memory_bandwidth
 
     dev = get_device(device)
-    fp32 = dev.peak_flops(torch.float32, allow_probe=allow_probe)
-    bw = dev.memory_bandwidth(allow_probe=allow_probe)
+    if quick:
+        flops, how = measure_gemm_peak(dev, torch.float32, sizes=(256, 512), min_time_s=0.05)
+        fp32 = PeakEstimate(flops, how + " (quick)")
+        bytes_s, how = measure_memory_bandwidth(dev, megabytes=64, min_time_s=0.05)
+        bw = PeakEstimate(bytes_s, how + " (quick)")
+    else:
+        fp32 = dev.peak_flops(torch.float32, allow_probe=allow_probe)
+        bw = dev.memory_bandwidth(allow_probe=allow_probe)
     entry = dev.catalog_entry()
     total = dev.total_memory_bytes()
     notes = [("fp32_tflops", fp32.source, "measured" if fp32.source.startswith("measured") else "medium"),

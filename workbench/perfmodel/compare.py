@@ -1,0 +1,191 @@
+"""Hardware comparisons for notebooks/05_hardware_comparison.ipynb: spec table, roofline, the seed's claim, scaling.
+
+The seed claims that an Ascend 910B is about 3x slower than an H100, that 3x more chips make up for it "provided
+your distributed training software can scale efficiently", and that MFU runs 30-60%. ``claim_study`` puts numbers
+on that for one model: per chip, the predicted MFU at a common chip count, the chips needed to match the reference
+chip's time-to-train, the energy, and ``scaling_curve`` shows where scaling efficiency breaks down (pipeline bubble
+at a fixed global batch, interconnect, memory capacity). Every function returns plain rows / plotly figures.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from workbench.hardware.catalog import Chip, catalog_table, find_chip
+from workbench.perfmodel.api import power_per_chip, simulate
+
+SPEC_COLUMNS = ["chip", "bf16_dense_tflops", "fp8_dense_tflops", "hbm_gb", "hbm_tb_s", "scale_up_gb_s",
+                "scale_up_domain", "scale_up_busbw_gb_s", "scale_out_gb_s_per_chip", "tdp_w", "system_w_per_chip"]
+
+
+def spec_rows(chips: list[Chip] | None = None) -> list[dict[str, Any]]:
+    """The catalog as rows: each number followed by its source and confidence (the notebook's spec table)."""
+    rows = []
+    for row in catalog_table(chips):
+        out = {"chip": row["chip"]}
+        for col in SPEC_COLUMNS[1:]:
+            value = row[col]
+            out[col] = value
+            out[f"{col} source"] = f"{row[col + '_source']} [{row[col + '_confidence']}]" if value is not None else ""
+        rows.append(out)
+    return rows
+
+
+def roofline_figure(chips: list[Chip], this_machine: Chip | None = None, measured_points: list[dict] | None = None):
+    """Attainable TFLOP/s vs arithmetic intensity (FLOP/byte) for every chip, plus this machine's measured points."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    xs = [2 ** (k / 4) for k in range(-8, 57)]  # 0.25 ... 16384 FLOP/byte
+    for chip in chips:
+        peak = chip.peak_flops("bf16") or chip.peak_flops("fp32")
+        if not peak or not chip.hbm_tb_s:
+            continue
+        bw = chip.hbm_tb_s * 1e12
+        fig.add_trace(go.Scatter(x=xs, y=[min(peak, x * bw) / 1e12 for x in xs], mode="lines", name=chip.chip,
+                                 hovertemplate=f"{chip.chip}<br>ridge {peak / bw:.0f} FLOP/B<extra></extra>"))
+    if this_machine is not None and this_machine.peak_flops("fp32") and this_machine.hbm_tb_s:
+        peak, bw = this_machine.peak_flops("fp32"), this_machine.hbm_tb_s * 1e12
+        fig.add_trace(go.Scatter(x=xs, y=[min(peak, x * bw) / 1e12 for x in xs], mode="lines",
+                                 name=f"{this_machine.chip} (fp32, measured)", line=dict(dash="dash", color="black")))
+    for p in measured_points or []:
+        fig.add_trace(go.Scatter(x=[p["intensity"]], y=[p["tflops"]], mode="markers", marker=dict(size=11, symbol="star"),
+                                 name=p["label"]))
+    fig.update_layout(title="Roofline: dense BF16 peak and HBM bandwidth (catalog), and this machine (measured fp32)",
+                      xaxis=dict(type="log", title="arithmetic intensity (FLOP / byte)"),
+                      yaxis=dict(type="log", title="attainable TFLOP/s"), height=520)
+    return fig
+
+
+def base_spec(model: dict | str, chip: str, count: int, seq_len: int, global_batch: int, precision: str = "bf16",
+              train_tokens: float | None = None, layout: Any = "auto", **cluster: Any) -> dict[str, Any]:
+    model = {"preset": model} if isinstance(model, str) else model
+    return {"model": model, "seq_len": seq_len, "global_batch": global_batch, "precision": precision,
+            "cluster": {"chip": chip, "count": count, **cluster}, "layout": layout, "train_tokens": train_tokens,
+            "search_top": 3}
+
+
+def _best(spec_dict: dict[str, Any]) -> dict[str, Any] | None:
+    """The best layout's result for ``spec_dict`` (a search unless the layout is fixed), or None if nothing fits."""
+    try:
+        return simulate({**spec_dict, "search_top": 1})
+    except ValueError:
+        return None
+
+
+def _days(result: dict[str, Any] | None, train_tokens: float) -> float:
+    if result is None or not result.get("feasible"):
+        return math.inf
+    return train_tokens / result["tokens_per_s"] / 86400
+
+
+def chips_to_match(spec_dict: dict[str, Any], target_days: float, train_tokens: float, unit: int = 64,
+                   max_factor: int = 64) -> dict[str, Any]:
+    """Fewest chips (a multiple of ``unit``) whose best layout trains ``train_tokens`` within ``target_days``:
+    doubling from the spec's count, then bisection. The layout is searched again at every count."""
+    count = spec_dict["cluster"]["count"]
+    lo, hi, hi_result, best_seen = 0, None, None, None
+    c = max(unit, count // unit * unit)
+    while c <= count * max_factor:
+        result = _best({**spec_dict, "cluster": {**spec_dict["cluster"], "count": c}})
+        days = _days(result, train_tokens)
+        if result is not None and (best_seen is None or days < best_seen[1]):
+            best_seen = (c, days)
+        if days <= target_days:
+            hi, hi_result = c, result
+            break
+        lo = c
+        c *= 2
+    if hi is None:
+        c, days = best_seen if best_seen else (None, math.inf)
+        return {"chips": None, "reached": False, "best_chips": c, "best_days": days,
+                "why": f"not reached up to {count * max_factor} chips at global_batch {spec_dict['global_batch']}: "
+                       f"more replicas mean fewer micro-batches each (pipeline bubble) or no layout divides"}
+    while hi - lo > unit:  # bisection on multiples of `unit`
+        mid = (lo + hi) // 2 // unit * unit
+        if mid <= lo:
+            break
+        result = _best({**spec_dict, "cluster": {**spec_dict["cluster"], "count": mid}})
+        if _days(result, train_tokens) <= target_days:
+            hi, hi_result = mid, result
+        else:
+            lo = mid
+    return {"chips": hi, "reached": True, "days": _days(hi_result, train_tokens), "layout": hi_result["layout"],
+            "mfu": hi_result["mfu"], "energy_mwh": (hi_result.get("train") or {}).get("energy_mwh")}
+
+
+def claim_study(chips: list[str], model: dict | str, count: int, seq_len: int, global_batch: int,
+                train_tokens: float, reference: str, precision: str = "bf16", layout: Any = "auto",
+                pue: float = 1.2, unit: int = 64) -> list[dict[str, Any]]:
+    """Per chip at ``count`` chips: MFU, tokens/s/chip, days and energy for ``train_tokens``, and the chips needed to
+    train as fast as ``count`` x ``reference`` (growing data parallelism at the same global batch)."""
+    rows, ref_days = [], None
+    order = [reference] + [c for c in chips if find_chip(c).chip != find_chip(reference).chip]
+    for name in order:
+        spec_dict = base_spec(model, name, count, seq_len, global_batch, precision, train_tokens, layout)
+        spec_dict["pue"] = pue
+        try:
+            result = simulate(spec_dict)
+        except ValueError as exc:  # e.g. impossible memory at this count: that is a finding, not a crash
+            rows.append({"chip": find_chip(name).chip, "count": count, "error": str(exc)})
+            continue
+        row = {"chip": result["chip"], "count": count, "mfu": result["mfu"], "step_time_s": result["step_time_s"],
+               "tokens_per_s_per_chip": result["tokens_per_s_per_chip"], "days": result["train"]["days"],
+               "energy_mwh": result["train"]["energy_mwh"], "power_w_per_chip": result["train"]["power_w_per_chip"],
+               "memory_gb_per_chip": result["memory_gb_per_chip"], "layout": result["layout"],
+               "breakdown": result["breakdown"], "bf16_tflops": find_chip(name).bf16_dense_tflops}
+        if ref_days is None:
+            ref_days = row["days"]
+            row.update(chips_needed=count, chips_ratio=1.0, days_at_chips_needed=ref_days, reached=True)
+        else:
+            need = chips_to_match(spec_dict, ref_days, train_tokens, unit=unit)
+            row.update(chips_needed=need["chips"], chips_ratio=(need["chips"] or math.nan) / count,
+                       days_at_chips_needed=need.get("days"), reached=need["reached"], why_not=need.get("why"),
+                       mfu_at_chips_needed=need.get("mfu"), energy_mwh_at_chips_needed=need.get("energy_mwh"))
+        rows.append(row)
+    return rows
+
+
+def scaling_curve(model: dict | str, chip: str, counts: list[int], seq_len: int, global_batch: int,
+                  precision: str = "bf16", layout: Any = "auto", **cluster: Any) -> list[dict[str, Any]]:
+    """Tokens/s and scaling efficiency vs chip count at a fixed global batch, with the best layout at each count;
+    names the overhead that grows (bubble, DP/EP communication) and the counts where nothing fits in memory."""
+    rows, base = [], None
+    for count in sorted(counts):
+        spec_dict = base_spec(model, chip, count, seq_len, global_batch, precision, layout=layout, **cluster)
+        try:
+            result = simulate({**spec_dict, "search_top": 1})
+        except ValueError as exc:
+            why = str(exc)
+            rows.append({"chips": count, "feasible": False,
+                         "limit": "memory capacity" if "memory" in why else "layout / global batch", "why": why})
+            continue
+        tps = result["tokens_per_s"]
+        if base is None:
+            base = (count, tps)
+        non_compute = {k: v for k, v in result["breakdown"].items() if k != "compute"}
+        dominant = max(non_compute, key=non_compute.get)
+        rows.append({"chips": count, "feasible": True, "tokens_per_s": tps, "mfu": result["mfu"],
+                     "scaling_efficiency": (tps / count) / (base[1] / base[0]), "step_time_s": result["step_time_s"],
+                     "dominant_overhead": dominant, "overhead_share": non_compute[dominant] / result["step_time_s"],
+                     "layout": result["layout"], "breakdown": result["breakdown"]})
+    return rows
+
+
+def breakdown_figure(rows: list[dict[str, Any]], title: str = "Step time breakdown"):
+    """Stacked bars of the step-time breakdown, one bar per row (needs 'chip' and 'breakdown')."""
+    import plotly.graph_objects as go
+
+    rows = [r for r in rows if r.get("breakdown")]
+    keys = [k for k in rows[0]["breakdown"]] if rows else []
+    fig = go.Figure()
+    for key in keys:
+        fig.add_trace(go.Bar(name=key, x=[r["chip"] for r in rows], y=[r["breakdown"][key] for r in rows]))
+    fig.update_layout(barmode="stack", title=title, yaxis_title="seconds per step", height=450)
+    return fig
+
+
+def energy_note(chip: str) -> str:
+    watts, source = power_per_chip(find_chip(chip))
+    return f"{find_chip(chip).chip}: {watts:.0f} W per chip ({source})" if watts else f"{chip}: {source}"
