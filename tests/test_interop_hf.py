@@ -68,6 +68,11 @@ def test_logits_match_transformers(case, tmp_path):
         hf.save_pretrained(tmp_path)  # the released on-disk layout: experts stored one by one
         from_disk = from_hf(tmp_path).eval()
         torch.testing.assert_close(from_disk(x).logits, expected, rtol=0, atol=1e-4)
+    with torch.no_grad():  # the workbench copy owns its storage: changing it leaves the transformers model alone
+        next(in_memory.parameters()).add_(1.0)
+    assert torch.equal(hf(x).logits, expected)
+    from workbench.model.accounting import count_parameters
+    assert count_parameters(in_memory.config).total == sum(p.numel() for p in in_memory.parameters())
     if "dsa" in case:
         attn = in_memory.layers[1].self_attn
         assert in_memory.config.index_topk < x.shape[1] and attn.indexer is None  # a shared layer

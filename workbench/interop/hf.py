@@ -28,7 +28,7 @@ import torch
 
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.model.config import ModelConfig
-from workbench.model.glm import GLMForCausalLM, build_model
+from workbench.model.glm import GLMForCausalLM, build_model, cast_model
 
 ARCHITECTURES = {"glm4_moe": "Glm4MoeForCausalLM", "glm_moe_dsa": "GlmMoeDsaForCausalLM"}
 
@@ -254,8 +254,9 @@ def from_hf(model_or_path, *, device: str | torch.device | None = None,
     """A transformers GLM model (in memory) or checkpoint folder -> a workbench ``GLMForCausalLM``."""
     if isinstance(model_or_path, (str, Path)):
         d, state = _read_folder(Path(model_or_path))
-    else:
-        d, state = model_or_path.config.to_dict(), model_or_path.state_dict()
+    else:  # copies: the workbench model must not share storage with the transformers one
+        d = model_or_path.config.to_dict()
+        state = {k: v.detach().clone() for k, v in model_or_path.state_dict().items()}
     n_mtp = int(d.get("num_nextn_predict_layers") or 0)
     layers = d["num_hidden_layers"]
     n_mtp = sum(f"model.layers.{layers + k}.eh_proj.weight" in state for k in range(n_mtp))  # only if present
@@ -267,14 +268,21 @@ def from_hf(model_or_path, *, device: str | torch.device | None = None,
             raise WorkbenchError(f"config.json: 'workbench_config' disagrees with the transformers fields {keys}")
         config = saved
     ours = state_dict_from_hf(state, config)
-    model = build_model(config, device=device)
-    missing, unexpected = model.load_state_dict(ours, strict=False)
+    # Build on meta (no random init, no memory), then adopt the checkpoint's tensors as the parameters.
+    model = build_model(config, device="meta")
+    try:
+        missing, unexpected = model.load_state_dict(ours, strict=False, assign=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise WorkbenchError(f"checkpoint does not fit the model: {exc}") from None
     if missing or unexpected:
         raise WorkbenchError(f"checkpoint does not fit the model: missing {missing[:8]}, unexpected "
                              f"{unexpected[:8]}")
-    if dtype is not None:
-        model = model.to(dtype)
-    return model
+    if config.tie_embeddings:  # assign=True made two Parameters of one tensor: make them one Parameter again
+        model.lm_head.weight = model.embed_tokens.weight
+    model.reset_runtime_state(next(model.parameters()).device)
+    if device is not None:
+        model.to(device)
+    return cast_model(model, dtype or torch.get_default_dtype())
 
 
 def to_hf(model: GLMForCausalLM, path) -> Path:

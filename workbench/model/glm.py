@@ -98,6 +98,13 @@ class GLMForCausalLM(nn.Module):
                 nn.init.normal_(module.gate_up_proj, 0.0, std)
                 nn.init.normal_(module.down_proj, 0.0, out_std)
 
+    def reset_runtime_state(self, device: torch.device | str = "cpu") -> None:
+        """Rebuild what is not in a checkpoint (RoPE frequencies, MoE load counters) on ``device``: used after
+        loading weights into a model built on the meta device."""
+        self.rotary = RotaryTable(self.config.rotary_dim, self.config.rope_theta).to(device)
+        for moe in self.moe_layers():
+            moe.load_accum = torch.zeros(self.config.num_experts, dtype=torch.float32, device=device)
+
     # ------------------------------------------------------------------ forward
     def moe_layers(self) -> list[MoE]:
         """Every MoE block: trunk layers first, then MTP layers."""
@@ -179,6 +186,17 @@ class GLMForCausalLM(nn.Module):
         return metrics
 
 
+def cast_model(model: GLMForCausalLM, dtype: torch.dtype) -> GLMForCausalLM:
+    """``model.to(dtype)``, except the balancing biases and RoPE frequencies, which stay fp32."""
+    model.to(dtype)
+    for module in model.modules():
+        if isinstance(module, Router):
+            module.expert_bias.data = module.expert_bias.data.float()
+        elif isinstance(module, RotaryTable):
+            module.inv_freq.data = module.inv_freq.data.float()
+    return model
+
+
 def build_model(config: ModelConfig, device: str | torch.device | None = None,
                 dtype: torch.dtype | None = None) -> GLMForCausalLM:
     """Build (and initialise) a model. ``device="meta"`` allocates nothing: full-size presets, for accounting."""
@@ -187,13 +205,8 @@ def build_model(config: ModelConfig, device: str | torch.device | None = None,
     with torch.device(device if device is not None else "cpu"):
         model = GLMForCausalLM(config)
     if dtype is not None:
-        model.to(dtype)
-        for module in model.modules():  # balancing state and RoPE frequencies stay fp32
-            if isinstance(module, Router):
-                module.expert_bias.data = module.expert_bias.data.float()
-            elif isinstance(module, RotaryTable):
-                module.inv_freq.data = module.inv_freq.data.float()
+        cast_model(model, dtype)
     return model
 
 
-__all__ = ["Block", "GLMForCausalLM", "ModelOutput", "build_model"]
+__all__ = ["Block", "GLMForCausalLM", "ModelOutput", "build_model", "cast_model"]

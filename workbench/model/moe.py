@@ -76,7 +76,9 @@ class MoE(nn.Module):
             out = out + self.shared_experts(x_TD)
         with torch.no_grad():
             load = torch.bincount(indices.flatten(), minlength=self.num_experts).float()
-            self.load_accum = self.load_accum.to(load.device) + load
+            if self.load_accum.device != load.device:  # the model moved since the last reset
+                self.load_accum = torch.zeros_like(load)
+            self.load_accum = self.load_accum + load
             self.last_load = load
         self.last_aux_loss = self._sequence_aux_loss(indices, scores, B, S) if self.aux_coef > 0 else None
         return out.view(B, S, D)
