@@ -320,7 +320,10 @@ class Trainer:
         """Train to ``config.steps``: log, evaluate, checkpoint, sample; write summary.json. Returns the summary."""
         c = self.config
         if self.is_main_process:
-            write_json_atomic(self.run_dir / "config.json", {"train": c.to_dict(), "model": _as_dict(self.model_config)})
+            write_json_atomic(self.run_dir / "config.json", {
+                "train": c.to_dict(), "model": _as_dict(self.model_config), "device": str(self.device.torch_device),
+                "dtype": str(self.dtype), "mfu_peak": self.peak.as_dict(), "flops_per_token": self.flops_per_token,
+                "params": self.num_params, "optimizer": getattr(self.optimizer, "implementation", "")})
         bar = None
         if progress_enabled(c.progress) and self.is_main_process:
             from tqdm.auto import tqdm
