@@ -114,3 +114,16 @@ def test_state_dict_functions_can_be_swapped(tmp_path):
     finally:
         ckpt.set_state_dict_functions(get_model=default)
     assert calls == ["get"]
+
+
+def test_saving_a_step_again_replaces_it_whole(tmp_path):
+    model, opt = _model_and_optimizer()
+    _save(tmp_path, 7, model, opt)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    path = _save(tmp_path, 7, model, opt)
+    ckpt.verify_checkpoint(path)
+    other, _ = _model_and_optimizer(1)
+    ckpt.load_checkpoint(path, other)
+    assert torch.equal(other[0].weight, model[0].weight)
+    assert [p.name for p in tmp_path.iterdir()] == ["step_0000007"]

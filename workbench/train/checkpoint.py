@@ -184,10 +184,14 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
         (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1))
         _fsync_file(tmp / MANIFEST_FILE)
         _fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. final save after a periodic one): replace it
-            shutil.rmtree(final)
+        old = None
+        if final.exists():  # re-saving a step (a finished run resumed): move the old copy aside, never delete first
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.rename(final, old)
         os.rename(tmp, final)
         _fsync_dir(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -213,7 +217,7 @@ def prune_checkpoints(root: str | Path, keep_last: int) -> None:
     root = Path(root)
     for _, path in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(path, ignore_errors=True)
-    for p in root.glob(".tmp-step_*"):
+    for p in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid():
             shutil.rmtree(p, ignore_errors=True)
