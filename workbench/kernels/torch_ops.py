@@ -2,8 +2,8 @@
 
 - attention: ``F.scaled_dot_product_attention`` (flash / memory-efficient / math backend, whichever torch picks),
   GQA through ``enable_gqa``, the DSA top-k pattern and bottom-right causal alignment as a boolean ``attn_mask``;
-- moe: sort tokens by expert -> grouped GEMMs (``torch._grouped_mm`` on accelerators where it runs for the dtype,
-  one GEMM per contiguous slice on cpu, where that measured faster) -> unpermute; no per-expert routing masks;
+- moe: sort tokens by expert -> one grouped GEMM for all experts (``torch._grouped_mm`` where it runs for this
+  device and dtype, else one GEMM per contiguous split) -> unpermute; no per-expert routing masks or gathers;
 - cross_entropy: vocabulary-chunked, with a custom autograd function that keeps only [N, chunk] logits alive
   (online logsumexp forward, recompute in backward), so the full [N, V] logits never exist; chosen by size:
   small logits (under LOGITS_BUDGET_BYTES) take the plain fused formula, which measured faster;
@@ -111,26 +111,24 @@ def _grouped_mm_probe(device_type: str, dtype: torch.dtype) -> bool:
     return bool(torch.allclose(out.float(), expected.float(), rtol=0.05, atol=0.05))
 
 
+def _aligned16(*tensors: torch.Tensor) -> bool:
+    """``_grouped_mm`` needs every non-unit stride to be a multiple of 16 bytes (e.g. D, F multiples of 4 in fp32)."""
+    return all(stride * t.element_size() % 16 == 0 for t in tensors for stride in t.stride() if stride != 1)
+
+
 def grouped_matmul(x_sorted: torch.Tensor, weights_EKN: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """[M, K] rows grouped by expert (counts[E] rows each, in order) times weights_EKN[e] -> [M, N].
 
-    Accelerators: one ``torch._grouped_mm`` call where it works. CPU: one GEMM per contiguous slice, which
-    measured faster than ``_grouped_mm``'s CPU kernel here (benchmarks/README.md); either way there are no
-    routing masks or gathers inside the loop, the sort already grouped the rows.
+    One ``torch._grouped_mm`` call where it works for this device and dtype (cpu included); otherwise one GEMM
+    per expert over ``split``/``unbind`` views. Not ``x[a:b]`` / ``w[e]`` indexing: the backward of each slice or
+    select allocates a zero tensor the size of the whole input, which made the reference's backward ~E^2 slow.
     """
-    if x_sorted.device.type != "cpu" and grouped_mm_works(x_sorted.device.type, x_sorted.dtype):
+    if grouped_mm_works(x_sorted.device.type, x_sorted.dtype) and _aligned16(x_sorted, weights_EKN):
         offsets = counts.cumsum(0).to(torch.int32)
         return torch._grouped_mm(_ContiguousGrad.apply(x_sorted), weights_EKN, offs=offsets)
-    bounds = counts.cumsum(0).tolist()
-    slices = [(e, end - n, end) for e, (n, end) in enumerate(zip(counts.tolist(), bounds)) if n]
-    if torch.is_grad_enabled() and (x_sorted.requires_grad or weights_EKN.requires_grad):
-        pieces = [x_sorted[start:end] @ weights_EKN[e] for e, start, end in slices]
-        return torch.cat(pieces) if pieces else x_sorted.new_zeros(0, weights_EKN.shape[-1])
-    # Inference: write each expert's rows straight into the output (no concatenation copy; out= has no autograd).
-    out = x_sorted.new_empty(x_sorted.shape[0], weights_EKN.shape[-1])
-    for e, start, end in slices:
-        torch.mm(x_sorted[start:end], weights_EKN[e], out=out[start:end])
-    return out
+    pieces = torch.split(x_sorted, counts.tolist())
+    outs = [rows @ weight for rows, weight in zip(pieces, weights_EKN.unbind(0)) if rows.shape[0]]
+    return torch.cat(outs) if outs else x_sorted.new_zeros(0, weights_EKN.shape[-1])
 
 
 @register("moe", "torch", devices=TORCH_DEVICES, priority=PRIORITY)
