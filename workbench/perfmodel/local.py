@@ -41,23 +41,50 @@ class LocalProbes:
     threads: int = 1
 
 
+# GEMM-like ops: priced by the simulator from the model's shapes; every other op is priced by the bytes it touches
+_GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+             "aten::_scaled_dot_product", "aten::convolution")
+
+
 class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts aten ops dispatched while active (forward, autograd backward, optimizer)."""
+    """Counts aten ops dispatched while active (forward, autograd backward, optimizer), and the bytes the
+    memory-bound ones read and write (tensor arguments + outputs)."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
+        self.memory_bound_bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         self.count += 1
-        return func(*args, **(kwargs or {}))
+        name = str(func.overloadpacket.__qualname__ if hasattr(func, "overloadpacket") else func)
+        name = "aten::" + name.split(".")[-1] if not name.startswith("aten::") else name
+        if not any(name.startswith(g) for g in _GEMM_OPS) and "view" not in name:
+            self.memory_bound_bytes += _tensor_bytes(args) + _tensor_bytes(kwargs or {}) + _tensor_bytes(out)
+        return out
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size() if obj.layout == torch.strided else 0
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(o) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(o) for o in obj.values())
+    return 0
 
 
 def count_ops(fn) -> int:
+    return count_ops_and_bytes(fn)[0]
+
+
+def count_ops_and_bytes(fn) -> tuple[int, int]:
+    """(aten ops dispatched, bytes touched by the memory-bound ones) while running ``fn``."""
     counter = _OpCounter()
     with counter:
         fn()
-    return counter.count
+    return counter.count, counter.memory_bound_bytes
 
 
 def measure_op_overhead(chain: int = 200, repeats: int = 5) -> float:
@@ -108,8 +135,10 @@ def measure_probes(world: int = 1, allreduce: bool | None = None) -> LocalProbes
                        allreduce_latency_s=latency, threads=threads)
 
 
-def count_training_ops(model: torch.nn.Module, batch_size: int, seq_len: int, vocab_size: int) -> int:
-    """Aten ops of one forward + backward + grad-norm clip of ``model`` on random tokens (gradients are dropped)."""
+def count_training_ops(model: torch.nn.Module, batch_size: int, seq_len: int, vocab_size: int,
+                       with_bytes: bool = False):
+    """Aten ops of one forward + backward + grad-norm clip of ``model`` on random tokens (gradients are dropped);
+    with ``with_bytes`` also the bytes the memory-bound ops touch: ``(ops, bytes)``."""
     x = torch.randint(0, vocab_size, (batch_size, seq_len))
     y = torch.randint(0, vocab_size, (batch_size, seq_len))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -119,18 +148,20 @@ def count_training_ops(model: torch.nn.Module, batch_size: int, seq_len: int, vo
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
 
-    ops = count_ops(step)
+    ops, nbytes = count_ops_and_bytes(step)
     model.zero_grad(set_to_none=True)
-    return ops
+    return (ops, nbytes) if with_bytes else ops
 
 
 def predict_step_time(model_config: Any, batch_size: int, seq_len: int, grad_accum: int = 1, world: int = 1,
                       probes: LocalProbes | None = None, ops_per_micro_step: int | None = None,
-                      optimizer_ops: int = 30) -> dict[str, Any]:
+                      memory_bound_bytes: int | None = None, optimizer_ops: int = 30) -> dict[str, Any]:
     """Predicted seconds per optimizer step of ``workbench train`` on this CPU, with the simulator's breakdown.
 
     ``ops_per_micro_step`` is the aten-op count of one forward + backward (``count_training_ops``); without it the
-    simulator's default of ``kernels_per_layer`` ops per layer is used.
+    simulator's default of ``kernels_per_layer`` ops per layer is used. ``memory_bound_bytes`` (the bytes the
+    non-GEMM ops of one micro-step touch, also counted there) replaces the simulator's analytic elementwise estimate,
+    which is written for fused accelerator kernels, by ``bytes / bandwidth``.
     """
     from workbench.perfmodel.shapes import shape_from_config
     from workbench.perfmodel.simulator import evaluate
@@ -155,6 +186,13 @@ def predict_step_time(model_config: Any, batch_size: int, seq_len: int, grad_acc
     })
     if probes.allreduce_latency_s is not None:
         spec = spec.__class__(**{**spec.__dict__, "efficiency": spec.efficiency.replace(alpha_up_s=probes.allreduce_latency_s)})
+    if memory_bound_bytes is not None:
+        spec = spec.__class__(**{**spec.__dict__, "efficiency": spec.efficiency.replace(elementwise_factor=0.0)})
     ev = evaluate(spec, spec.layout, batch_size)
+    if memory_bound_bytes is not None:  # counted traffic of the unfused eager ops, at the measured bandwidth
+        extra = grad_accum * memory_bound_bytes / probes.bandwidth
+        ev.breakdown_compute["elementwise"] += extra
+        ev.breakdown["compute"] += extra
+        ev.step_time_s += extra
     return {"step_time_s": ev.step_time_s, "breakdown": ev.breakdown, "breakdown_compute": ev.breakdown_compute,
             "probes": probes.__dict__, "world": world, "tokens_per_step": batch_size * seq_len * grad_accum * world}

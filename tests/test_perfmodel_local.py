@@ -1,0 +1,89 @@
+"""The simulator on this machine: predicted vs measured step time of real `workbench train` steps on the CPU,
+one process and 2-process DDP (gloo), within 25%; plus the local model's logic with synthetic probes.
+
+Timing tests need a machine that is not oversubscribed: when the 1-minute load average exceeds 1.5 x the cores
+(other jobs would distort both the probes and the steps unequally) they skip and say so.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from workbench.perfmodel.local import LocalProbes, count_ops, measure_op_overhead, predict_step_time
+
+
+def _tiny_config():
+    from workbench.model import get_preset
+
+    return get_preset("glm4-tiny").replace(vocab_size=259)
+
+
+def _require_quiet_machine():
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 1.5 * cores:
+        pytest.skip(f"machine oversubscribed (load {load:.1f} on {cores} cores): step timings would not be comparable")
+
+
+# ---- logic, with synthetic probes ----------------------------------------------------------------------------------
+def test_prediction_follows_the_probes():
+    cfg = _tiny_config()
+    probes = LocalProbes(gemm_flops=1e11, bandwidth=1e10, op_overhead_s=1e-5)
+    base = predict_step_time(cfg, 4, 64, probes=probes, ops_per_micro_step=1500)
+    faster = predict_step_time(cfg, 4, 64, probes=LocalProbes(2e11, 1e10, 1e-5), ops_per_micro_step=1500)
+    assert base["breakdown_compute"]["gemm"] == pytest.approx(2 * faster["breakdown_compute"]["gemm"], rel=0.01)
+    more_ops = predict_step_time(cfg, 4, 64, probes=probes, ops_per_micro_step=3000)
+    assert more_ops["breakdown_compute"]["kernels"] == pytest.approx(2 * base["breakdown_compute"]["kernels"])
+    assert base["breakdown_compute"]["kernels"] == pytest.approx(1500 * 1e-5)  # every counted op pays the overhead
+    ddp = predict_step_time(cfg, 4, 64, world=2, ops_per_micro_step=1500,
+                            probes=LocalProbes(1e11, 1e10, 1e-5, allreduce_busbw=1e9, allreduce_latency_s=1e-4))
+    from workbench.perfmodel import shape_from_config
+
+    grad_bytes = shape_from_config(cfg).param_counts()["total"] * 4  # fp32 gradients, all-reduced once per step
+    # ring all-reduce at p = 2: 2(p-1)/p = 1 pass of the bytes, plus 2(p-1) latencies; not overlapped on a CPU
+    assert ddp["breakdown"]["dp_comm"] == pytest.approx(grad_bytes / 1e9 + 2e-4, rel=1e-6)
+    assert ddp["tokens_per_step"] == 2 * base["tokens_per_step"]
+
+
+def test_op_counting_and_overhead_probe():
+    import torch
+
+    x = torch.ones(3, requires_grad=True)
+    assert count_ops(lambda: (x * 2).sum().backward()) >= 3
+    per_op = measure_op_overhead(chain=50, repeats=2)
+    assert 1e-7 < per_op < 1e-2
+
+
+# ---- real runs -------------------------------------------------------------------------------------------------------
+def _report(result):
+    lines = [f"world={result['world']} threads={result['threads']} ops/micro-step={result['ops_per_micro_step']}"]
+    for r in result["rounds"]:
+        lines.append(f"  predicted {r['predicted_s'] * 1e3:8.1f} ms   measured {r['measured_s'] * 1e3:8.1f} ms   "
+                     f"({r['predicted_s'] / r['measured_s'] - 1:+.1%})")
+    lines.append(f"  median error {result['error']:+.1%}")
+    return "\n".join(lines)
+
+
+def test_one_process_cpu_step_time_within_25_percent(capsys):
+    _require_quiet_machine()
+    from workbench.perfmodel.local_check import run_check
+
+    result = run_check("glm4-tiny", batch_size=4, seq_len=64, rounds=3, steps_per_round=2)
+    with capsys.disabled():
+        print("\n" + _report(result))
+    assert abs(result["error"]) <= 0.25, _report(result)
+
+
+def test_two_process_ddp_step_time_within_25_percent(tmp_path, capsys):
+    _require_quiet_machine()
+    from workbench.distributed.launcher import LaunchConfig, launch
+
+    run = launch(["-m", "workbench.perfmodel.local_check", "--batch-size", "4", "--seq-len", "64", "--rounds", "2"],
+                 LaunchConfig(nproc=2), run_dir=tmp_path / "launch", on_line=None, timeout_s=240).check()
+    result = run.results[0]
+    assert result is not None and result["world"] == 2 and result["threads"] == max(1, (os.cpu_count() or 1) // 2)
+    with capsys.disabled():
+        print("\n" + _report(result))
+    assert result["rounds"][0]["breakdown"]["dp_comm"] > 0
+    assert abs(result["error"]) <= 0.25, _report(result)
