@@ -71,6 +71,7 @@ class IndexerShape:
     head_dim: int
     topk: int
     full_layers: int | None = None  # layers with their own indexer (others reuse the previous top-k); None = all
+    trained: bool = False  # trained by a KL loss to the main attention (backward + the main scores it needs)
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,10 @@ class ModelShape:
         if not self.indexer or seq_len <= self.indexer.topk:
             return 0.0
         ix = self.indexer
-        return 2.0 * self.indexer_params() + 2.0 * ix.heads * (ix.head_dim + 1) * seq_len
+        forward = 2.0 * self.indexer_params() + 2.0 * ix.heads * (ix.head_dim + 1) * seq_len
+        if not ix.trained:
+            return forward
+        return 3.0 * forward + 2.0 * self.heads * self.d_qk * seq_len  # + the main attention's scores (KL target)
 
     def attention_flops_per_token(self, seq_len: int) -> float:
         """PaLM/torchtitan attention term for training: 6 * L * H * (d_qk + d_v) * T (no causal discount; DSA
@@ -339,7 +343,8 @@ def shape_from_config(config: Any, name: str | None = None) -> ModelShape:
         if c.index_n_heads:
             types = c.layer_indexer_types
             indexer = IndexerShape(heads=c.index_n_heads, head_dim=c.index_head_dim, topk=c.index_topk,
-                                   full_layers=sum(t == "full" for t in types) if types else None)
+                                   full_layers=sum(t == "full" for t in types) if types else None,
+                                   trained=getattr(c, "indexer_loss_coef", 0) > 0)
     if c.num_experts:
         moe = MoEShape(experts=c.num_experts, top_k=c.num_experts_per_token, shared=c.num_shared_experts,
                        expert_ffn=c.moe_intermediate_size, first_dense=c.first_k_dense)
