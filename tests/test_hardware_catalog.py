@@ -138,8 +138,18 @@ def test_this_machine_comes_from_the_device_probes(monkeypatch):
                         lambda self, dtype=None, allow_probe=True: PeakEstimate(2.5e11, "measured: fp32 GEMM probe"))
     monkeypatch.setattr(detect.Device, "memory_bandwidth",
                         lambda self, allow_probe=True: PeakEstimate(2.0e10, "measured: 256 MB copy probe"))
-    chip = this_machine("cpu", allreduce_busbw_gb_s=0.5)
+    chip = this_machine("cpu", allreduce_busbw_gb_s=0.5, register=True)
     assert chip.chip.startswith("this machine (cpu")
     assert chip.peak_flops("fp32") == pytest.approx(2.5e11) and chip.hbm_tb_s == pytest.approx(0.02)
     assert chip.field_source("fp32_tflops").confidence == "measured"
     assert chip.scale_up_busbw_gb_s == 0.5 and chip.field_source("scale_up_busbw_gb_s").confidence == "user"
+    try:  # registered: it joins the catalog's lookups, and the simulator can price a run on it
+        assert find_chip("this machine").chip == chip.chip
+        from workbench.perfmodel import simulate
+
+        r = simulate({"model": {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "vocab": 256}, "seq_len": 32,
+                      "global_batch": 4, "precision": "fp32", "cluster": {"chip": "this machine", "count": 1},
+                      "layout": {"tp": 1}})
+        assert r["feasible"] and r["step_time_s"] > 0
+    finally:
+        unregister_chip(chip.chip)

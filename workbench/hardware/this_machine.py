@@ -73,11 +73,12 @@ def measure_gloo_allreduce(world: int = 2, megabytes: float = 16.0) -> dict:
 
 
 def this_machine(device: str = "cpu", measure_allreduce: bool = False, allreduce_busbw_gb_s: float | None = None,
-                 allow_probe: bool = True, quick: bool = False) -> Chip:
+                 allow_probe: bool = True, quick: bool = False, register: bool = False) -> Chip:
     """This machine's ``device`` as a Chip: measured fp32 peak and memory bandwidth, plus (optionally) the gloo
     all-reduce bus bandwidth of local processes as its "scale-up" link. For an accelerator the catalog's bf16
     figures are kept when the chip is known. ``quick`` runs the device layer's probes at small sizes (~1 s, not
-    cached) instead of asking for the cached full-size ones."""
+    cached) instead of asking for the cached full-size ones. ``register`` adds it to the catalog lookups
+    (``find_chip("this machine")``, simulator specs) for the rest of the process."""
     import torch
 
     from workbench.device import PeakEstimate, get_device
@@ -103,7 +104,7 @@ def this_machine(device: str = "cpu", measure_allreduce: bool = False, allreduce
         notes.append(("scale_up_busbw_gb_s", measured["source"], "measured"))
     elif busbw is not None:
         notes.append(("scale_up_busbw_gb_s", "user-supplied", "user"))
-    return Chip(
+    chip = Chip(
         chip=f"this machine ({dev.type}: {dev.name})", vendor="local",
         bf16_dense_tflops=entry.bf16_dense_tflops if entry else None,
         fp8_dense_tflops=entry.fp8_dense_tflops if entry else None,
@@ -115,3 +116,8 @@ def this_machine(device: str = "cpu", measure_allreduce: bool = False, allreduce
         scale_up_busbw_gb_s=busbw, fp32_tflops=(fp32.value / 1e12) if fp32.value else None,
         field_sources=tuple(notes),
     )
+    if register:
+        from workbench.hardware.catalog import register_chip
+
+        register_chip(chip)
+    return chip

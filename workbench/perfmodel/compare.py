@@ -189,3 +189,21 @@ def breakdown_figure(rows: list[dict[str, Any]], title: str = "Step time breakdo
 def energy_note(chip: str) -> str:
     watts, source = power_per_chip(find_chip(chip))
     return f"{find_chip(chip).chip}: {watts:.0f} W per chip ({source})" if watts else f"{chip}: {source}"
+
+
+def interconnect_sensitivity(row: dict[str, Any], model: dict | str, seq_len: int, global_batch: int,
+                             precision: str = "bf16", factors: tuple[float, ...] = (0.5, 2.0)) -> dict[str, Any]:
+    """How a claim row's step time moves when its scale-out (NIC) or scale-up bandwidth is scaled, at its layout."""
+    chip = find_chip(row["chip"])
+    layout = {k: v for k, v in row["layout"].items() if k not in ("micro_batch", "micro_batches_per_step")}
+    base = base_spec(model, chip.chip, row["count"], seq_len, global_batch, precision, layout=layout)
+    base["micro_batch"] = row["layout"]["micro_batch"]
+    out = {"chip": chip.chip, "step_time_s": row["step_time_s"]}
+    for field, nominal in (("scale_out_gb_s_per_chip", chip.scale_out_gb_s_per_chip),
+                           ("scale_up_busbw_gb_s", chip.scale_up_busbw_gb_s or (chip.scale_up_gb_s or 0) / 2 * 0.75)):
+        if not nominal:
+            continue
+        for f in factors:
+            r = simulate({**base, "cluster": {**base["cluster"], field: nominal * f}})
+            out[f"{field} x{f:g}"] = r["step_time_s"] / row["step_time_s"] - 1
+    return out
