@@ -1,7 +1,7 @@
 """Training throughput: the workbench next to HF transformers on identical configs, in one process, plus MFU.
 
-    python benchmarks/train_throughput.py [--device auto] [--batch-size 8] [--seq-len 256] [--steps 6]
-                                          [--cases glm4-dense,glm45-tiny,glm5-tiny] [--out figures/train_throughput.json]
+    python benchmarks/train_throughput.py [--device auto] [--batch-size 8] [--seq-len 256] [--steps 6] [--threads N]
+        [--cases glm4-dense,glm45-tiny,glm5-tiny] [--out figures/train_throughput.json]
 
 For each case it builds the workbench model and the transformers model from the same ModelConfig (through
 ``workbench.interop.hf.config_to_hf``), then times full training steps (forward + backward + AdamW step) of the

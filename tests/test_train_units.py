@@ -146,11 +146,13 @@ def test_fit_logs_metrics_writes_run_folder_and_learns(tmp_path):
     records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 31))
-    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "step_time_s", "memory_bytes", "expert"):
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_source", "step_time_s", "memory_bytes",
+                "expert"):
         assert key in train[0], key
     assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20, 30]
     assert summary["final_train_loss"] < summary["first_train_loss"] - 0.5
-    assert summary["final_val_loss"] < 5.0 and summary["params"] == sum(p.numel() for p in trainer.raw_model.parameters())
+    assert summary["final_val_loss"] < 5.0
+    assert summary["params"] == sum(p.numel() for p in trainer.raw_model.parameters())
     assert "peak_source" in summary and summary["tokens_per_s"] > 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 30
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000020", "step_0000030"]

@@ -66,7 +66,8 @@ def _story(rng: random.Random) -> str:
     sentences.append(f"Suddenly, {problem.format(**fmt)}.")
     sentences.append(f"{hero} felt {rng.choice(['sad', 'scared', 'worried'])}.")
     sentences.append(f"But {fix.format(**fmt)}.")
-    sentences.append(f"\"Thank you, {helper}!\" said {hero}. {hero} was {rng.choice(['happy', 'glad', 'proud'])} again.")
+    glad = rng.choice(['happy', 'glad', 'proud'])
+    sentences.append(f"\"Thank you, {helper}!\" said {hero}. {hero} was {glad} again.")
     if rng.randrange(3) == 0:
         sentences.append(f"At the end of the day, {hero}, {helper} and the {animal} went home together.")
     sentences.append(rng.choice(MORALS))

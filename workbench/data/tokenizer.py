@@ -1,4 +1,4 @@
-"""Tokenizers: byte-level (the default, 256 bytes + an end-of-text token) and BPE trained locally with HF ``tokenizers``.
+"""Tokenizers: byte-level (the default: 256 bytes + an end-of-text token) and BPE trained locally (HF ``tokenizers``).
 
 Both have the same small interface: ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``encode_documents(docs)
 -> np.ndarray`` (documents joined by ``eos_id``), ``vocab_size``, ``eos_id``, ``save(dir)``, and ``identity`` (a

@@ -3,7 +3,8 @@
 Layout of ``run_dir/checkpoints/step_0000100/``:
     model.safetensors    model parameters and buffers (MoE expert biases included)
     optimizer.pt         optimizer state (torch.save)
-    trainer_state.json   step, tokens seen, schedule, data position, RNG states (python, numpy, torch cpu, device), config
+    trainer_state.json   step, tokens seen, schedule, data position, config, and the RNG states
+                         (python, numpy, torch cpu, device)
     manifest.json        sha256 and size of each file above; written last, so its presence means "complete"
 A checkpoint is written into ``.tmp-step_.../``, every file fsynced, then renamed into place (a rename is atomic), so a
 crash leaves either the old set of checkpoints or the new one, never half of one. ``latest_good_checkpoint`` walks

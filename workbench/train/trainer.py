@@ -239,7 +239,8 @@ class Trainer:
         record = {
             "kind": "train", "step": self.step, "loss": loss_value, "lm_loss": float(lm_sum / c.grad_accum),
             "lr": lr, "grad_norm": float(grad_norm), "step_time_s": elapsed, "tokens_per_s": tok_s,
-            "mfu": mfu(tok_s, self.flops_per_token, self.peak.value), "tokens_seen": self.tokens_seen,
+            "mfu": mfu(tok_s, self.flops_per_token, self.peak.value), "peak_source": self.peak.source,
+            "tokens_seen": self.tokens_seen,
         }
         if "muon" in getattr(self.optimizer, "optimizers", {}):
             record["muon_lr"] = self.optimizer.optimizers["muon"].param_groups[0]["lr"]
