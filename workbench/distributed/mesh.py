@@ -50,7 +50,14 @@ def init_distributed(device: str | Device = "auto", timeout_s: float = 300.0) ->
     dev = dev.set_current(local_rank) if dev.is_accelerator else dev
     backend = dev.dist_backend
     if is_launched() and not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # torchrun hands every restart of the group the same key-value store. Without a fresh namespace per
+        # attempt, a restarted rank can read the address its dead peer published last time and fail to connect
+        # (seen with gloo under --max-restarts), so the keys of attempt N live under "attempt_N/".
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}/", store), rank=rank,
+                                world_size=world_size, timeout=timeout,
                                 **({"device_id": dev.torch_device} if dev.is_accelerator else {}))
     return DistInfo(rank, world_size, local_rank, dev, backend)
 
