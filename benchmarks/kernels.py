@@ -30,15 +30,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="fp32, bf16, fp16 (default: the device's training dtype)")
     parser.add_argument("--sizes", default="small", help="tiny, small (cpu), large (gpu / npu)")
     parser.add_argument("--mode", default="forward", choices=("forward", "train"))
+    parser.add_argument("--ops", default=None, help="comma-separated ops (default: all)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--moe-experts", default="8,16,32,64")
     parser.add_argument("--skip-check", action="store_true", help="skip the correctness suite")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 gives steadier numbers on a machine shared with other jobs)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     dev = get_device(args.device)
     dtype = parse_dtype(args.dtype) if args.dtype else dev.training_dtype
-    print(f"# kernels on {dev.torch_device} ({dev.name}), {dtype_name(dtype)}, sizes={args.sizes}, mode={args.mode}")
+    import torch
+
+    print(f"# kernels on {dev.torch_device} ({dev.name}), {dtype_name(dtype)}, sizes={args.sizes}, mode={args.mode}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} cpu threads")
     if not args.skip_check:
         results = check_all(str(dev.torch_device), dtypes=(dtype,) if dtype != parse_dtype("fp32") else
                             (dtype, parse_dtype("bf16")))
@@ -48,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  FAILED {r.op}/{r.impl} {r.case} {r.dtype}: fwd {r.forward_error:.2e} bwd {r.backward_error:.2e}"
                   f" tol {r.tolerance:.0e} {r.note}")
     experts = tuple(int(e) for e in args.moe_experts.split(",") if e.strip())
-    result = run_benchmark(str(dev.torch_device), dtype, args.sizes, mode=args.mode, repeats=args.repeats,
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()] if args.ops else None
+    result = run_benchmark(str(dev.torch_device), dtype, args.sizes, ops, mode=args.mode, repeats=args.repeats,
                            moe_experts=experts)
     print(format_table(result))
     paths = write_outputs(result, args.out)

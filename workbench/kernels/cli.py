@@ -7,7 +7,7 @@
 ``list`` shows every op x implementation, whether it runs here (and why not), and which one is selected (the
 ``WORKBENCH_KERNELS`` env var overrides, e.g. ``WORKBENCH_KERNELS=attention=reference``). ``check`` runs the
 correctness harness (workbench/kernels/correctness.py). ``bench`` writes ``kernels_bench.json`` and a plotly
-roofline chart ``kernels_bench_roofline.html`` into --out (default: figures/).
+roofline chart ``kernels_bench_roofline.html`` into --out (default: runs/kernels/).
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--mode", default="forward", choices=("forward", "train"))
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--moe-experts", default="8,16,32,64", help="expert counts for the grouped-vs-loop sweep")
+    bench.add_argument("--threads", type=int, default=None, help="torch cpu threads (1: steadier on shared machines)")
     bench.add_argument("--no-probe", action="store_true", help="do not probe peaks (roofline % unknown off-catalog)")
-    bench.add_argument("--out", default="figures", help="folder for kernels_bench.json and the roofline HTML")
+    bench.add_argument("--out", default="runs/kernels", help="folder for kernels_bench.json and the roofline HTML")
     bench.add_argument("--json", action="store_true", help="print the JSON instead of the table")
 
 
@@ -114,6 +115,12 @@ def _bench(args) -> int:
 
     if args.repeats < 1:
         raise WorkbenchError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise WorkbenchError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     dev = get_device(args.device)
     dtype = parse_dtype(args.dtype) if args.dtype else dev.training_dtype
     try:
