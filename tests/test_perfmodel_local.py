@@ -1,8 +1,10 @@
 """The simulator on this machine: predicted vs measured step time of real `workbench train` steps on the CPU,
-one process and 2-process DDP (gloo), within 25%; plus the local model's logic with synthetic probes.
+one process (1 thread, and all cores) and 2-process DDP (gloo), within 25%; plus the local model's logic with
+synthetic probes.
 
-Timing tests need a machine that is not oversubscribed: when the 1-minute load average exceeds 1.5 x the cores
-(other jobs would distort both the probes and the steps unequally) they skip and say so.
+Probes and steps are measured in alternation, so both see the same machine load. The multi-threaded single-process
+check skips (saying why) when the 1-minute load average exceeds 1.5 x the cores: small multi-threaded ops then stall
+on descheduled OpenMP threads, which the probes do not see. Single-threaded runs (1 thread, and DDP ranks) always run.
 """
 
 from __future__ import annotations
@@ -18,12 +20,6 @@ def _tiny_config():
     from workbench.model import get_preset
 
     return get_preset("glm4-tiny").replace(vocab_size=259)
-
-
-def _require_quiet_machine():
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > 1.5 * cores:
-        pytest.skip(f"machine oversubscribed (load {load:.1f} on {cores} cores): step timings would not be comparable")
 
 
 # ---- logic, with synthetic probes ----------------------------------------------------------------------------------
@@ -65,21 +61,46 @@ def _report(result):
     return "\n".join(lines)
 
 
-def test_one_process_cpu_step_time_within_25_percent(capsys):
-    _require_quiet_machine()
+@pytest.fixture(scope="module")
+def one_process():
+    """One `workbench train` process measured with 1 thread and with all cores (one trainer, two thread counts)."""
     from workbench.perfmodel.local_check import run_check
 
-    result = run_check("glm4-tiny", batch_size=4, seq_len=64, rounds=3, steps_per_round=2)
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    result = run_check("glm4-tiny", batch_size=4, seq_len=64, rounds=2, steps_per_round=2, warmup=1,
+                       threads=sorted({1, cores}))
+    result["load_at_start"] = load
+    return result
+
+
+def test_one_process_one_thread_within_25_percent(one_process, capsys):
+    """Single-threaded: robust to other jobs on the machine (no OpenMP barrier waits), so it always runs."""
+    single = {**one_process, **one_process["by_threads"][1]}
     with capsys.disabled():
-        print("\n" + _report(result))
-    assert abs(result["error"]) <= 0.25, _report(result)
+        print("\n" + _report(single))
+    assert abs(single["error"]) <= 0.25, _report(single)
+
+
+def test_one_process_all_cores_within_25_percent(one_process, capsys):
+    cores = os.cpu_count() or 1
+    if cores == 1:
+        pytest.skip("one core: covered by the single-thread test")
+    if one_process["load_at_start"] > 1.5 * cores:
+        pytest.skip(f"machine oversubscribed (load {one_process['load_at_start']:.1f} on {cores} cores): multi-threaded "
+                    "small ops stall on descheduled OpenMP threads, which no probe of an idle machine sees")
+    full = {**one_process, **one_process["by_threads"][cores]}
+    with capsys.disabled():
+        print("\n" + _report(full))
+    assert abs(full["error"]) <= 0.25, _report(full)
 
 
 def test_two_process_ddp_step_time_within_25_percent(tmp_path, capsys):
-    _require_quiet_machine()
+    """2-process DDP over gloo (torchrun via `workbench launch`, one thread per process on 2 cores)."""
     from workbench.distributed.launcher import LaunchConfig, launch
 
-    run = launch(["-m", "workbench.perfmodel.local_check", "--batch-size", "4", "--seq-len", "64", "--rounds", "2"],
+    run = launch(["-m", "workbench.perfmodel.local_check", "--batch-size", "4", "--seq-len", "64", "--rounds", "2",
+                  "--steps-per-round", "2"],
                  LaunchConfig(nproc=2), run_dir=tmp_path / "launch", on_line=None, timeout_s=240).check()
     result = run.results[0]
     assert result is not None and result["world"] == 2 and result["threads"] == max(1, (os.cpu_count() or 1) // 2)

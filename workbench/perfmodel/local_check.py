@@ -41,7 +41,11 @@ def _allreduce_probe(megabytes: float = 8.0) -> tuple[float, float]:
 
 
 def run_check(preset: str = "glm4-tiny", batch_size: int = 4, seq_len: int = 64, rounds: int = 3,
-              steps_per_round: int = 2, warmup: int = 2) -> dict:
+              steps_per_round: int = 2, warmup: int = 2, threads: list[int] | None = None) -> dict:
+    """Predicted vs measured step time, per torch thread count in ``threads`` (default: the current one).
+
+    Returns {"world", "threads", "rounds", "error", ..., "by_threads": {n: {...}}}; the top level is the first
+    thread count's result."""
     import torch
     import torch.distributed as dist
 
@@ -49,9 +53,11 @@ def run_check(preset: str = "glm4-tiny", batch_size: int = 4, seq_len: int = 64,
     from workbench.train import TrainConfig
     from workbench.train.trainer import Trainer
 
+    threads = threads or [torch.get_num_threads()]
     kwargs: dict = {}
-    config = TrainConfig(preset=preset, batch_size=batch_size, seq_len=seq_len, steps=warmup + rounds * steps_per_round + 1,
-                         device="cpu", out_dir=tempfile.mkdtemp(prefix="local_check_"), progress=False, eval_every=0,
+    total_steps = len(threads) * (warmup + rounds * steps_per_round) + 1
+    config = TrainConfig(preset=preset, batch_size=batch_size, seq_len=seq_len, steps=total_steps, device="cpu",
+                         out_dir=tempfile.mkdtemp(prefix="local_check_"), progress=False, eval_every=0,
                          ckpt_every=0, sample_tokens=0, warmup_steps=1, parallel="dp=1")
     from workbench.distributed.mesh import is_launched
 
@@ -63,32 +69,40 @@ def run_check(preset: str = "glm4-tiny", batch_size: int = 4, seq_len: int = 64,
     trainer = Trainer(config, log=lambda message: None, **kwargs)
     ops, nbytes = count_training_ops(trainer.raw_model, batch_size, seq_len, trainer.model_config.vocab_size,
                                      with_bytes=True)
-    for _ in range(warmup):
-        trainer.train_step()
     from workbench.device import get_device
     from workbench.device.probes import measure_gemm_peak, measure_memory_bandwidth
 
     dev = get_device("cpu")
-    rounds_out = []
-    for _ in range(rounds):
-        flops, _ = measure_gemm_peak(dev, torch.float32, sizes=(256, 512), min_time_s=0.05)
-        bandwidth, _ = measure_memory_bandwidth(dev, megabytes=32, min_time_s=0.05)
-        overhead = measure_op_overhead(repeats=3)
-        busbw = latency = None
-        if world > 1:
-            busbw, latency = _allreduce_probe()
-        probes = LocalProbes(gemm_flops=flops, bandwidth=bandwidth, op_overhead_s=overhead, allreduce_busbw=busbw,
-                             allreduce_latency_s=latency, threads=torch.get_num_threads())
-        predicted = predict_step_time(trainer.model_config, batch_size, seq_len, world=world, probes=probes,
-                                      ops_per_micro_step=ops, memory_bound_bytes=nbytes)
-        measured = [trainer.train_step()["step_time_s"] for _ in range(steps_per_round)]
-        rounds_out.append({"predicted_s": predicted["step_time_s"], "measured_s": statistics.median(measured),
-                           "breakdown": predicted["breakdown"], "probes": probes.__dict__})
-    ratios = [r["predicted_s"] / r["measured_s"] for r in rounds_out]
-    return {"world": world, "preset": preset, "batch_size": batch_size, "seq_len": seq_len, "ops_per_micro_step": ops,
-            "memory_bound_bytes": nbytes,
-            "threads": torch.get_num_threads(), "rounds": rounds_out, "ratio_median": statistics.median(ratios),
-            "error": statistics.median(ratios) - 1}
+    previous = torch.get_num_threads()
+    by_threads = {}
+    try:
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            for _ in range(warmup):
+                trainer.train_step()
+            rounds_out = []
+            for _ in range(rounds):
+                flops, _ = measure_gemm_peak(dev, torch.float32, sizes=(256, 512), min_time_s=0.05)
+                bandwidth, _ = measure_memory_bandwidth(dev, megabytes=32, min_time_s=0.05)
+                overhead = measure_op_overhead(repeats=3)
+                busbw = latency = None
+                if world > 1:
+                    busbw, latency = _allreduce_probe()
+                probes = LocalProbes(gemm_flops=flops, bandwidth=bandwidth, op_overhead_s=overhead,
+                                     allreduce_busbw=busbw, allreduce_latency_s=latency, threads=n_threads)
+                predicted = predict_step_time(trainer.model_config, batch_size, seq_len, world=world, probes=probes,
+                                              ops_per_micro_step=ops, memory_bound_bytes=nbytes)
+                measured = [trainer.train_step()["step_time_s"] for _ in range(steps_per_round)]
+                rounds_out.append({"predicted_s": predicted["step_time_s"], "measured_s": statistics.median(measured),
+                                   "breakdown": predicted["breakdown"], "probes": probes.__dict__})
+            ratio = statistics.median(r["predicted_s"] / r["measured_s"] for r in rounds_out)
+            by_threads[n_threads] = {"threads": n_threads, "rounds": rounds_out, "ratio_median": ratio,
+                                     "error": ratio - 1}
+    finally:
+        torch.set_num_threads(previous)
+    first = by_threads[threads[0]]
+    return {"world": world, "preset": preset, "batch_size": batch_size, "seq_len": seq_len,
+            "ops_per_micro_step": ops, "memory_bound_bytes": nbytes, **first, "by_threads": by_threads}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps-per-round", type=int, default=2)
+    parser.add_argument("--threads", type=int, action="append", default=None,
+                        help="torch threads to measure with (repeatable; default: the current count)")
     args = parser.parse_args(argv)
-    result = run_check(args.preset, args.batch_size, args.seq_len, args.rounds, args.steps_per_round)
+    result = run_check(args.preset, args.batch_size, args.seq_len, args.rounds, args.steps_per_round,
+                       threads=args.threads)
     from workbench.distributed.mesh import is_launched
 
     if is_launched():
