@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from workbench.distributed.launcher import LaunchConfig, launch
 
@@ -53,6 +54,22 @@ def test_launch_reports_a_failing_rank_and_timeout(tmp_path):
     result = launch([str(script)], LaunchConfig(nproc=2), run_dir=tmp_path / "fail", on_line=None, timeout_s=60)
     assert result.returncode != 0 and result.wall_s < 50
     slow = tmp_path / "slow.py"
-    slow.write_text("import time\ntime.sleep(60)\n")
-    result = launch([str(slow)], LaunchConfig(nproc=1), run_dir=tmp_path / "slow", on_line=None, timeout_s=3)
+    pid_file = tmp_path / "worker.pid"
+    slow.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    result = launch([str(slow)], LaunchConfig(nproc=1), run_dir=tmp_path / "slow", on_line=None, timeout_s=5)
     assert result.returncode == 124 and result.wall_s < 30
+    # torchrun's workers live in their own sessions: the timeout must end them too, not only torchrun
+    worker = int(pid_file.read_text())
+    for _ in range(50):
+        if not _alive(worker):
+            break
+        time.sleep(0.1)
+    assert not _alive(worker), f"worker {worker} outlived the launch timeout"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited and only waits to be reaped

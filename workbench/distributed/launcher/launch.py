@@ -207,11 +207,37 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
     return LaunchResult(code, run_dir, results, log, time.perf_counter() - start)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; empty elsewhere). torchrun starts workers in their own sessions,
+    so signalling torchrun's process group alone would leave them running."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Stop torchrun and its workers: SIGTERM torchrun (it stops its workers), then SIGKILL whatever is left."""
+    workers = _descendants(proc.pid)
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the group we created with start_new_session
-    except (ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)  # the group we created with start_new_session
+        proc.wait(timeout=grace_s)
+    except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
         pass
+    for pid in [proc.pid, *workers]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _read_json(path: Path) -> dict | None:
