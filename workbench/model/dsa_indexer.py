@@ -16,7 +16,6 @@ detached so the loss trains the indexer only (``indexer_kl_loss``; weight ``inde
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from workbench import kernels
@@ -42,9 +41,12 @@ class LightningIndexer(nn.Module):
         k = self.k_norm(self.wk(x_BSD)).unsqueeze(1)                                      # [B, 1, S, Di]
         q = kernels.rope(q, cos, sin, self.interleaved)  # first rope_dim channels rotated (cos is [S, rope_dim/2])
         k = kernels.rope(k, cos, sin, self.interleaved)
-        scores = F.relu(q.float() @ k.float().transpose(-1, -2) * self.head_dim ** -0.5)  # [B, Hi, S, S]
-        weights = self.weights_proj(x_BSD).float() * self.n_heads ** -0.5                 # [B, S, Hi]
-        index_scores = torch.einsum("bhst,bsh->bst", scores, weights)                     # [B, S, S]
+        # scores: one [S*Hi, Di] x [Di, S] matmul per sequence (the single key head serves every query and head)
+        q = q.transpose(1, 2).reshape(B, S * self.n_heads, self.head_dim).float()        # [B, S*Hi, Di]
+        scores = (q @ k.squeeze(1).float().transpose(-1, -2)).view(B, S, self.n_heads, S)  # [B, S, Hi, S]
+        scores = scores.relu_()  # in place: the largest tensor here; the Di^-1/2 scale moves into the weights
+        weights = self.weights_proj(x_BSD).float() * (self.n_heads ** -0.5 * self.head_dim ** -0.5)  # [B, S, Hi]
+        index_scores = (weights.unsqueeze(-2) @ scores).squeeze(-2)  # sum_h w_h * score_h: [B, S, S]
         future = torch.ones(S, S, dtype=torch.bool, device=x_BSD.device).triu(1)
         return index_scores.masked_fill(future, float("-inf"))
 
