@@ -123,8 +123,10 @@ def simulate(spec: dict) -> dict[str, Any]:
         ev, runners_up = ranked[0], ranked[1:]
     else:
         ev = evaluate(s, s.layout, s.micro_batch)
-        if not ev.problems:
-            pass
+        if ev.problems:  # a layout that does not divide is a bad spec: one clear error, never a "fixed" layout
+            L = s.layout
+            raise WorkbenchError(f"layout tp={L.tp} pp={L.pp} dp={L.dp} cp={L.cp} ep={L.ep} vp={L.vp} "
+                                 f"(micro_batch={s.micro_batch}) does not divide: " + "; ".join(ev.problems))
     chip = s.cluster.chip
     counts = s.model.param_counts()
     result: dict[str, Any] = {
@@ -139,10 +141,6 @@ def simulate(spec: dict) -> dict[str, Any]:
         "mfu_convention": MFU_CONVENTION, "notes": list(ev.notes),
         "calibration": {k: calibration_record().get(k) for k in ("when", "median_abs_error", "rows")},
     }
-    if ev.problems:
-        result.update({"step_time_s": None, "tokens_per_s_per_chip": None, "mfu": None, "breakdown": {}})
-        result["notes"].append("infeasible layout: " + "; ".join(ev.problems))
-        return result
     if not ev.fits:
         result["problems"].append(f"needs {ev.memory['total_gb']:.1f} GB per chip, more than the usable "
                                   f"{chip.hbm_gb * MEMORY_HEADROOM:.1f} GB of {chip.chip}")

@@ -6,7 +6,8 @@
     echo '{...}' | workbench simulate -
 
 Bad specs (unknown chip, a layout that does not divide, negative numbers, impossible memory) end with one line
-on stderr and exit status 2; an explicit layout that does not fit is reported in the JSON (``feasible: false``).
+on stderr and exit status 2; an explicit layout that divides but does not fit in memory is reported in the JSON
+(``feasible: false`` with the reason in ``problems``), exit status 0.
 """
 
 from __future__ import annotations
