@@ -4,6 +4,10 @@ uninterrupted run."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from workbench.distributed.launcher import LaunchConfig, launch
@@ -23,8 +27,13 @@ def test_trainer_layouts():
 
 
 def test_killed_rank_restarts_and_resumes_to_the_same_loss(tmp_path):
-    clean = launch([*TRAIN, "--out", str(tmp_path / "clean")], LaunchConfig(nproc=2), run_dir=tmp_path / "l1",
-                   on_line=None, timeout_s=200).check()
+    # the uninterrupted run goes through the CLI: `workbench launch --nproc 2 -- train ...`
+    proc = subprocess.run([sys.executable, "-m", "workbench", "launch", "--nproc", "2", "--run-dir",
+                           str(tmp_path / "l1"), "--timeout", "200", "--", *TRAIN, "--out", str(tmp_path / "clean")],
+                          capture_output=True, text=True, timeout=260)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2/2 rank results" in proc.stdout
+    clean = [json.loads((tmp_path / "l1" / "results" / f"rank{r}.json").read_text()) for r in range(2)]
     lines: list[str] = []
     faulty = launch([*TRAIN, "--resume", "--out", str(tmp_path / "faulty")], LaunchConfig(nproc=2, max_restarts=1),
                     run_dir=tmp_path / "l2", on_line=lines.append, timeout_s=250,
@@ -32,7 +41,7 @@ def test_killed_rank_restarts_and_resumes_to_the_same_loss(tmp_path):
     log = "\n".join(lines)
     assert "fault injection: rank 1 kills itself after step 3" in log
     assert "resumed from" in log and "step_0000002" in log, "the restarted group did not resume from step 2"
-    for a, b in zip(clean.results, faulty.results):
+    for a, b in zip(clean, faulty.results):
         assert a["steps"] == b["steps"] == 4
         assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], abs=1e-6)
         assert a["final_val_loss"] == pytest.approx(b["final_val_loss"], abs=1e-6)
