@@ -230,3 +230,15 @@ def test_indexer_kl_loss_trains_only_the_indexer():
     scores = target.clamp_min(1e-30).log().masked_fill(torch.ones(S, S).triu(1).bool(), float("-inf"))
     assert indexer_kl_loss(scores, topk, q, k, 0.3).abs() < 1e-5
     assert indexer_kl_loss(torch.zeros(B, S, S), topk, q, k, 0.3) > 1e-3
+
+
+def test_bf16_autocast_trains_and_routes_in_fp32():
+    torch.manual_seed(0)
+    cfg = _small("glm45-tiny", num_layers=2)
+    model = build_model(cfg)
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, labels=torch.roll(x, -1, 1))
+        _, weights, scores = model.layers[1].mlp.router(torch.randn(4, cfg.hidden_size))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and scores.dtype == weights.dtype == torch.float32

@@ -33,7 +33,8 @@ class Router(nn.Module):
 
     def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (indices [T, k], weights [T, k] fp32, scores [T, E] fp32)."""
-        scores = torch.sigmoid(x_TD.float() @ self.weight.float().t())
+        with torch.autocast(x_TD.device.type, enabled=False):  # routing decisions in fp32, even under autocast
+            scores = torch.sigmoid(x_TD.float() @ self.weight.float().t())
         indices = torch.topk(scores.detach() + self.expert_bias, self.top_k, dim=-1, sorted=False).indices
         weights = scores.gather(-1, indices)   # the bias does not enter the weights
         if self.norm_topk:
@@ -50,7 +51,10 @@ class GroupedExperts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(num_experts, dim, hidden))
 
     def forward(self, x_TD: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return kernels.moe(x_TD, indices, weights, self.gate_up_proj, self.down_proj)
+        # Under autocast x arrives in the compute dtype; cast the weights as autocast would for an nn.Linear
+        # (a no-op without autocast), since grouped-GEMM kernels are not autocast-aware.
+        w_gate_up, w_down = self.gate_up_proj.to(x_TD.dtype), self.down_proj.to(x_TD.dtype)
+        return kernels.moe(x_TD, indices, weights, w_gate_up, w_down)
 
 
 class MoE(nn.Module):
