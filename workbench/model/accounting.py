@@ -1,7 +1,7 @@
 """Exact parameter counts, training FLOPs per token and a training-memory estimate, from a ``ModelConfig`` alone.
 
-Every MFU figure (the trainer, notebook 01_train) and every simulator figure (the performance model, notebook
-05_hardware) rests on these numbers, so the parameter counts are tested to equal the instantiated module's
+Every MFU figure (the trainer, notebook 01_training) and every simulator figure (the performance model, notebook
+05_hardware_comparison) rests on these numbers, so the parameter counts are tested to equal the instantiated module's
 ``sum(p.numel())`` for every preset, and active counts against a module-level count.
 
 Conventions

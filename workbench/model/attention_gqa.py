@@ -3,6 +3,7 @@
 Papers: GQA, Ainslie et al. 2023 ("GQA: Training Generalized Multi-Query Transformer Models from Multi-Head
 Checkpoints"); RoPE, Su et al. 2021 (RoFormer). GLM rotates only a fraction of each head's channels
 (``partial_rotary_factor`` 0.5) and GLM-4.5 RMS-normalises each q and k head before RoPE (QK-norm).
+Part of every GQA model (glm4-tiny, glm45-tiny, glm-4.5): notebooks 01_training, 04_profiling, 02_kernels.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ heads. Per head: q = [q_nope | q_rope] (192 + 64 in GLM-5), k = [k_nope | k_rope
 With DSA (DeepSeek-V3.2 2025) each query attends only to the keys its layer's indexer picked; a "shared" layer
 reuses the previous layer's picks. When the sequence is no longer than ``index_topk`` every causal key is picked,
 so the layer skips the indexer's mask and runs plain causal attention (the same numbers, a faster kernel path).
+Part of glm5-tiny and glm-5 (notebooks 01_training, 04_profiling).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Dense GLM-4 (GQA + partial RoPE), GLM-4.5 (GQA + QK-norm + QKV bias + MoE + MTP) and GLM-5 (MLA + DSA + MoE + MTP)
 are all points in this one space. ``__post_init__`` rejects bad values with a message that says how to fix them,
-before any tensor is allocated. Used by every notebook that builds a model (01_train, 03_profile, 04_distributed,
-05_hardware) and by the performance model.
+before any tensor is allocated. Used by every notebook that builds a model (01_training, 04_profiling, 03_distributed,
+05_hardware_comparison) and by the performance model.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ the ``index_topk`` best keys kept. Top-k is not differentiable, so the LM loss c
 DeepSeek-V3.2 (sparse training stage), a separate KL loss does: it pulls softmax(index_score) over the selected
 keys towards the main attention's distribution over the same keys (summed over heads), with the indexer's inputs
 detached so the loss trains the indexer only (``indexer_kl_loss``; weight ``indexer_loss_coef``).
+Used by attention_mla.py (glm5-tiny, glm-5; notebook 01_training).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Block (pre-norm, as in every GLM since GLM-4):  x += attn(RMSNorm(x));  x += ffn
 with attn = GQA (attention_gqa.py) or MLA(+DSA) (attention_mla.py) and ffn = dense SwiGLU for the first
 ``first_k_dense`` layers, MoE (moe.py) after. MTP layers (mtp.py) follow the trunk when ``mtp_layers > 0``.
 No parallelism here: distributed plans target the plain submodules (q_proj, kv_b_proj, gate_up_proj, experts...)
-from outside. Used by notebook 01_train and everything that trains, profiles or simulates a model.
+from outside. Used by notebook 01_training and everything that trains, profiles or simulates a model.
 """
 
 from __future__ import annotations

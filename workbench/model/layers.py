@@ -1,7 +1,7 @@
 """Small building blocks shared by every GLM variant: RMSNorm, rotary tables (RoPE) and the dense FFN.
 
 The math lives in ``workbench.kernels`` (so faster implementations can be swapped in); these modules own the
-parameters and shapes. Used by ``glm.py`` (notebook 01_train and everything that builds a model).
+parameters and shapes. Used by ``glm.py`` (notebook 01_training and everything that builds a model).
 """
 
 from __future__ import annotations

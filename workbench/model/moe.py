@@ -12,6 +12,7 @@ After each optimizer step the trainer calls ``update_bias``: b_e += rate * sign(
 experts get chosen less, without a loss term that fights the LM loss. An optional sequence-level balance loss
 (DeepSeek-V3 eq. 17-20) is computed when ``aux_loss_coef > 0``. Experts are stacked [E, ...] parameters so an
 expert-parallel plan can shard dim 0; the compute goes through ``kernels.moe``.
+Part of glm45-tiny, glm5-tiny and the full-size presets (notebooks 01_training, 03_distributed for EP).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the embedding of token t + d, then runs one full transformer block:
     h'_t = block( eh_proj( [enorm(embed(x_{t+d})) ; hnorm(h_t)] ) ),     logits = lm_head(shared_head_norm(h'_t))
 
 and is trained to predict x_{t+d+1}, i.e. ``labels[t + d]`` under the workbench's (x, y = x shifted) convention.
-The last d positions have no such target and are ignored.
+The last d positions have no such target and are ignored. Used by glm.py when ``mtp_layers > 0`` (01_training).
 """
 
 from __future__ import annotations

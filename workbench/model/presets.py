@@ -2,7 +2,7 @@
 
 Full-size shapes follow the released config.json files as mirrored by transformers' ``Glm4MoeConfig`` and
 ``GlmMoeDsaConfig`` (see /work/shared/reference/glm_architectures.md). Used by ``workbench models``, the trainer
-(notebook 01_train), the distributed notebook and the performance model.
+(notebook 01_training), the distributed notebook and the performance model.
 """
 
 from __future__ import annotations
