@@ -41,8 +41,10 @@ def test_every_op_has_a_reference_and_cases():
 
 def test_cpu_defaults_are_the_measured_fastest_correct_paths():
     chosen = {op: K.resolve_impl(op, "cpu").name for op in K.ops()}
-    assert chosen == {"attention": "torch", "cross_entropy": "torch", "moe": "torch", "rms_norm": "torch",
+    assert chosen == {"attention": "torch", "cross_entropy": "torch", "moe": "torch", "rms_norm": "reference",
                       "rope": "reference", "swiglu": "reference"}
+    assert K.resolve_impl("rms_norm", "cuda").name == "torch"  # ranked per device: F.rms_norm is fused there
+    assert K.resolve_impl("rms_norm", "cpu", impl="torch").name == "torch"  # and still selectable on cpu
 
 
 def test_triton_is_opt_in_on_cuda_and_npu_ops_need_torch_npu():
@@ -141,6 +143,16 @@ def test_reference_in_low_precision_is_within_the_stated_tolerance(dtype):
         for case in cases:
             result = run_case(op, "reference", case, DTYPES[dtype], DEVICE)
             assert result.passed, result
+
+
+def test_attention_rows_with_no_visible_key_are_zero_with_finite_gradients():
+    q, k, v = (torch.randn(1, 2, 4, 16, requires_grad=True) for _ in range(3))
+    topk = torch.tensor([[[-1, -1], [0, 1], [-1, -1], [2, 3]]])  # queries 0 and 2 choose no key at all
+    for impl in ("reference", "torch"):
+        out = K.implementations("attention")[impl].fn(q, k, v, causal=True, topk_indices=topk)
+        assert out[0, :, [0, 2]].abs().max() == 0
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        assert all(torch.isfinite(g).all() for g in grads)
 
 
 def test_the_harness_catches_wrong_kernels():

@@ -9,7 +9,8 @@ Which one runs is decided, in order:
 2. the environment variable ``WORKBENCH_KERNELS``, e.g. ``WORKBENCH_KERNELS="attention=reference,rms_norm=torch"``
    (or ``WORKBENCH_KERNELS=reference`` for every op);
 3. overrides set in code or config through ``set_overrides({"attention": "torch"})`` / ``use_kernels(...)``;
-4. the available implementation with the highest priority for the tensor's device type.
+4. the available implementation with the highest priority for the tensor's device type (``device_priority``
+   can rank an implementation differently per device, after measuring it there).
 
 ``reference`` (plain eager PyTorch, written to be read) is always present and always runs everywhere.
 Used by ``workbench.model`` and by notebooks/02_kernels.ipynb and 04_profiling.ipynb.
@@ -36,6 +37,10 @@ class KernelImpl:
     priority: int
     available: Callable[..., str | None] = field(default=lambda: None)
     description: str = ""
+    device_priority: dict[str, int] = field(default_factory=dict)  # per-device-type overrides of ``priority``
+
+    def priority_on(self, device_type: str) -> int:
+        return self.device_priority.get(device_type, self.priority)
 
     def unavailable_reason(self, device_type: str) -> str | None:
         if device_type not in self.devices:
@@ -51,15 +56,17 @@ _RESOLVED: dict[tuple[str, str], Callable] = {}  # cache; cleared whenever overr
 
 
 def register(op: str, name: str, *, devices: tuple[str, ...] = ALL_DEVICES, priority: int = 0,
-             available: Callable[..., str | None] | None = None, description: str = ""):
+             available: Callable[..., str | None] | None = None, description: str = "",
+             device_priority: dict[str, int] | None = None):
     """Decorator: ``@register("rms_norm", "torch", devices=("cpu", "cuda"), priority=10)``.
 
-    ``available`` is ``() -> reason | None`` or ``(device_type) -> reason | None``.
+    ``available`` is ``() -> reason | None`` or ``(device_type) -> reason | None``. ``device_priority`` overrides
+    ``priority`` per device type, e.g. ``{"cpu": -5}`` for a kernel that runs on cpu but measured slower there.
     """
 
     def decorate(fn: Callable) -> Callable:
         impl = KernelImpl(op, name, fn, tuple(devices), priority, available or (lambda: None),
-                          description or (fn.__doc__ or "").strip().split("\n")[0])
+                          description or (fn.__doc__ or "").strip().split("\n")[0], dict(device_priority or {}))
         _REGISTRY.setdefault(op, {})[name] = impl
         _RESOLVED.clear()
         return fn
@@ -140,7 +147,7 @@ def resolve_impl(op: str, device_type: str, impl: str | None = None) -> KernelIm
             raise RuntimeError(f"kernel {op}/{requested} was requested but cannot run on {device_type}: {reason}")
         return impls[requested]
     usable = [i for i in impls.values() if i.unavailable_reason(device_type) is None]
-    return max(usable, key=lambda i: i.priority)
+    return max(usable, key=lambda i: i.priority_on(device_type))
 
 
 def resolve(op: str, device_type: str, impl: str | None = None) -> Callable:
@@ -162,10 +169,11 @@ def availability_table(device_type: str) -> list[dict]:
             chosen, problem = resolve_impl(op, device_type).name, ""
         except (RuntimeError, ValueError) as exc:  # an override that cannot run here: show it, don't crash
             chosen, problem = None, str(exc)
-        for name, impl in sorted(implementations(op).items(), key=lambda kv: -kv[1].priority):
+        for name, impl in sorted(implementations(op).items(), key=lambda kv: -kv[1].priority_on(device_type)):
             reason = impl.unavailable_reason(device_type)
             rows.append({"op": op, "impl": name, "available": reason is None, "reason": reason or "",
-                         "selected": name == chosen, "priority": impl.priority, "description": impl.description,
+                         "selected": name == chosen, "priority": impl.priority_on(device_type),
+                         "description": impl.description,
                          "selection_error": problem})
     return rows
 
