@@ -10,8 +10,12 @@ TINY = ["glm4-tiny", "glm45-tiny", "glm5-tiny"]
 
 
 def _small(name, **kw):
-    """A tiny preset shrunk further so a test forward takes milliseconds."""
-    return get_preset(name).replace(vocab_size=128, **kw)
+    """A tiny preset shrunk further (vocab 128, 2 layers unless told) so a test forward takes milliseconds."""
+    cfg = get_preset(name)
+    kw.setdefault("num_layers", 2)
+    if cfg.indexer_types is not None and "indexer_types" not in kw:
+        kw["indexer_types"] = cfg.indexer_types[: kw["num_layers"]]
+    return cfg.replace(vocab_size=128, **kw)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -77,8 +81,7 @@ def test_mtp_targets_are_labels_shifted_by_one():
 def test_causality():
     torch.manual_seed(0)
     for name in TINY:
-        dsa = {"index_topk": 4, "indexer_types": ("full", "shared")} if name == "glm5-tiny" else {}
-        cfg = _small(name, num_layers=2, **dsa)
+        cfg = _small(name, **({"index_topk": 4} if name == "glm5-tiny" else {}))
         model = build_model(cfg)
         x = torch.randint(0, cfg.vocab_size, (1, 24))
         x2 = x.clone()
@@ -134,7 +137,7 @@ def test_aux_loss_reported_separately():
 
 def test_dsa_indexer_topk_causal_and_shared_layers():
     torch.manual_seed(0)
-    cfg = _small("glm5-tiny", index_topk=4)
+    cfg = _small("glm5-tiny", index_topk=4, num_layers=4)
     model = build_model(cfg)
     attn = model.layers[0].self_attn
     S = 10
