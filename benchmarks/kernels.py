@@ -2,7 +2,7 @@
 
     python benchmarks/kernels.py                          # this machine's default device, 'small' sizes
     python benchmarks/kernels.py --device cuda --sizes large --dtype bf16
-    python benchmarks/kernels.py --mode train --out benchmarks/results
+    python benchmarks/kernels.py --mode train --threads 1 --out runs/kernels
 
 Runs unchanged on cpu, cuda and npu: the same correctness suite (workbench/kernels/correctness.py) and the same
 benchmark (workbench/kernels/bench.py) as ``workbench kernels check`` / ``workbench kernels bench``. Writes
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-check", action="store_true", help="skip the correctness suite")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 gives steadier numbers on a machine shared with other jobs)")
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default="figures")
     args = parser.parse_args(argv)
     if args.threads is not None:
         import torch
