@@ -34,13 +34,14 @@ def tiny_config(config):
     return config.replace(**changes)
 
 
-def make_model(preset: str, tiny: bool, seed: int):
+def make_model(preset: str, tiny: bool, seed: int, device: torch.device | None = None):
     from workbench.model import build_model, get_preset
 
     config = get_preset(preset)
     config = tiny_config(config) if tiny else config
-    torch.manual_seed(seed)  # identical initial weights on every rank
-    return build_model(config)
+    torch.manual_seed(seed)  # identical initial weights on every rank (built on the cpu, then moved)
+    model = build_model(config)
+    return model.to(device) if device is not None else model
 
 
 def make_batch(vocab: int, global_batch: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +51,7 @@ def make_batch(vocab: int, global_batch: int, seq_len: int, seed: int) -> tuple[
 
 
 def reference_losses(preset: str, tiny: bool, seed: int, x, y, steps: int, lr: float) -> list[float]:
-    model = make_model(preset, tiny, seed)
+    model = make_model(preset, tiny, seed, x.device)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
@@ -66,7 +67,7 @@ def run_case(preset: str, layout: str, param_dtype: str | None, tiny: bool, seed
              lr: float) -> dict[str, Any]:
     from workbench.distributed.parallelize import parallelize
 
-    model = make_model(preset, tiny, seed)
+    model = make_model(preset, tiny, seed, x.device)
     n_params = sum(p.numel() for p in model.parameters())
     pm = parallelize(model, layout, param_dtype=param_dtype)
     pm.layout.check_batch(x.shape[0])
@@ -119,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     cases = parse_cases(args.cases)
     results: dict[str, Any] = {"rank": info.rank, "world_size": info.world_size, "cases": [], "reference": {}}
     for preset, layout, dtype in cases:
-        model_vocab = make_model(preset, args.tiny, args.seed).config.vocab_size
+        from workbench.model import get_preset
+
+        model_vocab = (tiny_config(get_preset(preset)) if args.tiny else get_preset(preset)).vocab_size
         x, y = make_batch(model_vocab, args.global_batch, args.seq_len, args.seed)
+        x, y = x.to(info.device.torch_device), y.to(info.device.torch_device)
         row = run_case(preset, layout, dtype, args.tiny, args.seed, x, y, args.steps, args.lr)
         if info.is_main and not args.no_reference:
             if preset not in results["reference"]:
