@@ -80,19 +80,28 @@ def run_check(preset: str = "glm4-tiny", batch_size: int = 4, seq_len: int = 64,
             torch.set_num_threads(n_threads)
             for _ in range(warmup):
                 trainer.train_step()
-            rounds_out = []
-            for _ in range(rounds):
+
+            def probe() -> LocalProbes:
                 flops, _ = measure_gemm_peak(dev, torch.float32, sizes=(256, 512), min_time_s=0.05)
                 bandwidth, _ = measure_memory_bandwidth(dev, megabytes=32, min_time_s=0.05)
                 overhead = measure_op_overhead(repeats=3)
-                busbw = latency = None
-                if world > 1:
-                    busbw, latency = _allreduce_probe()
-                probes = LocalProbes(gemm_flops=flops, bandwidth=bandwidth, op_overhead_s=overhead,
-                                     allreduce_busbw=busbw, allreduce_latency_s=latency, threads=n_threads)
+                busbw, latency = _allreduce_probe() if world > 1 else (None, None)
+                return LocalProbes(flops, bandwidth, overhead, busbw, latency, n_threads)
+
+            def mean(a: LocalProbes, b: LocalProbes) -> LocalProbes:
+                avg = lambda x, y: None if x is None else (x + y) / 2  # noqa: E731
+                return LocalProbes(*(avg(getattr(a, f), getattr(b, f)) for f in
+                                     ("gemm_flops", "bandwidth", "op_overhead_s", "allreduce_busbw",
+                                      "allreduce_latency_s")), threads=n_threads)
+
+            rounds_out = []
+            for _ in range(rounds):
+                # probes right before and right after the timed steps: both see the same machine load
+                before = probe()
+                measured = [trainer.train_step()["step_time_s"] for _ in range(steps_per_round)]
+                probes = mean(before, probe())
                 predicted = predict_step_time(trainer.model_config, batch_size, seq_len, world=world, probes=probes,
                                               ops_per_micro_step=ops, memory_bound_bytes=nbytes)
-                measured = [trainer.train_step()["step_time_s"] for _ in range(steps_per_round)]
                 rounds_out.append({"predicted_s": predicted["step_time_s"], "measured_s": statistics.median(measured),
                                    "breakdown": predicted["breakdown"], "probes": probes.__dict__})
             ratio = statistics.median(r["predicted_s"] / r["measured_s"] for r in rounds_out)
@@ -112,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps-per-round", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="steps before measuring (per thread count)")
     parser.add_argument("--threads", type=int, action="append", default=None,
                         help="torch threads to measure with (repeatable; default: the current count)")
     args = parser.parse_args(argv)
     result = run_check(args.preset, args.batch_size, args.seq_len, args.rounds, args.steps_per_round,
-                       threads=args.threads)
+                       warmup=args.warmup, threads=args.threads)
     from workbench.distributed.mesh import is_launched
 
     if is_launched():
