@@ -1,4 +1,5 @@
-"""Real 2-process runs (gloo): the launcher's Python API, the hand-written DDP/ZeRO-1, and `workbench comm-bench`."""
+"""Real multi-process runs (gloo): the launcher (Python API, CLI, timeouts, two-node rendezvous), the hand-written
+DDP/ZeRO-1, and `workbench comm-bench`."""
 
 from __future__ import annotations
 
@@ -73,3 +74,35 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has exited and only waits to be reaped
+
+
+def test_two_nodes_rendezvous_through_the_endpoint(tmp_path):
+    """--nnodes 2 --node-rank R --rdzv-endpoint HOST:PORT, emulated by two torchrun agents on this machine."""
+    import threading
+
+    from workbench.distributed.launcher import free_port
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from workbench.distributed.mesh import init_distributed\n"
+        "from workbench.distributed.launcher import write_rank_results\n"
+        "info = init_distributed('cpu')\n"
+        "t = torch.ones(1) * (info.rank + 1)\n"
+        "dist.all_reduce(t)\n"
+        "write_rank_results({'rank': info.rank, 'world': info.world_size, 'sum': t.item()})\n"
+        "dist.destroy_process_group()\n")
+    endpoint, out = f"127.0.0.1:{free_port()}", {}
+
+    def node(rank: int) -> None:
+        out[rank] = launch([str(worker)], LaunchConfig(nproc=1, nnodes=2, node_rank=rank, rdzv_endpoint=endpoint),
+                           run_dir=tmp_path / f"node{rank}", on_line=None, timeout_s=90)
+
+    threads = [threading.Thread(target=node, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for rank in (0, 1):
+        assert out[rank].returncode == 0, "\n".join(out[rank].log[-20:])
+        assert out[rank].results == [{"rank": rank, "world": 2, "sum": 3.0}]  # 1 + 2 summed across the nodes
