@@ -187,6 +187,24 @@ def test_grouped_mm_probe_works_inside_no_grad():
         assert torch_ops.grouped_mm_works("cpu", torch.float32)
 
 
+def test_moe_and_cross_entropy_follow_autocast_like_the_reference():
+    gen = torch.Generator().manual_seed(0)
+    (x, idx, w, w_gate_up, w_down), _ = CASES["moe"][0].make(gen)
+    hidden, weight = torch.randn(8, 16, generator=gen), torch.randn(300, 16, generator=gen) * 0.25
+    labels = torch.randint(0, 300, (8,), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for x_in in (x, x.bfloat16()):  # fp32 residual stream, or an activation autocast already cast
+            ours, ref = torch_ops.moe(x_in, idx, w, w_gate_up, w_down), reference.moe(x_in, idx, w, w_gate_up, w_down)
+            assert ours.dtype == ref.dtype == x_in.dtype
+            torch.testing.assert_close(ours.float(), ref.float(), rtol=0.03, atol=0.03)
+        chunked = torch_ops.cross_entropy(hidden, weight.requires_grad_(), labels, chunk_size=64)
+        plain = reference.cross_entropy(hidden, weight, labels)
+    torch.testing.assert_close(chunked, plain, rtol=1e-3, atol=1e-3)  # both from bf16 logits
+    (g_chunked,) = torch.autograd.grad(chunked, weight)
+    (g_plain,) = torch.autograd.grad(plain, weight)
+    torch.testing.assert_close(g_chunked, g_plain, rtol=0.03, atol=2e-3)
+
+
 def test_moe_handles_experts_with_no_tokens():
     x = torch.randn(6, 8)
     idx = torch.tensor([[0], [0], [3], [3], [3], [0]])  # experts 1, 2 unused

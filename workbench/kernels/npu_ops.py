@@ -117,13 +117,14 @@ def moe(x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Ten
     flat_experts = expert_indices.reshape(-1)
     order = torch.argsort(flat_experts, stable=True)
     group_list = torch.bincount(flat_experts, minlength=n_experts).cumsum(0)  # cumulative rows per expert
-    x_sorted = x[order // top_k]
+    dtype = torch_ops.compute_dtype(x)  # the fused op is not autocast-aware: cast as autocast would
+    x_sorted = x[order // top_k].to(dtype)
 
     def grouped(rows: torch.Tensor, weights_ENK: torch.Tensor) -> torch.Tensor:
-        weight_list = [weights_ENK[e].t() for e in range(n_experts)]  # [K, N] per expert
+        weight_list = [weights_ENK[e].t().to(dtype) for e in range(n_experts)]  # [K, N] per expert
         return npu.npu_grouped_matmul([rows], weight_list, group_list=group_list, split_item=2, group_type=0)[0]
 
     hidden = npu.npu_swiglu(grouped(x_sorted, w_gate_up), dim=-1)
     y = grouped(hidden, w_down)[torch.argsort(order)].view(n_tokens, top_k, -1)
-    return (y * expert_weights.to(x.dtype)[..., None]).sum(dim=1)
+    return (y * expert_weights.to(y.dtype)[..., None]).sum(dim=1).to(x.dtype)
 

@@ -28,6 +28,15 @@ TORCH_DEVICES = ("cpu", "cuda", "xpu", "mps", "npu")
 PRIORITY = 20  # above reference (0); the npu fused ops (30) win on npu
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on ``x`` runs in: autocast's when it is on for x's device, else x's own. Ops that
+    autocast does not know (``torch._grouped_mm``, matmuls inside a custom autograd backward) cast to it
+    explicitly, so they compute what the reference computes under the same autocast."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 # --------------------------------------------------------------------------------------------------------------
 # rms_norm
 # --------------------------------------------------------------------------------------------------------------
@@ -143,12 +152,13 @@ def moe(x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Ten
     flat_experts = expert_indices.reshape(-1)                        # [T*k], slot j of token t at t*k + j
     order = torch.argsort(flat_experts, stable=True)                 # permutation grouping rows by expert
     counts = torch.bincount(flat_experts, minlength=n_experts)       # rows per expert
-    x_sorted = x[order // top_k]                                     # permute: [T*k, D]
-    hidden = swiglu(grouped_matmul(x_sorted, w_gate_up.transpose(1, 2), counts))    # [T*k, F]
-    y_sorted = grouped_matmul(hidden, w_down.transpose(1, 2), counts)               # [T*k, D]
+    dtype = compute_dtype(x)
+    x_sorted = x[order // top_k].to(dtype)                           # permute: [T*k, D]
+    hidden = swiglu(grouped_matmul(x_sorted, w_gate_up.to(dtype).transpose(1, 2), counts))    # [T*k, F]
+    y_sorted = grouped_matmul(hidden, w_down.to(dtype).transpose(1, 2), counts)               # [T*k, D]
     # Unpermute with an inverse-permutation gather (deterministic, unlike a scatter-add), then weight the k slots.
     y = y_sorted[torch.argsort(order)].view(n_tokens, top_k, -1)
-    return (y * expert_weights.to(x.dtype)[..., None]).sum(dim=1)
+    return (y * expert_weights.to(y.dtype)[..., None]).sum(dim=1).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -170,10 +180,12 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         n_rows, vocab = hidden.shape[0], weight.shape[0]
         valid = labels != ignore_index
         safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
+        mm_dtype = compute_dtype(hidden)  # the backward recomputes the logits in this same dtype
         lse = hidden.new_full((n_rows,), float("-inf"), dtype=torch.float32)   # running logsumexp per row
         target_logit = hidden.new_zeros((n_rows,), dtype=torch.float32)
         for start in range(0, vocab, chunk_size):
-            logits = (hidden @ weight[start:start + chunk_size].t()).float()  # [N, chunk]: all that exists
+            w_chunk = weight[start:start + chunk_size].to(mm_dtype)
+            logits = (hidden.to(mm_dtype) @ w_chunk.t()).float()  # [N, chunk]: all of the logits that exist
             # log(sum_all exp) = logaddexp(log(sum_seen exp), log(sum_chunk exp)): the online logsumexp
             lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
             in_chunk = (safe_labels >= start) & (safe_labels < start + logits.shape[1])
@@ -182,7 +194,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         n_valid = valid.sum()
         loss = torch.where(valid, lse - target_logit, torch.zeros_like(lse)).sum() / n_valid  # 0/0 = nan, like F
         ctx.save_for_backward(hidden, weight, safe_labels, valid, lse, n_valid)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.mm_dtype = chunk_size, mm_dtype
         return loss
 
     @staticmethod
@@ -193,10 +205,11 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hidden, dtype=torch.float32)
         grad_weight = torch.empty_like(weight, dtype=torch.float32)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
+        hidden_mm = hidden.to(ctx.mm_dtype)
         for start in range(0, weight.shape[0], chunk):
             w_chunk = weight[start:start + chunk]
             # recompute this chunk's logits and turn them into softmax in place: exp(logit - lse)
-            grad_logits = (hidden @ w_chunk.t()).float().sub_(lse[:, None]).exp_()
+            grad_logits = (hidden_mm @ w_chunk.to(ctx.mm_dtype).t()).float().sub_(lse[:, None]).exp_()
             in_chunk = (labels >= start) & (labels < start + w_chunk.shape[0])
             grad_logits[rows[in_chunk], labels[in_chunk] - start] -= 1.0  # softmax - onehot(label)
             grad_logits.mul_(row_scale)
