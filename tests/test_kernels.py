@@ -65,6 +65,14 @@ def test_selection_order_explicit_then_env_then_overrides(monkeypatch):
     assert {K.resolve_impl(op, "cpu").name for op in K.ops()} == {"reference"}
 
 
+def test_overrides_from_a_config_string():
+    assert K.parse_overrides("attention=reference, moe=torch") == {"attention": "reference", "moe": "torch"}
+    K.set_overrides("attention=reference")
+    assert K.resolve_impl("attention", "cpu").name == "reference"
+    with pytest.raises(ValueError, match="op=impl"):
+        K.parse_overrides("attention=reference,torch")
+
+
 def test_bad_overrides_are_clear_errors(monkeypatch):
     with pytest.raises(ValueError, match="unknown implementation"):
         K.set_overrides({"attention": "cudnn"})

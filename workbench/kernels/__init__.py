@@ -3,7 +3,10 @@
 The model calls the functions below; each one looks up the implementation for its input's device type and runs it.
 Implementations: ``reference`` (eager, readable, everywhere), and where they exist ``torch`` (SDPA / fused /
 compiled), ``triton`` (CUDA, or the interpreter with TRITON_INTERPRET=1) and ``npu`` (torch_npu fused ops).
-Notebook: notebooks/02_kernels.ipynb.
+Signatures and layouts: ``reference.py``'s docstring. Choosing: ``WORKBENCH_KERNELS="attention=reference"``, or
+``set_overrides({...} or "op=impl,...")`` from a config, or ``with use_kernels({...}):``; ``workbench kernels list``
+shows the result. Correctness: ``correctness.py``; benchmark: ``bench.py``; FlashAttention by hand:
+``flash_teaching.py``. Notebook: notebooks/02_kernels.ipynb.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from workbench.kernels.registry import (
     get_overrides,
     implementations,
     ops,
+    parse_overrides,
     register,
     resolve,
     resolve_impl,
@@ -47,5 +51,6 @@ def cross_entropy(hidden, weight, labels, ignore_index: int = -100):
 
 __all__ = [
     "attention", "availability_table", "cross_entropy", "get_overrides", "implementations", "moe", "ops",
+    "parse_overrides",
     "register", "resolve", "resolve_impl", "rms_norm", "rope", "set_overrides", "swiglu", "use_kernels",
 ]

@@ -86,14 +86,18 @@ def implementations(op: str) -> dict[str, KernelImpl]:
     return dict(_REGISTRY[op])
 
 
-def _env_overrides() -> dict[str, str]:
-    text = os.environ.get(ENV_VAR, "").strip()
+def parse_overrides(text: str, source: str = "kernel overrides") -> dict[str, str]:
+    """``"attention=reference,moe=torch"`` -> dict; a bare name (``"reference"``) applies to every op that has it.
+
+    The format of the ``WORKBENCH_KERNELS`` variable, and of a config field or CLI flag that chooses kernels."""
+    _ensure_loaded()
+    text = text.strip()
     if not text:
         return {}
     if "=" not in text:  # one implementation name for every op that has it (the rest keep their default)
         chosen = {op: text for op, impls in _REGISTRY.items() if text in impls}
         if not chosen:
-            raise ValueError(f"{ENV_VAR}={text!r}: no op has an implementation of that name; "
+            raise ValueError(f"{source} {text!r}: no op has an implementation of that name; "
                              f"names: {', '.join(sorted({n for impls in _REGISTRY.values() for n in impls}))}")
         return chosen
     pairs = {}
@@ -102,15 +106,21 @@ def _env_overrides() -> dict[str, str]:
             continue
         op, sep, name = item.partition("=")
         if not sep:
-            raise ValueError(f"{ENV_VAR}={text!r}: expected 'op=impl' items separated by commas, got {item!r}")
+            raise ValueError(f"{source} {text!r}: expected 'op=impl' items separated by commas, got {item!r}")
         pairs[op.strip()] = name.strip()
     return pairs
 
 
-def set_overrides(choices: dict[str, str] | None) -> None:
-    """Choose implementations per op for this process (``None`` or {} clears). Validated against the registry."""
+def _env_overrides() -> dict[str, str]:
+    return parse_overrides(os.environ.get(ENV_VAR, ""), source=f"{ENV_VAR}=")
+
+
+def set_overrides(choices: dict[str, str] | str | None) -> None:
+    """Choose implementations per op for this process (``None`` or {} clears). Validated against the registry.
+
+    A config can pass a dict or the ``WORKBENCH_KERNELS`` string format (``"attention=reference,moe=torch"``)."""
     _ensure_loaded()
-    choices = dict(choices or {})
+    choices = parse_overrides(choices) if isinstance(choices, str) else dict(choices or {})
     for op, name in choices.items():
         if name not in implementations(op):
             raise ValueError(f"unknown implementation {name!r} for op {op!r}; "
