@@ -220,3 +220,17 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
         m(x, labels=x).loss.backward()
     for a, b in zip(plain.parameters(), wrapped.parameters()):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_model_overrides_parse_and_progress_switch(monkeypatch):
+    from workbench.train.metrics import progress_enabled
+
+    assert TrainConfig.parse_overrides("num_layers=2, ffn_act=gelu,tie_embeddings=true") == {
+        "num_layers": 2, "ffn_act": "gelu", "tie_embeddings": True}
+    assert TrainConfig.parse_overrides("") == {} and TrainConfig.parse_overrides(None) == {}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        TrainConfig.parse_overrides("num_layers")
+    monkeypatch.setenv("WORKBENCH_NO_PROGRESS", "1")
+    assert not progress_enabled(True)
+    monkeypatch.setenv("WORKBENCH_NO_PROGRESS", "")
+    assert progress_enabled(True) and not progress_enabled(False)

@@ -136,9 +136,10 @@ class Trainer:
         self.raw_model = model.to(self.device.torch_device)
         if config.seq_len > (model_max_positions(model_config) or config.seq_len):
             raise WorkbenchError(f"seq_len {config.seq_len} is beyond the model's positions")
-        self.model = (parallelize or (lambda m, device, cfg: m))(self.raw_model, self.device, config)
-        if config.activation_checkpointing:
+        if config.activation_checkpointing:  # before parallelize: FSDP-style wrappers must see the final blocks
             apply_activation_checkpointing(self.raw_model)
+        # the seam for workbench/distributed: DDP/FSDP/... wrap or shard the model here (single process: identity)
+        self.model = (parallelize or (lambda m, device, cfg: m))(self.raw_model, self.device, config)
         if config.compile:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, config.optimizer, lr=config.lr,
