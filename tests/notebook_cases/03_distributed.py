@@ -3,7 +3,7 @@
 
 import os
 
-PARAMETERS = {"nproc": 2, "layouts": "dp=2;tp=2;ep=2", "steps": 3, "global_batch": 4, "seq_len": 16,
+PARAMETERS = {"nproc": 2, "layouts": "dp=2 tp=2 ep=2", "steps": 3, "global_batch": 4, "seq_len": 16,
               "device": "cpu", "teaching": "false", "comm_min_size": "1K", "comm_max_size": "4K", "comm_iters": 1,
               "timeout_s": 240}
 TIMEOUT_S = 300
