@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import workbench.kernels as K
-from workbench.kernels import correctness, flash_teaching, reference, registry, torch_ops
+from workbench.kernels import flash_teaching, reference, registry, torch_ops
 from workbench.kernels.correctness import CASES, run_case
 
 DEVICE = os.environ.get("WORKBENCH_TEST_DEVICE", "cpu")
