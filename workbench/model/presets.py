@@ -56,7 +56,11 @@ PRESETS: dict[str, ModelConfig] = {
 
 FULL_SIZE = ("glm-4.5", "glm-4.5-air", "glm-5")
 
-# published (total, active) parameter counts, for the accounting tests and `workbench models`
+# Published (total, active) parameter counts, for the accounting tests and `workbench models`. Counted here
+# (accounting.count_parameters; main = without the MTP layer, active without embedding/LM head):
+#   glm-5        main 743.91B (-0.01%), with MTP 753.86B (= the 753.9B checkpoint figure), active 39.88B
+#   glm-4.5      main 352.80B (-0.62%), with MTP 356.79B (+0.50%): the card's 355B fits either within 1%; active 32.08B
+#   glm-4.5-air  main 106.85B (+0.80%), with MTP 109.23B (+3.0%): the 106B excludes MTP; active 12.18B (+1.5%)
 PUBLISHED = {"glm-4.5": (355e9, 32e9), "glm-4.5-air": (106e9, 12e9), "glm-5": (744e9, 40e9)}
 
 
