@@ -124,6 +124,7 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match="unsupported model_type"):
         from_hf(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps(transformers.Glm4MoeConfig(num_hidden_layers=1, head_dim=128).to_dict()))
+    hf_config = transformers.Glm4MoeConfig(num_hidden_layers=1, head_dim=128)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config.to_dict()))
     with pytest.raises(WorkbenchError, match="cannot read"):
         from_hf(tmp_path)
