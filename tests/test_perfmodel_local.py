@@ -3,8 +3,9 @@ one process (1 thread, and all cores) and 2-process DDP (gloo), within 25%; plus
 synthetic probes.
 
 Probes and steps are measured in alternation, so both see the same machine load. The multi-threaded single-process
-check skips (saying why) when the 1-minute load average exceeds 1.5 x the cores: small multi-threaded ops then stall
-on descheduled OpenMP threads, which the probes do not see. Single-threaded runs (1 thread, and DDP ranks) always run.
+check skips (saying why) when other jobs keep the machine busy (1-minute load above cores - 0.5 before, or above
+the cores after): small multi-threaded ops then stall on descheduled OpenMP threads. Single-threaded runs (1 thread,
+and the DDP ranks) always run.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ def one_process():
 
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
-    threads = sorted({1, cores}) if load <= 1.5 * cores else [1]  # all-cores timing is meaningless when oversubscribed
+    quiet = load <= max(cores - 0.5, 0.75)  # pytest itself is one busy process
+    threads = sorted({1, cores}) if quiet else [1]  # all-cores timing is meaningless on a busy machine
     result = run_check("glm4-tiny", batch_size=4, seq_len=64, rounds=3, steps_per_round=2, warmup=1, threads=threads)
-    result["load_at_start"] = load
+    result["load_at_start"], result["load_at_end"] = load, os.getloadavg()[0]
     return result
 
 
@@ -91,9 +93,10 @@ def test_one_process_all_cores_within_25_percent(one_process, capsys):
     cores = os.cpu_count() or 1
     if cores == 1:
         pytest.skip("one core: covered by the single-thread test")
-    if cores not in one_process["by_threads"]:
-        pytest.skip(f"machine oversubscribed (load {one_process['load_at_start']:.1f} on {cores} cores): multi-threaded "
-                    "small ops stall on descheduled OpenMP threads, which no probe of an idle machine sees")
+    busy = max(one_process["load_at_start"], one_process["load_at_end"])
+    if cores not in one_process["by_threads"] or busy > cores:
+        pytest.skip(f"machine busy (load {busy:.1f} on {cores} cores): multi-threaded small ops stall on descheduled "
+                    "OpenMP threads, so all-core step times say more about the other jobs than about the model")
     full = {**one_process, **one_process["by_threads"][cores]}
     with capsys.disabled():
         print("\n" + _report(full))

@@ -39,7 +39,12 @@ class LocalProbes:
     allreduce_busbw: float | None = None  # bytes/s (gloo, between `world` local processes)
     allreduce_latency_s: float | None = None
     threads: int = 1
+    bandwidth_by_mb: dict | None = None  # copy bandwidth at working sets of SIZE_BUCKETS_MB (bytes/s)
 
+
+# working-set size classes (MiB) for memory-bound ops: each class is priced at the copy bandwidth measured at that size
+# (small tensors stay in cache; large ones stream from DRAM)
+SIZE_BUCKETS_MB = (1, 4, 16, 64)
 
 # GEMM-like ops: priced by the simulator from the model's shapes; every other op is priced by the bytes it touches
 _GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
@@ -54,6 +59,8 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
         super().__init__()
         self.count = 0
         self.memory_bound_bytes = 0
+        self.memory_bound_ops = 0
+        self.bytes_by_size = {mb: 0 for mb in SIZE_BUCKETS_MB}  # op working set <= mb MiB -> bytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -61,7 +68,11 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
         name = str(func.overloadpacket.__qualname__ if hasattr(func, "overloadpacket") else func)
         name = "aten::" + name.split(".")[-1] if not name.startswith("aten::") else name
         if not any(name.startswith(g) for g in _GEMM_OPS) and "view" not in name:
-            self.memory_bound_bytes += _tensor_bytes(args) + _tensor_bytes(kwargs or {}) + _tensor_bytes(out)
+            touched = _tensor_bytes(args) + _tensor_bytes(kwargs or {}) + _tensor_bytes(out)
+            self.memory_bound_bytes += touched
+            self.memory_bound_ops += 1
+            bucket = next((mb for mb in SIZE_BUCKETS_MB if touched <= mb * 2**20), SIZE_BUCKETS_MB[-1])
+            self.bytes_by_size[bucket] += touched
         return out
 
 
@@ -84,6 +95,7 @@ def count_ops_and_bytes(fn) -> tuple[int, int]:
     counter = _OpCounter()
     with counter:
         fn()
+    count_ops_and_bytes.last_bytes_by_size = dict(counter.bytes_by_size)
     return counter.count, counter.memory_bound_bytes
 
 
@@ -138,7 +150,7 @@ def measure_probes(world: int = 1, allreduce: bool | None = None) -> LocalProbes
 def count_training_ops(model: torch.nn.Module, batch_size: int, seq_len: int, vocab_size: int,
                        with_bytes: bool = False):
     """Aten ops of one forward + backward + grad-norm clip of ``model`` on random tokens (gradients are dropped);
-    with ``with_bytes`` also the bytes the memory-bound ops touch: ``(ops, bytes)``."""
+    with ``with_bytes`` also the bytes the memory-bound ops touch, by working-set size class: ``(ops, {MiB: bytes})``."""
     x = torch.randint(0, vocab_size, (batch_size, seq_len))
     y = torch.randint(0, vocab_size, (batch_size, seq_len))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -150,18 +162,19 @@ def count_training_ops(model: torch.nn.Module, batch_size: int, seq_len: int, vo
 
     ops, nbytes = count_ops_and_bytes(step)
     model.zero_grad(set_to_none=True)
-    return (ops, nbytes) if with_bytes else ops
+    return (ops, count_ops_and_bytes.last_bytes_by_size) if with_bytes else ops
 
 
 def predict_step_time(model_config: Any, batch_size: int, seq_len: int, grad_accum: int = 1, world: int = 1,
                       probes: LocalProbes | None = None, ops_per_micro_step: int | None = None,
-                      memory_bound_bytes: int | None = None, optimizer_ops: int = 30) -> dict[str, Any]:
+                      memory_bound_bytes: int | dict | None = None, optimizer_ops: int = 30) -> dict[str, Any]:
     """Predicted seconds per optimizer step of ``workbench train`` on this CPU, with the simulator's breakdown.
 
     ``ops_per_micro_step`` is the aten-op count of one forward + backward (``count_training_ops``); without it the
     simulator's default of ``kernels_per_layer`` ops per layer is used. ``memory_bound_bytes`` (the bytes the
-    non-GEMM ops of one micro-step touch, also counted there) replaces the simulator's analytic elementwise estimate,
-    which is written for fused accelerator kernels, by ``bytes / bandwidth``.
+    non-GEMM ops of one micro-step touch, also counted there; a number, or {working-set MiB: bytes}) replaces the
+    simulator's analytic elementwise estimate, which is written for fused accelerator kernels, by ``bytes /
+    bandwidth`` (per size class with ``probes.bandwidth_by_mb``). The optimizer streams at ``probes.bandwidth``.
     """
     from workbench.perfmodel.shapes import shape_from_config
     from workbench.perfmodel.simulator import evaluate
@@ -190,7 +203,11 @@ def predict_step_time(model_config: Any, batch_size: int, seq_len: int, grad_acc
         spec = spec.__class__(**{**spec.__dict__, "efficiency": spec.efficiency.replace(elementwise_factor=0.0)})
     ev = evaluate(spec, spec.layout, batch_size)
     if memory_bound_bytes is not None:  # counted traffic of the unfused eager ops, at the measured bandwidth
-        extra = grad_accum * memory_bound_bytes / probes.bandwidth
+        if isinstance(memory_bound_bytes, dict):  # by size class, each at the bandwidth measured at that size
+            curve = probes.bandwidth_by_mb or {}
+            extra = grad_accum * sum(b / curve.get(mb, probes.bandwidth) for mb, b in memory_bound_bytes.items())
+        else:
+            extra = grad_accum * memory_bound_bytes / probes.bandwidth
         ev.breakdown_compute["elementwise"] += extra
         ev.breakdown["compute"] += extra
         ev.step_time_s += extra

@@ -67,8 +67,9 @@ def run_check(preset: str = "glm4-tiny", batch_size: int = 4, seq_len: int = 64,
         kwargs = distributed_train_kwargs(config)
     world = dist.get_world_size() if dist.is_initialized() else 1
     trainer = Trainer(config, log=lambda message: None, **kwargs)
-    ops, nbytes = count_training_ops(trainer.raw_model, batch_size, seq_len, trainer.model_config.vocab_size,
-                                     with_bytes=True)
+    ops, bytes_by_size = count_training_ops(trainer.raw_model, batch_size, seq_len, trainer.model_config.vocab_size,
+                                            with_bytes=True)
+    nbytes = sum(bytes_by_size.values())
     from workbench.device import get_device
     from workbench.device.probes import measure_gemm_peak, measure_memory_bandwidth
 
@@ -83,16 +84,21 @@ def run_check(preset: str = "glm4-tiny", batch_size: int = 4, seq_len: int = 64,
 
             def probe() -> LocalProbes:
                 flops, _ = measure_gemm_peak(dev, torch.float32, sizes=(256, 512), min_time_s=0.05)
-                bandwidth, _ = measure_memory_bandwidth(dev, megabytes=32, min_time_s=0.05)
+                # copy bandwidth at the working-set sizes of the counted ops (cache vs DRAM, and the same thread
+                # synchronisation costs small multi-threaded ops pay); the largest also prices the optimizer
+                curve = {mb: measure_memory_bandwidth(dev, megabytes=mb, min_time_s=0.03)[0]
+                         for mb, b in bytes_by_size.items() if b or mb == max(bytes_by_size)}
                 overhead = measure_op_overhead(repeats=3)
                 busbw, latency = _allreduce_probe() if world > 1 else (None, None)
-                return LocalProbes(flops, bandwidth, overhead, busbw, latency, n_threads)
+                return LocalProbes(flops, curve[max(bytes_by_size)], overhead, busbw, latency, n_threads, curve)
 
             def mean(a: LocalProbes, b: LocalProbes) -> LocalProbes:
                 avg = lambda x, y: None if x is None else (x + y) / 2  # noqa: E731
                 return LocalProbes(*(avg(getattr(a, f), getattr(b, f)) for f in
                                      ("gemm_flops", "bandwidth", "op_overhead_s", "allreduce_busbw",
-                                      "allreduce_latency_s")), threads=n_threads)
+                                      "allreduce_latency_s")), threads=n_threads,
+                                   bandwidth_by_mb={mb: (a.bandwidth_by_mb[mb] + b.bandwidth_by_mb[mb]) / 2
+                                                    for mb in a.bandwidth_by_mb})
 
             rounds_out = []
             for _ in range(rounds):
@@ -101,7 +107,7 @@ def run_check(preset: str = "glm4-tiny", batch_size: int = 4, seq_len: int = 64,
                 measured = [trainer.train_step()["step_time_s"] for _ in range(steps_per_round)]
                 probes = mean(before, probe())
                 predicted = predict_step_time(trainer.model_config, batch_size, seq_len, world=world, probes=probes,
-                                              ops_per_micro_step=ops, memory_bound_bytes=nbytes)
+                                              ops_per_micro_step=ops, memory_bound_bytes=bytes_by_size)
                 rounds_out.append({"predicted_s": predicted["step_time_s"], "measured_s": statistics.median(measured),
                                    "breakdown": predicted["breakdown"], "probes": probes.__dict__})
             ratio = statistics.median(r["predicted_s"] / r["measured_s"] for r in rounds_out)
@@ -111,7 +117,8 @@ def run_check(preset: str = "glm4-tiny", batch_size: int = 4, seq_len: int = 64,
         torch.set_num_threads(previous)
     first = by_threads[threads[0]]
     return {"world": world, "preset": preset, "batch_size": batch_size, "seq_len": seq_len,
-            "ops_per_micro_step": ops, "memory_bound_bytes": nbytes, **first, "by_threads": by_threads}
+            "ops_per_micro_step": ops, "memory_bound_bytes": nbytes, "memory_bound_bytes_by_mb": bytes_by_size,
+            **first, "by_threads": by_threads}
 
 
 def main(argv: list[str] | None = None) -> int:
