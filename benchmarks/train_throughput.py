@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{device.name} ({platform.machine()}), {torch.get_num_threads()} threads" if device.type == "cpu"
         else f"{device.name}",
         "device": device.type, "dtype": "fp32", "torch": torch.__version__,
-        "omp_wait_policy": __import__("os").environ.get("OMP_WAIT_POLICY", "(default)"),
+        "omp": {k: __import__("os").environ.get(k, "(default)") for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
         "transformers": __import__("transformers").__version__,
         "gemm_peak_flops": peak, "gemm_peak_source": f"{peak_detail} (max of before/after the cases)",
         "cases": rows,
