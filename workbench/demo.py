@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m workbench.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=None, help="default: 300 on CPU, 2000 on an accelerator")
-    p.add_argument("--minutes", type=float, default=3.5, help="stop training after this long (then eval + save)")
+    p.add_argument("--minutes", type=float, default=3.0, help="stop training after this long (then eval + save)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--preset", default="glm4-tiny")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{dtype_name(device.training_dtype)}; up to {steps} steps or {args.minutes:g} minutes", flush=True)
     config = TrainConfig(preset=args.preset, steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
                          device=args.device, out_dir=str(out), lr=3e-3, warmup_steps=20, eval_every=50,
-                         ckpt_every=100, log_every=10, progress=not args.no_progress, sample_tokens=150,
+                         ckpt_every=100, log_every=10, progress=not args.no_progress, sample_tokens=120,
                          time_limit_s=60.0 * args.minutes)
     try:
         s = train(config)
