@@ -71,7 +71,7 @@ class LaunchConfig:
 class LaunchResult:
     returncode: int
     run_dir: Path
-    results: list[dict | None] = field(default_factory=list)  # one per rank of this node (None: rank wrote none)
+    results: list[dict | None] = field(default_factory=list)  # this node's ranks, sorted by rank; None: wrote none
     log: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -201,9 +201,11 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
         if timer is not None:
             timer.cancel()
     code = 124 if timed_out.is_set() else proc.returncode
-    n_ranks = config.nproc
-    first = config.node_rank * config.nproc
-    results = [_read_json(rank_results_path(first + r, results_dir)) for r in range(n_ranks)]
+    # With a c10d rendezvous torchrun gives out global ranks in join order, not by --node-rank, so collect the
+    # rank files this node's workers actually wrote (sorted by rank); None fills in for ranks that wrote none.
+    written = sorted(results_dir.glob("rank*.json"), key=lambda p: int(p.stem[len("rank"):]))
+    results = [_read_json(p) for p in written]
+    results += [None] * (config.nproc - len(results))
     return LaunchResult(code, run_dir, results, log, time.perf_counter() - start)
 
 
