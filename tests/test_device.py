@@ -156,3 +156,24 @@ def test_device_table_lists_every_type_with_reasons():
     assert set(rows) == {"cpu", "cuda", "npu", "xpu", "mps"}
     assert rows["cpu"]["available"] and rows["cpu"]["training_dtype"] in ("fp32", "bf16")
     assert not rows["npu"]["available"] and rows["npu"]["reason"]
+
+
+def test_auto_prefers_what_torch_accelerator_reports(monkeypatch):
+    """torch.accelerator names the accelerator (here a fake xpu); auto follows it when that type works."""
+    fake_xpu = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
+                                     get_device_name=lambda i: "Intel Data Center GPU Max", synchronize=lambda: None)
+    monkeypatch.setattr(torch, "xpu", fake_xpu, raising=False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("xpu"))
+    synced = []
+    monkeypatch.setattr(torch.accelerator, "synchronize", lambda index=None: synced.append(index))
+    dev = get_device("auto")
+    assert (dev.type, dev.dist_backend, dev.count) == ("xpu", "xccl", 2)
+    dev.synchronize()
+    assert synced == [None]
+
+
+def test_auto_ignores_an_accelerator_type_that_does_not_work(monkeypatch):
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("cuda"))
+    assert get_device("auto").type == "cpu"  # the cpu build has no working cuda, whatever is reported

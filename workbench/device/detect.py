@@ -1,6 +1,7 @@
 """Device detection and the ``Device`` object every other module talks to.
 
-Detection order for ``device="auto"``: npu, cuda, xpu, mps, cpu (NPU first, as HF accelerate does, so that
+Detection for ``device="auto"``: what ``torch.accelerator`` reports when that device type works here, otherwise
+the first available of npu, cuda, xpu, mps, cpu (NPU first, as HF accelerate does, so that
 ``torch_npu.contrib.transfer_to_npu`` cannot make an NPU host look like a CUDA one). ``torch.accelerator`` answers
 where it applies; backend-specific calls (``torch.cuda.*``, ``torch.npu.*``) live only in this package.
 """
@@ -86,6 +87,31 @@ def available_device_types() -> list[str]:
     return [t for t in AUTO_ORDER if _availability(t) is None]
 
 
+def _torch_accelerator_type() -> str | None:
+    """The accelerator type ``torch.accelerator`` reports (cuda, xpu, mps, or a PrivateUse1 backend such as npu once
+    torch_npu is loaded), or None. This is torch's own device-generic answer; we prefer it where it applies."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is None:
+        return None
+    try:
+        if not accelerator.is_available():
+            return None
+        current = accelerator.current_accelerator()
+    except Exception:
+        return None
+    return None if current is None else current.type
+
+
+def auto_device_type() -> str:
+    """What ``device="auto"`` means here: torch.accelerator's choice when it names a device type we support and
+    that works, otherwise the first available in the order npu, cuda, xpu, mps, cpu."""
+    _import_torch_npu()  # loading torch_npu (when present) registers "npu" with torch.accelerator
+    kind = _torch_accelerator_type()
+    if kind in SUPPORTED_DEVICE_TYPES and _availability(kind) is None:
+        return kind
+    return available_device_types()[0]
+
+
 def _parse_device_string(spec: str) -> tuple[str, int | None]:
     spec = str(spec).strip().lower()
     if ":" in spec:
@@ -109,7 +135,7 @@ def get_device(spec: str | torch.device | "Device" = "auto") -> "Device":
     else:
         kind, index = _parse_device_string(spec)
     if kind == "auto":
-        kind = available_device_types()[0]
+        kind = auto_device_type()
     if kind not in SUPPORTED_DEVICE_TYPES:
         raise ValueError(
             f"unknown device {spec!r}; choose one of: auto, {', '.join(SUPPORTED_DEVICE_TYPES)} (optionally ':index')"
@@ -199,7 +225,11 @@ class Device:
 
     # ---- synchronisation and timing ---------------------------------------------------------------------------
     def synchronize(self) -> None:
-        if self.type != "cpu":
+        if self.type == "cpu":
+            return
+        if _torch_accelerator_type() == self.type:
+            torch.accelerator.synchronize(self.index)  # the device-generic call where torch has one
+        else:
             self.backend.synchronize()
 
     @contextlib.contextmanager
