@@ -41,8 +41,8 @@ def test_every_op_has_a_reference_and_cases():
 
 def test_cpu_defaults_are_the_measured_fastest_correct_paths():
     chosen = {op: K.resolve_impl(op, "cpu").name for op in K.ops()}
-    assert chosen == {"attention": "torch", "cross_entropy": "torch", "moe": "torch", "rms_norm": "reference",
-                      "rope": "reference", "swiglu": "reference"}
+    assert chosen == {"attention": "torch", "cross_entropy": "torch", "moe": "torch", "rms_norm": "autograd",
+                      "rope": "torch", "swiglu": "reference"}
     assert K.resolve_impl("rms_norm", "cuda").name == "torch"  # ranked per device: F.rms_norm is fused there
     assert K.resolve_impl("rms_norm", "cpu", impl="torch").name == "torch"  # and still selectable on cpu
 
@@ -134,7 +134,7 @@ def test_topk_mask_and_sparse_attention_sees_only_chosen_keys():
 # ---------------------------------------------------------------------------------------------------------------
 # correctness: every torch implementation against the reference
 # ---------------------------------------------------------------------------------------------------------------
-TORCH_OPS = ["attention", "cross_entropy", "moe", "rms_norm"]
+TORCH_OPS = ["attention", "cross_entropy", "moe", "rms_norm", "rope"]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -143,6 +143,27 @@ def test_torch_implementation_matches_reference(op, dtype):
     for case in CASES[op]:
         result = run_case(op, "torch", case, DTYPES[dtype], DEVICE)
         assert result.passed, result
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_hand_written_rms_norm_backward_matches_reference(dtype):
+    for case in CASES["rms_norm"]:
+        result = run_case("rms_norm", "autograd", case, DTYPES[dtype], DEVICE)
+        assert result.passed, result
+
+
+def test_torch_rope_backward_is_the_inverse_rotation_on_strided_input():
+    # q arrives as a transposed view of the projection: gradients must match the reference exactly there too
+    x = torch.randn(2, 5, 3, 16).transpose(1, 2)
+    angles = torch.randn(5, 6)
+    for interleaved in (False, True):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        g = torch.randn(2, 3, 5, 16)
+        reference.rope(a, angles.cos(), angles.sin(), interleaved).backward(g)
+        out = K.implementations("rope")["torch"].fn(b, angles.cos(), angles.sin(), interleaved)
+        out.backward(g)
+        assert torch.allclose(out, reference.rope(x, angles.cos(), angles.sin(), interleaved), atol=1e-6)
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
