@@ -384,3 +384,24 @@ def test_cli_bench_writes_json_and_chart(tmp_path, capsys):
     assert {r["op"] for r in result["rows"]} == {"rms_norm", "moe"}
     assert (tmp_path / "kernels_bench_roofline.html").exists()
     assert "rms_norm" in capsys.readouterr().out
+
+
+def test_torch_attention_mla_shapes_with_dsa_topk_match_reference():
+    # MLA: v narrower than q/k (the cpu path zero-pads v for flash attention), DSA top-k mask, causal; some
+    # query rows keep a single key and slots are -1: forward and every gradient must match the written-out math.
+    torch.manual_seed(0)
+    B, H, S, D, Dv, slots = 2, 3, 12, 24, 8, 4
+    q, k, v = torch.randn(B, H, S, D), torch.randn(B, H, S, D), torch.randn(B, H, S, Dv)
+    scores = torch.randn(B, S, S).masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+    values, topk = scores.topk(slots, dim=-1)
+    topk = topk.masked_fill(values == float("-inf"), -1)
+    g = torch.randn(B, H, S, Dv)
+    results = []
+    for impl in ("reference", "torch"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = K.implementations("attention")[impl].fn(*leaves, causal=True, scale=0.3, topk_indices=topk)
+        assert out.shape == (B, H, S, Dv)
+        out.backward(g)
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for ref, got in zip(*results):
+        assert torch.allclose(ref, got, atol=1e-5), (ref - got).abs().max()
