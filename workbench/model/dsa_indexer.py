@@ -73,8 +73,9 @@ def indexer_kl_loss(index_scores: torch.Tensor, topk: torch.Tensor, q: torch.Ten
     S = index_scores.shape[-1]
     keep = topk_to_mask(topk, S) & torch.ones(S, S, dtype=torch.bool, device=q.device).tril()  # [B, S, S]
     with torch.no_grad():
-        logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~keep[:, None], float("-inf"))
-        target = torch.softmax(logits, dim=-1).sum(dim=1)
+        # scale folded into q and the mask applied in place: two fewer passes over the [B, H, S, S] logits
+        logits = (q.float() * scale) @ k.float().transpose(-1, -2)
+        target = torch.softmax(logits.masked_fill_(~keep[:, None], float("-inf")), dim=-1).sum(dim=1)
         target = target / target.sum(dim=-1, keepdim=True)                                 # [B, S, S]
     log_index = torch.log_softmax(index_scores.masked_fill(~keep, float("-inf")), dim=-1).masked_fill(~keep, 0.0)
     kl = target * (target.clamp_min(1e-30).log() - log_index)
