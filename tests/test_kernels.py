@@ -405,3 +405,19 @@ def test_torch_attention_mla_shapes_with_dsa_topk_match_reference():
         results.append([out.detach()] + [t.grad for t in leaves])
     for ref, got in zip(*results):
         assert torch.allclose(ref, got, atol=1e-5), (ref - got).abs().max()
+
+
+def test_torch_rope_and_autograd_rms_norm_work_under_torch_compile():
+    # the trainer's --compile path: the rope kernel must fall back to math inductor can fuse (it rejects mul(out=))
+    rope_fn = K.implementations("rope")["torch"].fn
+    norm_fn = K.implementations("rms_norm")["autograd"].fn
+
+    def block(x, w, cos, sin):
+        return rope_fn(norm_fn(x, w), cos, sin, True)
+
+    x, w, angles = torch.randn(2, 3, 5, 16, requires_grad=True), torch.randn(16), torch.randn(5, 4)
+    out = torch.compile(block)(x, w, angles.cos(), angles.sin())
+    out.sum().backward()
+    expected = reference.rope(reference.rms_norm(x, w), angles.cos(), angles.sin(), True)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.isfinite(x.grad).all()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from workbench.kernels import reference
 from workbench.kernels.registry import register
 
 DEVICES = ("cpu", "cuda", "xpu", "mps", "npu")
@@ -65,6 +66,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: boo
     if cos.requires_grad or sin.requires_grad:
         raise ValueError("torch rope: cos/sin must not require grad (they come from the rotary table); "
                          "use the reference rope to differentiate through the angles")
+    if torch.compiler.is_compiling():  # inductor fuses the written-out math itself (and rejects mul(out=) here)
+        return reference.rope(x, cos, sin, interleaved)
     return _Rope.apply(x, cos, sin, interleaved)
 
 
