@@ -41,9 +41,6 @@ from workbench.train.optim import build_optimizer
 from workbench.train.sampling import generate
 from workbench.train.schedule import WarmupCosine
 
-# ModelConfig fields that may hold the model's maximum number of positions (the seq-len check reads the first).
-POSITION_FIELDS = ("max_position_embeddings", "max_seq_len", "max_positions", "block_size", "context_length")
-
 
 def dist_rank_world() -> tuple[int, int]:
     """(rank, world size) from torch.distributed when a process group exists, else (0, 1)."""
@@ -55,11 +52,9 @@ def dist_rank_world() -> tuple[int, int]:
 
 
 def model_max_positions(model_config: Any) -> int | None:
-    for name in POSITION_FIELDS:
-        value = getattr(model_config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    """The model's number of positions; None for a caller-supplied model whose config does not say."""
+    value = getattr(model_config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def build_model_config(config: TrainConfig, vocab_size: int):
