@@ -47,3 +47,11 @@ def test_unknown_command_and_help(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in COMMANDS)
+
+
+def test_an_output_path_that_is_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    result = run_cli("profile", "--preset", "glm4-tiny", "--steps", "1", "--out", str(blocker))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "File exists" in result.stderr.strip().splitlines()[-1]

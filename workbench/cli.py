@@ -28,8 +28,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from workbench.device.detect import DeviceUnavailableError
     from workbench.errors import WorkbenchError
 
-    return (WorkbenchError, DeviceUnavailableError, ValueError, KeyError, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError, PermissionError, UnicodeDecodeError)
+    return (WorkbenchError, DeviceUnavailableError, ValueError, KeyError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, IsADirectoryError, PermissionError, UnicodeDecodeError)
 
 
 def _top_level_help() -> str:
