@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from workbench.distributed.launcher import free_port
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -58,7 +53,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 def test_ddp_gloo_communication_is_split_into_overlapped_and_exposed(tmp_path):
     # fork, not spawn: the children inherit the imported torch instead of paying for the import again (CPU only)
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     result = json.loads((tmp_path / "rank0.json").read_text())
     comm = result["breakdown"]["communication"]
     assert comm["total_ms"] > 0

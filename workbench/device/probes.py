@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,13 +50,10 @@ def _read_cache() -> dict:
 
 def _write_cache(entries: dict) -> None:
     """Atomic write so two processes probing at once never leave a half-written file."""
-    path = cache_path()
+    from workbench.results import write_json_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".probes.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_json_atomic(cache_path(), entries)
     except OSError:
         pass  # a read-only home only costs a re-probe next time
 

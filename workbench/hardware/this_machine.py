@@ -11,17 +11,10 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import tempfile
 import time
 
 from workbench.hardware.catalog import Chip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _allreduce_worker(rank: int, world: int, port: int, megabytes: float, out_path: str) -> None:
@@ -60,9 +53,11 @@ def measure_gloo_allreduce(world: int = 2, megabytes: float = 16.0) -> dict:
     processes on loopback. Takes a few seconds (process start-up dominates); cached per process."""
     import torch.multiprocessing as mp
 
+    from workbench.distributed.launcher import free_port
+
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "allreduce.txt")
-        mp.start_processes(_allreduce_worker, args=(world, _free_port(), megabytes, out), nprocs=world,
+        mp.start_processes(_allreduce_worker, args=(world, free_port(), megabytes, out), nprocs=world,
                            join=True, start_method="spawn")
         big_s, tiny_s, nbytes = (float(x) for x in open(out).read().split())
     factor = 2 * (world - 1) / world  # ring all-reduce: busbw = algbw * 2(p-1)/p
