@@ -12,8 +12,6 @@ import json
 import platform
 import sys
 
-import torch
-
 from workbench.device.detect import _import_torch_npu, device_table, dtype_name, get_device
 from workbench.device.probes import measure_gemm_peak, measure_memory_bandwidth
 

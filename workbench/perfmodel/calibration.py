@@ -29,7 +29,7 @@ from typing import Any
 from workbench.perfmodel.efficiency import Efficiency, default_efficiency
 from workbench.perfmodel.search import search
 from workbench.perfmodel.simulator import evaluate
-from workbench.perfmodel.spec import Layout, parse_spec
+from workbench.perfmodel.spec import parse_spec
 
 _K22 = "Korthikanti 2022 predates FlashAttention in Megatron-LM: unfused attention; no distributed optimizer"
 # Values the CSV leaves empty, filled for the simulation, with why. Everything else empty is searched.

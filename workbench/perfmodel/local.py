@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from workbench.perfmodel.efficiency import Efficiency
 
 # CPU efficiencies that are set, not fitted: the GEMM probe already measures the achieved rate (eff 1); CPU SDPA
 # reaches about half of the GEMM rate at these sizes; DDP's gloo all-reduce is not overlapped with backward here
@@ -178,7 +177,7 @@ def predict_step_time(model_config: Any, batch_size: int, seq_len: int, grad_acc
     """
     from workbench.perfmodel.shapes import shape_from_config
     from workbench.perfmodel.simulator import evaluate
-    from workbench.perfmodel.spec import Layout, parse_spec
+    from workbench.perfmodel.spec import parse_spec
 
     probes = probes or measure_probes(world)
     shape = shape_from_config(model_config)

@@ -93,7 +93,7 @@ class TrainConfig:
         need(0.0 < self.val_fraction < 0.5, f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         need(isinstance(self.parallel, str), f"parallel must be a string like 'dp=1', got {self.parallel!r}")
         need(isinstance(self.model_overrides, dict), "model_overrides must be a dict of ModelConfig fields")
-        need(self.time_limit_s is None or self.time_limit_s > 0, f"time_limit_s must be > 0 or None")
+        need(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s must be > 0 or None")
         need(self.expert_bias_rate is None or self.expert_bias_rate >= 0,
              f"expert_bias_rate must be >= 0 or None, got {self.expert_bias_rate}")
         if problems:
