@@ -51,6 +51,18 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Average ``values`` over the data-parallel ranks (one all-reduce), so the logged loss is the global batch's,
+    not rank 0's shard's; unchanged in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
+
+
 def model_max_positions(model_config: Any) -> int | None:
     """The model's number of positions; None for a caller-supplied model whose config does not say."""
     value = getattr(model_config, "max_position_embeddings", None)
@@ -225,7 +237,7 @@ class Trainer:
             update_bias = getattr(self.raw_model, "update_expert_bias", None)
             if update_bias is not None:
                 expert = update_bias(rate=c.expert_bias_rate) or {}
-        loss_value = float(loss_sum / c.grad_accum)  # .item(): also waits for the device
+        loss_mean, lm_mean = mean_over_ranks(torch.stack([loss_sum, lm_sum]) / c.grad_accum).tolist()
         self.device.synchronize()
         elapsed = time.perf_counter() - start
         tokens = c.batch_size * c.seq_len * c.grad_accum * self.world_size
@@ -233,7 +245,7 @@ class Trainer:
         self.tokens_seen += tokens
         tok_s = tokens / elapsed
         record = {
-            "kind": "train", "step": self.step, "loss": loss_value, "lm_loss": float(lm_sum / c.grad_accum),
+            "kind": "train", "step": self.step, "loss": loss_mean, "lm_loss": lm_mean,
             "lr": lr, "grad_norm": float(grad_norm), "step_time_s": elapsed, "tokens_per_s": tok_s,
             "mfu": mfu(tok_s, self.flops_per_token, self.peak.value), "peak_source": self.peak.source,
             "tokens_seen": self.tokens_seen,
@@ -245,8 +257,8 @@ class Trainer:
         record["peak_memory_bytes"] = mem.get("peak_bytes")
         if expert:
             record["expert"] = expert
-        if not math.isfinite(loss_value):
-            raise WorkbenchError(f"loss became {loss_value} at step {self.step}; lower --lr or raise warmup_steps")
+        if not math.isfinite(loss_mean):
+            raise WorkbenchError(f"loss became {loss_mean} at step {self.step}; lower --lr or raise warmup_steps")
         self.metrics.log(record)
         self.history.append(record)
         return record
@@ -261,9 +273,9 @@ class Trainer:
             x, y = self.val_loader.batch(i)
             out = self._forward(x, y)
             lm = getattr(out, "lm_loss", None)
-            losses.append(float((lm if lm is not None else out.loss).float()))
+            losses.append((lm if lm is not None else out.loss).float())
         self.model.train()
-        val = sum(losses) / len(losses)
+        val = float(mean_over_ranks(torch.stack(losses).mean()))
         record = {"kind": "eval", "step": self.step, "val_loss": val}
         self.metrics.log(record)
         self.history.append(record)
