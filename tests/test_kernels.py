@@ -33,7 +33,8 @@ def _clean_overrides(monkeypatch):
 
 
 def test_every_op_has_a_reference_and_cases():
-    assert set(K.ops()) == {"attention", "cross_entropy", "moe", "rms_norm", "rope", "swiglu"}
+    assert set(K.ops()) == {"attention", "cross_entropy", "moe", "rms_norm", "rope", "sparse_mqa_attention",
+                            "swiglu"}
     for op in K.ops():
         assert "reference" in K.implementations(op)
         assert CASES[op], op
@@ -42,7 +43,7 @@ def test_every_op_has_a_reference_and_cases():
 def test_cpu_defaults_are_the_measured_fastest_correct_paths():
     chosen = {op: K.resolve_impl(op, "cpu").name for op in K.ops()}
     assert chosen == {"attention": "torch", "cross_entropy": "torch", "moe": "torch", "rms_norm": "autograd",
-                      "rope": "torch", "swiglu": "reference"}
+                      "rope": "torch", "sparse_mqa_attention": "torch", "swiglu": "reference"}
     assert K.resolve_impl("rms_norm", "cuda").name == "torch"  # ranked per device: F.rms_norm is fused there
     assert K.resolve_impl("rms_norm", "cpu", impl="torch").name == "torch"  # and still selectable on cpu
 
@@ -134,7 +135,7 @@ def test_topk_mask_and_sparse_attention_sees_only_chosen_keys():
 # ---------------------------------------------------------------------------------------------------------------
 # correctness: every torch implementation against the reference
 # ---------------------------------------------------------------------------------------------------------------
-TORCH_OPS = ["attention", "cross_entropy", "moe", "rms_norm", "rope"]
+TORCH_OPS = ["attention", "cross_entropy", "moe", "rms_norm", "rope", "sparse_mqa_attention"]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -143,6 +144,29 @@ def test_torch_implementation_matches_reference(op, dtype):
     for case in CASES[op]:
         result = run_case(op, "torch", case, DTYPES[dtype], DEVICE)
         assert result.passed, result
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch"])
+def test_sparse_mqa_attention_is_dense_attention_under_the_topk_mask(impl):
+    """Gathering K rows per query must give exactly what masked dense attention over one shared kv head gives
+    (distinct indices, as the indexer's top-k yields; -1 slots unused), outputs, gradients and the probabilities."""
+    gen = torch.Generator().manual_seed(3)
+    B, S, H, D, Dv, slots = 2, 24, 4, 20, 12, 6
+    scores = torch.randn(B, S, S, generator=gen).masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), -math.inf)
+    values, topk = scores.topk(slots, dim=-1)
+    topk = topk.masked_fill(values == -math.inf, -1)  # the first K-1 queries see fewer than K keys
+    q = torch.randn(B, S, H, D, generator=gen, requires_grad=True)
+    kv = torch.randn(B, S, D, generator=gen, requires_grad=True)
+    out, probs = K.implementations("sparse_mqa_attention")[impl].fn(q, kv, topk, 0.3, Dv)
+    dense = reference.attention(q.transpose(1, 2), kv[:, None], kv[:, None, :, :Dv], causal=True, scale=0.3,
+                                topk_indices=topk).transpose(1, 2)
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-6)
+    grad = torch.randn(out.shape, generator=gen)
+    torch.testing.assert_close(torch.autograd.grad(out, (q, kv), grad), torch.autograd.grad(dense, (q, kv), grad),
+                               rtol=1e-5, atol=1e-5)
+    assert probs.shape == (B, S, slots) and not probs.requires_grad
+    torch.testing.assert_close(probs.sum(-1), torch.full((B, S), float(H)))  # each head's weights sum to 1
+    assert (probs[topk < 0] == 0).all()
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

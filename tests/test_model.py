@@ -161,6 +161,32 @@ def test_dsa_indexer_topk_causal_and_shared_layers():
     torch.testing.assert_close(out[:, :4], dense[:, :4])  # the first topk positions see all their keys
 
 
+def test_gathered_sparse_attention_equals_the_masked_dense_path():
+    """dsa_attention="gather" (absorbed MLA, top-k rows gathered, KL on the [B, S, K] slots) and "mask" (per-head
+    k/v, dense flash attention under a top-k mask, dense KL) are two ways to compute the same model: same losses,
+    same gradients, in "full" and "shared" indexer layers alike."""
+    torch.manual_seed(0)
+    cfg = _small("glm5-tiny", index_topk=5, mtp_layers=0)
+    models = {}
+    for mode in ("mask", "gather"):
+        torch.manual_seed(0)
+        models[mode] = build_model(cfg.replace(dsa_attention=mode)).train()
+    x = torch.randint(0, cfg.vocab_size, (2, 33))
+    outs = {mode: m(x[:, :-1], labels=x[:, 1:]) for mode, m in models.items()}
+    torch.testing.assert_close(outs["gather"].lm_loss, outs["mask"].lm_loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(outs["gather"].indexer_loss, outs["mask"].indexer_loss, rtol=1e-4, atol=1e-7)
+    for out in outs.values():
+        out.loss.backward()
+    masked = dict(models["mask"].named_parameters())
+    for name, p in models["gather"].named_parameters():
+        torch.testing.assert_close(p.grad, masked[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    attn = models["gather"].layers[0].self_attn
+    assert attn.gathers(32) and not models["mask"].layers[0].self_attn.gathers(32)
+    assert build_model(cfg).layers[0].self_attn.gathers(16 * 5) and not build_model(cfg).layers[0].self_attn.gathers(32)
+    with pytest.raises(ConfigError, match="dsa_attention"):
+        cfg.replace(dsa_attention="sparse")
+
+
 def test_full_size_presets_build_on_meta():
     for name in ("glm-5", "glm-4.5", "glm-4.5-air"):
         model = build_model(get_preset(name), device="meta")
@@ -208,9 +234,10 @@ def test_rotary_larger_than_head_dim_and_unknown_preset():
         assert name in str(err.value)
 
 
-def test_indexer_kl_loss_trains_only_the_indexer():
+@pytest.mark.parametrize("dsa_attention", ["mask", "gather"])
+def test_indexer_kl_loss_trains_only_the_indexer(dsa_attention):
     torch.manual_seed(0)
-    cfg = _small("glm5-tiny", index_topk=4, mtp_layers=0)
+    cfg = _small("glm5-tiny", index_topk=4, mtp_layers=0, dsa_attention=dsa_attention)
     model = build_model(cfg)
     x = torch.randint(0, cfg.vocab_size, (2, 12))
     out = model(x, labels=torch.roll(x, -1, 1))

@@ -41,6 +41,10 @@ def attention(q, k, v, causal: bool = True, scale: float | None = None, topk_ind
     return resolve("attention", q.device.type)(q, k, v, causal=causal, scale=scale, topk_indices=topk_indices)
 
 
+def sparse_mqa_attention(q, kv, topk_indices, scale: float, v_dim: int):
+    return resolve("sparse_mqa_attention", q.device.type)(q, kv, topk_indices, scale, v_dim)
+
+
 def moe(x, expert_indices, expert_weights, w_gate_up, w_down):
     return resolve("moe", x.device.type)(x, expert_indices, expert_weights, w_gate_up, w_down)
 
@@ -52,5 +56,6 @@ def cross_entropy(hidden, weight, labels, ignore_index: int = -100):
 __all__ = [
     "attention", "availability_table", "cross_entropy", "get_overrides", "implementations", "moe", "ops",
     "parse_overrides",
-    "register", "resolve", "resolve_impl", "rms_norm", "rope", "set_overrides", "swiglu", "use_kernels",
+    "register", "resolve", "resolve_impl", "rms_norm", "rope", "set_overrides", "sparse_mqa_attention", "swiglu",
+    "use_kernels",
 ]

@@ -137,6 +137,17 @@ def problems(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, ops: l
         out.append(Problem("attention", f"DSA top-{slots} S={s.seq}", make_attention(True),
                            2.0 * s.batch * s.heads * s.seq * slots * 2 * s.head_dim,
                            attn_bytes + s.batch * s.seq * slots * 8))
+        # the same pattern as DSA runs it over MLA: one shared kv head (MQA), K gathered rows per query
+        def make_sparse_mqa():
+            topk = _topk(gen, s.batch, s.seq, s.seq, slots)
+            topk[:, :, 0] = torch.arange(s.seq)  # every query keeps at least itself
+            return [rand(s.batch, s.seq, s.heads, s.head_dim), rand(s.batch, s.seq, s.head_dim), topk.to(device),
+                    s.head_dim ** -0.5, s.head_dim], {}
+
+        out.append(Problem("sparse_mqa_attention", f"DSA top-{slots} MQA gather S={s.seq} H={s.heads}",
+                           make_sparse_mqa, 2.0 * s.batch * s.seq * s.heads * slots * 2 * s.head_dim,
+                           (2 * s.batch * s.seq * s.heads * s.head_dim + s.batch * s.seq * slots * s.head_dim) * es
+                           + s.batch * s.seq * slots * 8))
     out.append(moe_problem(s, device, dtype, gen))
     out.append(Problem("cross_entropy", f"N={s.ce_rows} V={s.vocab} D={s.hidden}",
                        lambda: ([rand(s.ce_rows, s.hidden), rand(s.vocab, s.hidden, scale=s.hidden ** -0.5),
@@ -171,6 +182,7 @@ def _call(fn, args, kwargs, train: bool, grad_out=None):
         with torch.no_grad():
             return fn(*args, **kwargs)
     out = fn(*args, **kwargs)
+    out = out[0] if isinstance(out, tuple) else out  # (output, detached side outputs): backward through the first
     out.backward(grad_out if grad_out is not None and grad_out.shape == out.shape else torch.ones_like(out))
     return out
 

@@ -11,6 +11,10 @@ Signatures (shared by every implementation of an op):
 - ``attention(q[B,Hq,S,Dqk], k[B,Hkv,S,Dqk], v[B,Hkv,S,Dv], causal=True, scale=None, topk_indices=None)
   -> [B,Hq,S,Dv]``. GQA when Hkv divides Hq. ``topk_indices[B,S,K]`` (long, -1 = unused slot) restricts each query
   to those keys, shared over heads: the DeepSeek Sparse Attention pattern.
+- ``sparse_mqa_attention(q[B,S,H,D], kv[B,Sk,D], topk_indices[B,S,K], scale, v_dim) -> (out[B,S,H,v_dim],
+  probs[B,S,K])``: each query attends only to its K selected keys of ONE key/value head shared by all query heads
+  (MLA in its absorbed, MQA form: keys = kv, values = kv[..., :v_dim]); the DSA sparse kernel (DeepSeek-V3.2).
+  ``probs`` are the attention weights summed over heads, detached (the indexer's training target).
 - ``moe(x[T,D], expert_indices[T,k], expert_weights[T,k], w_gate_up[E,2F,D], w_down[E,D,F]) -> [T,D]``:
   each token's output is sum_j weight_j * expert_{idx_j}(x), expert(x) = down(swiglu(gate_up(x))).
 - ``cross_entropy(hidden[N,D], weight[V,D], labels[N], ignore_index=-100) -> scalar mean loss`` over the labels
@@ -91,6 +95,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     scores = scores.masked_fill(~keep, float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a fully masked row gives zeros, not NaN
     return torch.matmul(probs.to(v.dtype), v)
+
+
+@register("sparse_mqa_attention", "reference", priority=0)
+def sparse_mqa_attention(q: torch.Tensor, kv: torch.Tensor, topk_indices: torch.Tensor, scale: float,
+                         v_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather each query's K selected rows of the shared kv head, then softmax attention over those K only."""
+    batch = torch.arange(q.shape[0], device=q.device)[:, None, None]
+    picked = kv[batch, topk_indices.clamp(min=0)].float()                        # [B, S, K, D]
+    scores = torch.einsum("bshd,bskd->bshk", q.float(), picked) * scale            # [B, S, H, K]
+    scores = scores.masked_fill((topk_indices < 0)[:, :, None, :], float("-inf"))  # unused slots
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    out = torch.einsum("bshk,bskd->bshd", probs, picked[..., :v_dim])
+    return out.to(q.dtype), probs.sum(dim=2).detach()
 
 
 @register("moe", "reference", priority=0)

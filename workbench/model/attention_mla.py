@@ -19,8 +19,13 @@ from torch import nn
 
 from workbench import kernels
 from workbench.model.config import ModelConfig
-from workbench.model.dsa_indexer import LightningIndexer, indexer_kl_loss
+from workbench.model.dsa_indexer import LightningIndexer, indexer_kl_loss, sparse_indexer_kl_loss
 from workbench.model.layers import RMSNorm
+
+
+# "auto" gathers once the sequence is this many times index_topk: on the 2-core CPU (fp32, glm5-tiny) the gathered
+# path was slower than masked flash attention at S = 8 K and faster from S = 16 K (benchmarks/README.md).
+DSA_GATHER_MIN_RATIO = 16
 
 
 class MLAttention(nn.Module):
@@ -46,6 +51,7 @@ class MLAttention(nn.Module):
         self.indexer_type = indexer_type
         self.indexer = LightningIndexer(cfg) if indexer_type == "full" else None
         self.indexer_loss_coef = cfg.indexer_loss_coef
+        self.dsa_attention, self.index_topk = cfg.dsa_attention, cfg.index_topk
         self.last_indexer_loss: torch.Tensor | None = None  # set by a training forward that ran the indexer
 
     def forward(self, x_BSD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -61,25 +67,61 @@ class MLAttention(nn.Module):
         q_nope, q_rope = q.split([self.nope, self.rope_dim], dim=-1)
 
         kv_latent, k_rope = self.kv_a_proj_with_mqa(x_BSD).split([self.kv_rank, self.rope_dim], dim=-1)
-        kv = self.kv_b_proj(self.kv_a_layernorm(kv_latent))
-        kv = kv.view(B, S, self.n_heads, self.nope + self.v_dim).transpose(1, 2)     # [B, H, S, nope+v]
-        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
-
+        c_kv = self.kv_a_layernorm(kv_latent)                                        # [B, S, r]
         q_rope = kernels.rope(q_rope, cos, sin, self.interleaved)
         k_rope = kernels.rope(k_rope.view(B, 1, S, self.rope_dim), cos, sin, self.interleaved)  # one head for all
-        q = torch.cat([q_nope, q_rope], dim=-1)
-        k = torch.cat([k_nope, k_rope.expand(B, self.n_heads, S, self.rope_dim)], dim=-1)
+        # DSA layers past index_topk attend sparsely; gathered, they never expand the latent into per-head k and v
+        gathered = self.indexer_type is not None and S > self.index_topk and self.gathers(S)
+        k_nope = v = None
+        if not gathered:
+            kv = self.kv_b_proj(c_kv).view(B, S, self.n_heads, self.nope + self.v_dim).transpose(1, 2)
+            k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)                    # [B, H, S, nope], [.., v]
 
         topk, self.last_indexer_loss = None, None
+        train_indexer = self.training and self.indexer_loss_coef > 0 and torch.is_grad_enabled()
+        index_qkw = None
         if self.indexer_type == "full" and S > self.indexer.topk:
-            if self.training and self.indexer_loss_coef > 0 and torch.is_grad_enabled():
-                # train the indexer on detached inputs: its loss must not move the rest of the model
-                index_scores = self.indexer.scores(x_BSD.detach(), q_latent.detach(), cos, sin)
+            # train the indexer on detached inputs: its loss must not move the rest of the model
+            index_qkw = self.indexer.project(x_BSD.detach() if train_indexer else x_BSD,
+                                             q_latent.detach() if train_indexer else q_latent, cos, sin)
+            with torch.no_grad():  # choosing keys is not differentiable; the KL loss below trains the indexer
+                index_scores = self.indexer.dense_scores(*[t.detach() for t in index_qkw])
                 topk = self.indexer.select(index_scores)
-                self.last_indexer_loss = indexer_kl_loss(index_scores, topk, q.detach(), k.detach(), self.scale)
-            else:
-                topk = self.indexer(x_BSD, q_latent, cos, sin)
         elif self.indexer_type == "shared":
             topk = prev_topk
-        out = kernels.attention(q, k, v, causal=True, scale=self.scale, topk_indices=topk)  # [B, H, S, v]
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.v_dim)), topk
+        if gathered:
+            out, probs = self._gathered_sparse_attention(q_nope, q_rope, c_kv, k_rope, topk)
+            if train_indexer and index_qkw is not None:
+                selected = self.indexer.selected_scores(*index_qkw, topk)
+                self.last_indexer_loss = sparse_indexer_kl_loss(selected, topk, probs)
+        else:
+            q = torch.cat([q_nope, q_rope], dim=-1)
+            k = torch.cat([k_nope, k_rope.expand(B, self.n_heads, S, self.rope_dim)], dim=-1)
+            if train_indexer and index_qkw is not None:
+                self.last_indexer_loss = indexer_kl_loss(self.indexer.dense_scores(*index_qkw), topk,
+                                                         q.detach(), k.detach(), self.scale)
+            out = kernels.attention(q, k, v, causal=True, scale=self.scale, topk_indices=topk)  # [B, H, S, v]
+            out = out.transpose(1, 2)
+        return self.o_proj(out.reshape(B, S, self.n_heads * self.v_dim)), topk
+
+    def gathers(self, seq_len: int) -> bool:
+        """Whether sparse attention runs gathered (work ~ S*k) rather than as dense attention with a mask (~ S^2)."""
+        if self.dsa_attention == "auto":
+            return seq_len >= DSA_GATHER_MIN_RATIO * self.index_topk
+        return self.dsa_attention == "gather"
+
+    def _gathered_sparse_attention(self, q_nope, q_rope, c_kv, k_rope, topk):
+        """DSA as DeepSeek-V3.2 runs it: MLA in its absorbed ("MQA") form, each query reading only its top-k rows.
+
+        kv_b_proj maps the latent c to per-head k_nope = W_uk c and v = W_uv c. Absorb W_uk into the query
+        (q_nope . W_uk c = (W_uk^T q_nope) . c) and W_uv after the attention (sum_s p_s W_uv c_s = W_uv sum_s p_s c_s):
+        then every head attends over the same single head [c | k_rope] of kv_lora_rank + rope channels, so the
+        top-k rows are gathered once per query, not once per head. Returns ([B, S, H, v], head-summed probs)."""
+        B, H, S, _ = q_nope.shape
+        w = self.kv_b_proj.weight.view(H, self.nope + self.v_dim, self.kv_rank)
+        w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]                             # [H, nope, r], [H, v, r]
+        q_latent = torch.einsum("bhsn,hnr->bshr", q_nope, w_uk)                    # [B, S, H, r]
+        q_abs = torch.cat([q_latent, q_rope.transpose(1, 2)], dim=-1)              # [B, S, H, r + rope]
+        kv_abs = torch.cat([c_kv, k_rope.view(B, S, self.rope_dim)], dim=-1)       # [B, S, r + rope]
+        out_latent, probs = kernels.sparse_mqa_attention(q_abs, kv_abs, topk, self.scale, self.kv_rank)
+        return torch.einsum("bshr,hvr->bshv", out_latent, w_uv), probs            # [B, S, H, v]

@@ -51,6 +51,10 @@ class ModelConfig:
     index_topk: int = 64
     indexer_types: tuple[str, ...] | None = None   # per layer "full" | "shared"; None = all "full"
     indexer_loss_coef: float = 1.0          # weight of the indexer's KL loss (trains the indexer only; 0 = off)
+    # how sparse attention runs: "gather" (absorbed MLA, each query reads its top-k rows of the shared latent:
+    # work ~ S*k), "mask" (dense flash attention with a top-k mask: work ~ S^2), "auto" (gather once
+    # S >= DSA_GATHER_MIN_RATIO * index_topk, where it measured faster on cpu). Same numbers either way.
+    dsa_attention: str = "auto"
     # --- MoE; num_experts = 0 means a dense model
     num_experts: int = 0
     num_experts_per_token: int = 2
@@ -128,6 +132,8 @@ class ModelConfig:
                 p.append(f"index_topk must be >= 1 (got {self.index_topk})")
             if self.q_lora_rank < 1:
                 p.append("DSA's indexer reads the q latent: set q_lora_rank >= 1")
+            if self.dsa_attention not in ("auto", "gather", "mask"):
+                p.append(f"dsa_attention must be 'auto', 'gather' or 'mask' (got {self.dsa_attention!r})")
             if self.index_head_dim < self.qk_rope_head_dim:
                 p.append(f"index_head_dim ({self.index_head_dim}) must be >= qk_rope_head_dim "
                          f"({self.qk_rope_head_dim}): the indexer rotates that many channels")

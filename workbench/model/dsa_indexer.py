@@ -10,7 +10,9 @@ its own LayerNorm; the first ``qk_rope_head_dim`` channels of q and k are rotate
 the ``index_topk`` best keys kept. Top-k is not differentiable, so the LM loss cannot train the indexer. As in
 DeepSeek-V3.2 (sparse training stage), a separate KL loss does: it pulls softmax(index_score) over the selected
 keys towards the main attention's distribution over the same keys (summed over heads), with the indexer's inputs
-detached so the loss trains the indexer only (``indexer_kl_loss``; weight ``indexer_loss_coef``).
+detached so the loss trains the indexer only (``indexer_kl_loss``; weight ``indexer_loss_coef``). With gathered
+sparse attention the loss lives on the [B, S, K] selected slots (``sparse_indexer_kl_loss``): the dense [B, S, S]
+scores are computed without grad, only to choose the keys.
 Used by attention_mla.py (glm5-tiny, glm-5; notebook 01_training).
 """
 
@@ -34,23 +36,47 @@ class LightningIndexer(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6)
         self.weights_proj = nn.Linear(cfg.hidden_size, self.n_heads, bias=False)
 
-    def scores(self, x_BSD: torch.Tensor, q_latent: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor) -> torch.Tensor:
-        """index_score [B, S, S] in fp32, -inf above the diagonal (future keys)."""
+    def project(self, x_BSD: torch.Tensor, q_latent: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q [B, S, Hi, Di], k [B, S, Di], head weights [B, S, Hi]) in fp32, rotated, the scales folded into w."""
         B, S, _ = x_BSD.shape
         q = self.wq_b(q_latent).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, Hi, S, Di]
         k = self.k_norm(self.wk(x_BSD)).unsqueeze(1)                                      # [B, 1, S, Di]
         q = kernels.rope(q, cos, sin, self.interleaved)  # first rope_dim channels rotated (cos is [S, rope_dim/2])
         k = kernels.rope(k, cos, sin, self.interleaved)
-        # scores: one [S*Hi, Di] x [Di, S] matmul per sequence (the single key head serves every query and head)
-        q = q.transpose(1, 2).reshape(B, S * self.n_heads, self.head_dim).float()        # [B, S*Hi, Di]
-        # relu in place (the largest tensor here; the Di^-1/2 scale moves into the weights), *before* the view: an
-        # in-place op on a view makes autograd copy the whole base in backward (CopySlices, ~15% of a long step)
-        scores = (q @ k.squeeze(1).float().transpose(-1, -2)).relu_().view(B, S, self.n_heads, S)  # [B, S, Hi, S]
         weights = self.weights_proj(x_BSD).float() * (self.n_heads ** -0.5 * self.head_dim ** -0.5)  # [B, S, Hi]
+        return q.transpose(1, 2).float(), k.squeeze(1).float(), weights
+
+    def scores(self, x_BSD: torch.Tensor, q_latent: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> torch.Tensor:
+        """index_score [B, S, S] in fp32, -inf above the diagonal (future keys)."""
+        return self.dense_scores(*self.project(x_BSD, q_latent, cos, sin))
+
+    @staticmethod
+    def dense_scores(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every query against every key: [B, S, S], -inf above the diagonal."""
+        B, S, Hi, Di = q.shape
+        # one [S*Hi, Di] x [Di, S] matmul per sequence (the single key head serves every query and head); relu in
+        # place (the largest tensor here; the Di^-1/2 scale lives in the weights), *before* the view: an in-place
+        # op on a view makes autograd copy the whole base in backward (CopySlices, ~15% of a long step)
+        scores = (q.reshape(B, S * Hi, Di) @ k.transpose(-1, -2)).relu_().view(B, S, Hi, S)  # [B, S, Hi, S]
         index_scores = (weights.unsqueeze(-2) @ scores).squeeze(-2)  # sum_h w_h * score_h: [B, S, S]
-        future = torch.ones(S, S, dtype=torch.bool, device=x_BSD.device).triu(1)
+        future = torch.ones(S, S, dtype=torch.bool, device=q.device).triu(1)
         return index_scores.masked_fill(future, float("-inf"))
+
+    @staticmethod
+    def selected_scores(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor,
+                        topk: torch.Tensor) -> torch.Tensor:
+        """The index scores of the selected keys only, [B, S, K] (-inf in unused slots): what the KL loss trains.
+
+        Costs S * K instead of S^2, so the dense scores that chose the keys never need a backward."""
+        B, S, Hi, Di = q.shape
+        K = topk.shape[-1]
+        rows = (topk.clamp(min=0) + torch.arange(B, device=q.device).view(B, 1, 1) * S).reshape(-1)
+        picked = k.reshape(B * S, Di).index_select(0, rows).view(B * S, K, Di)           # [BS, K, Di]
+        per_head = torch.bmm(q.reshape(B * S, Hi, Di), picked.transpose(1, 2)).relu()     # [BS, Hi, K]
+        selected = torch.bmm(weights.reshape(B * S, 1, Hi), per_head).view(B, S, K)
+        return selected.masked_fill(topk < 0, float("-inf"))
 
     @torch.no_grad()
     def select(self, index_scores: torch.Tensor) -> torch.Tensor:
@@ -80,3 +106,16 @@ def indexer_kl_loss(index_scores: torch.Tensor, topk: torch.Tensor, q: torch.Ten
     log_index = torch.log_softmax(index_scores.masked_fill(~keep, float("-inf")), dim=-1).masked_fill(~keep, 0.0)
     kl = target * (target.clamp_min(1e-30).log() - log_index)
     return torch.where(keep, kl, torch.zeros_like(kl)).sum(dim=-1).mean()
+
+
+def sparse_indexer_kl_loss(selected_scores: torch.Tensor, topk: torch.Tensor,
+                           attention_probs: torch.Tensor) -> torch.Tensor:
+    """``indexer_kl_loss`` in the selected keys' coordinates: everything is [B, S, K], nothing [B, S, S].
+
+    selected_scores: the indexer's scores of the picked keys (with grad); attention_probs: the main attention's
+    weights over the same slots summed over heads (detached; ``kernels.sparse_mqa_attention`` returns them)."""
+    valid = topk >= 0
+    target = attention_probs / attention_probs.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    log_index = torch.log_softmax(selected_scores, dim=-1).masked_fill(~valid, 0.0)
+    kl = target * (target.clamp_min(1e-30).log() - log_index)
+    return kl.masked_fill(~valid, 0.0).sum(dim=-1).mean()
