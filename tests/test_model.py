@@ -161,6 +161,26 @@ def test_dsa_indexer_topk_causal_and_shared_layers():
     torch.testing.assert_close(out[:, :4], dense[:, :4])  # the first topk positions see all their keys
 
 
+@pytest.mark.parametrize("seq, block_rows", [(70, 16), (40, 8), (9, 16)])
+def test_blocked_causal_topk_picks_what_the_dense_scores_pick(seq, block_rows):
+    """select_causal scores query blocks only against the keys they can see; its picks must carry the same scores
+    as the picks from the full [S, S] scores (relu makes exact ties at 0 common, and topk may break those either
+    way, so the picked *scores* are compared), with the same -1 slots."""
+    torch.manual_seed(1)
+    indexer = build_model(_small("glm5-tiny", index_topk=8)).layers[0].self_attn.indexer
+    B, Hi, Di = 2, indexer.n_heads, indexer.head_dim
+    q, k, w = torch.randn(B, seq, Hi, Di), torch.randn(B, seq, Di), torch.randn(B, seq, Hi)
+    dense = indexer.select(indexer.dense_scores(q, k, w))
+    blocked = indexer.select_causal(q, k, w, block_rows=block_rows)
+    assert blocked.shape == dense.shape == (B, seq, min(8, seq))
+    full = indexer.dense_scores(q, k, w)
+    def picked_scores(picks):
+        return full.gather(-1, picks.clamp(min=0)).masked_fill(picks < 0, float("-inf")).sort(-1).values
+    assert torch.equal((blocked < 0).sum(-1), (dense < 0).sum(-1))
+    torch.testing.assert_close(picked_scores(blocked), picked_scores(dense), rtol=1e-5, atol=1e-6)
+    assert (blocked <= torch.arange(seq)[:, None]).all()  # causal
+
+
 def test_gathered_sparse_attention_equals_the_masked_dense_path():
     """dsa_attention="gather" (absorbed MLA, top-k rows gathered, KL on the [B, S, K] slots) and "mask" (per-head
     k/v, dense flash attention under a top-k mask, dense KL) are two ways to compute the same model: same losses,

@@ -12,6 +12,7 @@ import json
 import platform
 import sys
 
+from workbench import cpu_allocator
 from workbench.device.detect import _import_torch_npu, device_table, dtype_name, get_device
 from workbench.device.probes import measure_gemm_peak, measure_memory_bandwidth
 
@@ -42,6 +43,7 @@ def collect_info(device: str = "auto", probe: bool = True) -> dict:
         "selected": dev.describe(),
         "libraries": library_versions(),
         "torch_npu_status": _import_torch_npu()[1] or "loaded",
+        "cpu_allocator": cpu_allocator.describe(),
     }
     dtype = dev.training_dtype
     peak = dev.peak_flops(dtype, allow_probe=probe)
@@ -77,6 +79,8 @@ def format_table(info: dict) -> str:
     lines += ["", "libraries:"]
     lines += [f"  {name:13} {version or 'not installed'}" for name, version in info["libraries"].items()]
     lines.append(f"  torch_npu status: {info['torch_npu_status']}")
+    alloc = info["cpu_allocator"]
+    lines.append(f"cpu allocator: {alloc['in_use']}" + (f"  ({alloc['hint']})" if alloc["hint"] else ""))
     return "\n".join(lines)
 
 

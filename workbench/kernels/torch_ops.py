@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.kernels.reference import swiglu, topk_to_mask
-from workbench.kernels.registry import register
+from workbench.kernels.registry import register, resolve
 
 TORCH_DEVICES = ("cpu", "cuda", "xpu", "mps", "npu")
 PRIORITY = 20  # above reference (0); the npu fused ops (30) win on npu
@@ -186,7 +186,8 @@ def moe(x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Ten
     dtype = compute_dtype(x)
     inverse = torch.argsort(order)                                   # row of (token, slot) t*k + j after sorting
     x_sorted = _GatherRows.apply(x, order // top_k, inverse, top_k).to(dtype)                 # permute: [T*k, D]
-    hidden = swiglu(grouped_matmul(x_sorted, w_gate_up.to(dtype).transpose(1, 2), counts))    # [T*k, F]
+    activation = resolve("swiglu", x.device.type)  # the registry's swiglu (no cat of gradient halves on cpu)
+    hidden = activation(grouped_matmul(x_sorted, w_gate_up.to(dtype).transpose(1, 2), counts))  # [T*k, F]
     y_sorted = grouped_matmul(hidden, w_down.to(dtype).transpose(1, 2), counts)               # [T*k, D]
     # Unpermute with an inverse-permutation gather (deterministic, unlike a scatter-add), then weight the k slots.
     y = _GatherRows.apply(y_sorted, inverse, order, 1).view(n_tokens, top_k, -1)

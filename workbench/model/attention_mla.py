@@ -84,9 +84,8 @@ class MLAttention(nn.Module):
             # train the indexer on detached inputs: its loss must not move the rest of the model
             index_qkw = self.indexer.project(x_BSD.detach() if train_indexer else x_BSD,
                                              q_latent.detach() if train_indexer else q_latent, cos, sin)
-            with torch.no_grad():  # choosing keys is not differentiable; the KL loss below trains the indexer
-                index_scores = self.indexer.dense_scores(*[t.detach() for t in index_qkw])
-                topk = self.indexer.select(index_scores)
+            # choosing keys is not differentiable (select_causal runs without grad); the KL loss trains the indexer
+            topk = self.indexer.select_causal(*[t.detach() for t in index_qkw])
         elif self.indexer_type == "shared":
             topk = prev_topk
         if gathered:

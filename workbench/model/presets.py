@@ -18,6 +18,12 @@ PRESETS: dict[str, ModelConfig] = {
         name="glm4-tiny", vocab_size=_TINY_VOCAB, hidden_size=512, num_layers=6, intermediate_size=1280,
         num_heads=8, num_kv_heads=2, head_dim=64, partial_rotary_factor=0.5, rope_interleaved=True,
         attention_bias=True, max_position_embeddings=2048),
+    # the same dense GLM-4 block at ~95M parameters: a single-GPU size, and the dense case of the CPU MFU benchmark
+    # (benchmarks/train_throughput.py): at hidden 1024 the GEMMs dominate a step far more than at 512
+    "glm4-small": ModelConfig(
+        name="glm4-small", vocab_size=_TINY_VOCAB, hidden_size=1024, num_layers=8, intermediate_size=2816,
+        num_heads=16, num_kv_heads=4, head_dim=64, partial_rotary_factor=0.5, rope_interleaved=True,
+        attention_bias=True, max_position_embeddings=4096),
     # GLM-4.5 style: GQA + QK-norm + QKV bias + partial RoPE 0.5, MoE (sigmoid, shared expert), MTP
     "glm45-tiny": ModelConfig(
         name="glm45-tiny", vocab_size=_TINY_VOCAB, hidden_size=256, num_layers=4, intermediate_size=768,
