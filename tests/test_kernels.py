@@ -43,7 +43,7 @@ def test_every_op_has_a_reference_and_cases():
 def test_cpu_defaults_are_the_measured_fastest_correct_paths():
     chosen = {op: K.resolve_impl(op, "cpu").name for op in K.ops()}
     assert chosen == {"attention": "torch", "cross_entropy": "torch", "moe": "torch", "rms_norm": "autograd",
-                      "rope": "torch", "sparse_mqa_attention": "torch", "swiglu": "reference"}
+                      "rope": "torch", "sparse_mqa_attention": "torch", "swiglu": "autograd"}
     assert K.resolve_impl("rms_norm", "cuda").name == "torch"  # ranked per device: F.rms_norm is fused there
     assert K.resolve_impl("rms_norm", "cpu", impl="torch").name == "torch"  # and still selectable on cpu
 

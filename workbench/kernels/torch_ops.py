@@ -10,8 +10,8 @@
 - rms_norm: ``F.rms_norm`` (a fused kernel on accelerators; on cpu it measured no faster than the reference, so
   it is registered below the reference there and must be asked for).
 
-swiglu has no ``torch`` variant: the eager reference is already what PyTorch offers for it. rope's ``torch`` variant
-and the cpu-default rms_norm (hand-written backwards) live in ``torch_autograd_ops.py``.
+swiglu has no ``torch`` variant (PyTorch has no fused SwiGLU); its ``autograd`` variant, rope's ``torch`` variant,
+the cpu-default rms_norm and sparse_mqa_attention (hand-written backwards) live in ``torch_autograd_ops.py``.
 Used through the registry by ``workbench.model``; compared in notebooks/02_kernels.ipynb.
 """
 
