@@ -8,9 +8,11 @@ forward into one preallocated output and write the backward by hand:
 - rope: a rotation by angle ``theta`` is orthogonal, so its backward is the rotation by ``-theta`` (the same
   kernel with ``-sin``); nothing but cos/sin is saved.
 - rms_norm: with r = rsqrt(mean(x^2) + eps) and xhat = x r, y = xhat w gives
-  dx = r (g w - xhat mean(g w xhat)) and dw = sum over rows of g xhat; saves x and r only.
+  dx = r (g w - xhat mean(g w xhat)) = r g w - r^3 mean(g w x) x and dw = sum over rows of r g x; saves x and r
+  only, and takes both row/column sums of the one temporary g x as matrix-vector products: 1.3-1.9x the previous
+  version fwd + bwd ([2048, 128..1024]).
 - swiglu: d up = g silu(gate) and d gate = (g up) silu'(gate) (aten's fused ``silu_backward``), written straight
-  into the two halves of one [..., 2F] gradient; saves only x. Autograd of ``chunk`` + ``silu`` + ``mul`` instead ends in a ``cat`` of
+  into the two halves of one [..., 2F] gradient; saves x and silu(gate), as autograd of the reference does. Autograd of ``chunk`` + ``silu`` + ``mul`` instead ends in a ``cat`` of
   the halves' gradients, which measured 18 ms for [2048, 2 x 2816] alone and up to ~110 ms inside a glm4-small step
   (fresh large buffers on a loaded allocator): 14% of that step.
 - sparse_mqa_attention (DSA): gather the K selected rows of the shared kv head once per query (one
@@ -88,21 +90,23 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
         x32 = x.float()
-        rstd = torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + eps)  # [..., 1]
-        out = (x32 * rstd).mul_(weight.float())
+        # r = rsqrt(mean(x^2) + eps) from one read of x (vector_norm), instead of square() + mean() over a temporary
+        rstd = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        out = torch.mul(x32, rstd).mul_(weight.float())
         ctx.save_for_backward(x, weight, rstd)
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, rstd = ctx.saved_tensors
-        xhat = x.float() * rstd
-        g = grad.float()
-        grad_weight = (g * xhat).reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
-        gw = g * weight.float()
-        mean_gx = (gw * xhat).mean(dim=-1, keepdim=True)
-        grad_x = gw.sub_(xhat.mul_(mean_gx)).mul_(rstd)  # r (g w - xhat mean(g w xhat))
-        return grad_x.to(x.dtype), None if grad_weight is None else grad_weight.to(weight.dtype), None
+        dim = x.shape[-1]
+        x2, g, r, w = x.float().reshape(-1, dim), grad.float().reshape(-1, dim), rstd.reshape(-1, 1), weight.float()
+        gx = g * x2                                                    # the one [N, D] temporary
+        # both reductions of gx as matrix-vector products (one read each): dw = sum_n r_n g_n x_n, dot_n = (g x)_n . w
+        grad_weight = (r.t() @ gx).view(dim) if ctx.needs_input_grad[1] else None
+        coef = (r.view(-1) ** 3 * (gx @ w) / dim).unsqueeze(1)        # r^3 mean(g w x) = r xhat-coefficient
+        grad_x = torch.mul(g, w).mul_(r).addcmul_(x2, coef, value=-1.0)  # r g w - r^3 mean(g w x) x
+        return grad_x.view(x.shape).to(x.dtype), None if grad_weight is None else grad_weight.to(weight.dtype), None
 
 
 @register("rms_norm", "autograd", devices=DEVICES, priority=10)
@@ -118,16 +122,17 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         gate, up = x.chunk(2, dim=-1)
-        ctx.save_for_backward(x)
-        return F.silu(gate).mul_(up)
+        silu = F.silu(gate)
+        ctx.save_for_backward(x, silu)  # what autograd of the reference keeps too (mul saves both factors)
+        return silu * up
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
+        x, silu = ctx.saved_tensors
         gate, up = x.chunk(2, dim=-1)
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         grad_gate, grad_up = grad_x.chunk(2, dim=-1)  # views: the halves are written in place, nothing concatenated
-        torch.mul(F.silu(gate), grad, out=grad_up)    # d up = g silu(gate)
+        torch.mul(silu, grad, out=grad_up)            # d up = g silu(gate)
         # d gate = (g up) silu'(gate): aten's fused silu_backward, written into the gate half
         torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
         return grad_x
