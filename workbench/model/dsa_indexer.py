@@ -53,8 +53,8 @@ class LightningIndexer(nn.Module):
         return self.dense_scores(*self.project(x_BSD, q_latent, cos, sin))
 
     @staticmethod
-    def dense_scores(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, query_offset: int = 0) -> torch.Tensor:
-        """Every query against every key: [B, Sq, Sk], -inf for future keys (key > query_offset + query row).
+    def dense_scores(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, causal_mask: bool = True) -> torch.Tensor:
+        """Every query against every key: [B, S, S], -inf for future keys (unless ``causal_mask=False``).
 
         One [S, Di] x [Di, S] GEMM per indexer head (the single key head serves every head), each relu'd, weighted
         and summed into one [B, S, S] buffer: never the [B, S, Hi, S] stack of all heads, whose weighted sum would be
@@ -72,7 +72,9 @@ class LightningIndexer(nn.Module):
             else:  # autograd needs relu's output unmodified
                 scores = scores.relu() * w
                 total = scores if total is None else total + scores
-        future = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).triu(1 + query_offset)
+        if not causal_mask:
+            return total
+        future = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).triu(1)
         return total.masked_fill_(future, float("-inf")) if in_place else total.masked_fill(future, float("-inf"))
 
     @staticmethod
@@ -101,9 +103,12 @@ class LightningIndexer(nn.Module):
         slots = min(self.topk, S)
         block = max(block_rows, slots)  # the first block must see at least `slots` keys for topk
         picks = torch.empty(B, S, slots, dtype=torch.long, device=q.device)
+        # only a block's own diagonal square has future keys: one [block, block] mask serves every block
+        future = torch.ones(block, block, dtype=torch.bool, device=q.device).triu(1)
         for start in range(0, S, block):
             stop = min(S, start + block)
-            scores = self.dense_scores(q[:, start:stop], k[:, :stop], weights[:, start:stop], query_offset=start)
+            scores = self.dense_scores(q[:, start:stop], k[:, :stop], weights[:, start:stop], causal_mask=False)
+            scores[:, :, start:stop].masked_fill_(future[:stop - start, :stop - start], float("-inf"))
             picks[:, start:stop] = self.select(scores, slots)
         return picks
 
