@@ -368,12 +368,12 @@ def write_outputs(result: dict, out_dir: str | Path, stem: str = "kernels_bench"
 
 def format_table(result: dict) -> str:
     """A plain-text table of the rows (for the CLI)."""
-    head = f"{'op':<14}{'impl':<11}{'case':<34}{'ms':>9}{'GFLOP/s':>10}{'GB/s':>9}{'%roof':>7}{'x ref':>7}"
+    head = f"{'op':<22}{'impl':<11}{'case':<34}{'ms':>9}{'GFLOP/s':>10}{'GB/s':>9}{'%roof':>7}{'x ref':>7}"
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         pct = f"{r['pct_of_roofline']:.1f}" if r["pct_of_roofline"] is not None else "-"
         speed = f"{r['speedup_vs_reference']:.2f}" if r["speedup_vs_reference"] else "-"
-        lines.append(f"{r['op']:<14}{r['impl']:<11}{r['case'][:33]:<34}{r['time_ms']:>9.3f}{r['gflops']:>10.2f}"
+        lines.append(f"{r['op']:<22}{r['impl']:<11}{r['case'][:33]:<34}{r['time_ms']:>9.3f}{r['gflops']:>10.2f}"
                      f"{r['gbytes_s']:>9.2f}{pct:>7}{speed:>7}")
     peaks = result["peaks"]
     lines.append("")

@@ -68,13 +68,13 @@ def list_rows(device: str = "auto") -> tuple[str, list[dict]]:
 
 def format_list(device_type: str, rows: list[dict]) -> str:
     lines = [f"kernels on {device_type} (* = selected; override with WORKBENCH_KERNELS=op=impl,...)", ""]
-    lines.append(f"  {'op':<14}{'impl':<11}{'status':<10}why not / what")
+    lines.append(f"  {'op':<22}{'impl':<11}{'status':<10}why not / what")
     errors = sorted({row["selection_error"] for row in rows if row["selection_error"]})
     lines += [f"! {error}" for error in errors]
     for row in rows:
         mark = "*" if row["selected"] else " "
         status = "ok" if row["available"] else "-"
-        lines.append(f"{mark} {row['op']:<14}{row['impl']:<11}{status:<10}{row['reason'] or row['description']}")
+        lines.append(f"{mark} {row['op']:<22}{row['impl']:<11}{status:<10}{row['reason'] or row['description']}")
     return "\n".join(lines)
 
 
@@ -99,9 +99,9 @@ def _check(args) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:
-        print(f"{'op':<14}{'impl':<11}{'case':<34}{'dtype':<6}{'fwd err':>10}{'bwd err':>10}{'tol':>8}  ok")
+        print(f"{'op':<22}{'impl':<11}{'case':<34}{'dtype':<6}{'fwd err':>10}{'bwd err':>10}{'tol':>8}  ok")
         for r in results:
-            print(f"{r.op:<14}{r.impl:<11}{r.case[:33]:<34}{r.dtype:<6}{r.forward_error:>10.2e}"
+            print(f"{r.op:<22}{r.impl:<11}{r.case[:33]:<34}{r.dtype:<6}{r.forward_error:>10.2e}"
                   f"{r.backward_error:>10.2e}{r.tolerance:>8.0e}  {'yes' if r.passed else 'NO ' + r.note}")
     failed = [r for r in results if not r.passed]
     print(f"{len(results) - len(failed)}/{len(results)} checks passed on {dev.torch_device}")
