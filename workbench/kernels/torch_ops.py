@@ -117,7 +117,11 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
     try:
-        with torch.enable_grad():  # the first call may come from inside torch.no_grad()
+        # The first call comes from inside a model's forward: maybe under torch.no_grad(), maybe inside activation
+        # checkpointing, whose saved-tensor hooks would record the probe's tensors in the first forward but not in
+        # the recomputation ("a different number of tensors was saved"). Identity hooks, innermost, keep the probe
+        # out of any caller's autograd bookkeeping.
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
             return _grouped_mm_probe(device_type, dtype)
     except Exception:  # not implemented for this device/dtype/alignment: fall back to the slice loop
         return False
