@@ -37,7 +37,8 @@ SYSTEM_GLOBS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-
 
 
 def find_jemalloc() -> Path | None:
-    """libjemalloc.so.2: $WORKBENCH_JEMALLOC, else the copy fetched into the venv, else a system install."""
+    """libjemalloc.so.2: $WORKBENCH_JEMALLOC, else the copy fetched into the venv (or conda's, in the env's lib/),
+    else a system install."""
     override = os.environ.get(ENV_OVERRIDE, "").strip()
     if override.lower() == "off":
         return None
@@ -45,6 +46,7 @@ def find_jemalloc() -> Path | None:
         return Path(override) if Path(override).is_file() else None
     candidates = sorted(glob.glob(str(VENDOR_DIR / "usr" / "lib" / "*" / "libjemalloc.so.2")))
     candidates += sorted(glob.glob(str(VENDOR_DIR / "usr" / "lib" / "libjemalloc.so.2")))
+    candidates += sorted(glob.glob(str(Path(sys.prefix) / "lib" / "libjemalloc.so.2")))  # conda's jemalloc
     candidates += [p for p in SYSTEM_GLOBS if os.path.isfile(p)]
     return Path(candidates[0]) if candidates else None
 
