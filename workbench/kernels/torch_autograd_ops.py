@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from workbench.kernels import reference
 from workbench.kernels.registry import register
+from workbench.kernels.torch_ops import compute_dtype
 
 DEVICES = ("cpu", "cuda", "xpu", "mps", "npu")
 
@@ -179,23 +180,23 @@ class _SparseMQA(torch.autograd.Function):
         # softmax backward: ds = p (dp - sum_k p dp), times the scale applied before the softmax
         grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
         grad_scores = grad_scores.mul_(ctx.scale).to(dtype)
-        grad_q = torch.bmm(grad_scores, picked)                                       # [BS, H, D]
+        grad_q = torch.bmm(grad_scores, picked) if ctx.needs_input_grad[0] else None  # [BS, H, D]
+        if not ctx.needs_input_grad[1]:
+            return grad_q.view(ctx.q_shape), None, None, None, None
         # both uses of a picked row (key: ds^T q, value: p^T dout) in ONE batched GEMM over the 2H axis
         lhs = torch.cat([grad_scores, probs.to(dtype)], dim=1).transpose(1, 2)        # [BS, K, 2H]
         rhs = torch.cat([q_rows, torch.nn.functional.pad(grad_out, (0, D - v_dim))], dim=1)  # [BS, 2H, D]
         grad_picked = torch.bmm(lhs, rhs)                                             # [BS, K, D]
         grad_kv = torch.zeros(ctx.kv_shape[0] * ctx.kv_shape[1], D, dtype=dtype, device=q_rows.device)
         grad_kv.index_add_(0, rows, grad_picked.view(-1, D))  # unused slots (-1 -> row 0) carry p = 0: add 0
-        return grad_q.view(ctx.q_shape), grad_kv.view(ctx.kv_shape), None, None, None
+        return (None if grad_q is None else grad_q.view(ctx.q_shape)), grad_kv.view(ctx.kv_shape), None, None, None
 
 
 @register("sparse_mqa_attention", "torch", devices=DEVICES, priority=20)
 def sparse_mqa_attention(q: torch.Tensor, kv: torch.Tensor, topk_indices: torch.Tensor, scale: float,
                          v_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather once + batched GEMMs, hand-written backward (index_add_ instead of index_put accumulation)."""
-    from workbench.kernels.torch_ops import compute_dtype  # one rule for autocast across the torch kernels
-
-    dtype = compute_dtype(q)
+    dtype = compute_dtype(q)  # autocast's dtype when it is on: the rule every torch kernel follows
     return _SparseMQA.apply(q.to(dtype), kv.to(dtype), topk_indices, scale, v_dim)
 
 

@@ -22,7 +22,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from workbench.kernels.reference import swiglu, topk_to_mask
+from workbench.kernels.reference import topk_to_mask
 from workbench.kernels.registry import register, resolve
 
 TORCH_DEVICES = ("cpu", "cuda", "xpu", "mps", "npu")

@@ -81,9 +81,11 @@ class MLAttention(nn.Module):
         train_indexer = self.training and self.indexer_loss_coef > 0 and torch.is_grad_enabled()
         index_qkw = None
         if self.indexer_type == "full" and S > self.indexer.topk:
-            # train the indexer on detached inputs: its loss must not move the rest of the model
-            index_qkw = self.indexer.project(x_BSD.detach() if train_indexer else x_BSD,
-                                             q_latent.detach() if train_indexer else q_latent, cos, sin)
+            if train_indexer:  # on detached inputs: the indexer's loss must not move the rest of the model
+                index_qkw = self.indexer.project(x_BSD.detach(), q_latent.detach(), cos, sin)
+            else:              # only choosing keys: no graph to keep
+                with torch.no_grad():
+                    index_qkw = self.indexer.project(x_BSD, q_latent, cos, sin)
             # choosing keys is not differentiable (select_causal runs without grad); the KL loss trains the indexer
             topk = self.indexer.select_causal(*[t.detach() for t in index_qkw])
         elif self.indexer_type == "shared":
