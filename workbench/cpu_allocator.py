@@ -81,9 +81,9 @@ def preload_env(library: Path | None = None) -> dict[str, str]:
 
 def describe() -> dict:
     """For ``workbench info``: the allocator in use, and the library that could be preloaded."""
-    library = find_jemalloc()
-    return {"in_use": loaded_allocator(), "jemalloc_found": str(library) if library else None,
-            "hint": None if loaded_allocator() != "system malloc" or library is None else
+    library, in_use = find_jemalloc(), loaded_allocator()
+    return {"in_use": in_use, "jemalloc_found": str(library) if library else None,
+            "hint": None if in_use != "system malloc" or library is None else
             "prefix a command with $(python -m workbench.cpu_allocator --env), as make demo/bench/lab do"}
 
 

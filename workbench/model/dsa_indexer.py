@@ -47,11 +47,6 @@ class LightningIndexer(nn.Module):
         weights = self.weights_proj(x_BSD).float() * (self.n_heads ** -0.5 * self.head_dim ** -0.5)  # [B, S, Hi]
         return q.transpose(1, 2).float(), k.squeeze(1).float(), weights
 
-    def scores(self, x_BSD: torch.Tensor, q_latent: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor) -> torch.Tensor:
-        """index_score [B, S, S] in fp32, -inf above the diagonal (future keys)."""
-        return self.dense_scores(*self.project(x_BSD, q_latent, cos, sin))
-
     @staticmethod
     def dense_scores(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, causal_mask: bool = True) -> torch.Tensor:
         """Every query against every key: [B, S, S], -inf for future keys (unless ``causal_mask=False``).
