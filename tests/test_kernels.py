@@ -43,7 +43,7 @@ def test_every_op_has_a_reference_and_cases():
 def test_cpu_defaults_are_the_measured_fastest_correct_paths():
     chosen = {op: K.resolve_impl(op, "cpu").name for op in K.ops()}
     assert chosen == {"attention": "torch", "cross_entropy": "torch", "moe": "torch", "rms_norm": "autograd",
-                      "rope": "torch", "sparse_mqa_attention": "torch", "swiglu": "autograd"}
+                      "rope": "torch", "sparse_mqa_attention": "csr", "swiglu": "autograd"}
     assert K.resolve_impl("rms_norm", "cuda").name == "torch"  # ranked per device: F.rms_norm is fused there
     assert K.resolve_impl("rms_norm", "cpu", impl="torch").name == "torch"  # and still selectable on cpu
 
@@ -146,7 +146,7 @@ def test_torch_implementation_matches_reference(op, dtype):
         assert result.passed, result
 
 
-@pytest.mark.parametrize("impl", ["reference", "torch"])
+@pytest.mark.parametrize("impl", ["reference", "torch", "csr"])
 def test_sparse_mqa_attention_is_dense_attention_under_the_topk_mask(impl):
     """Gathering K rows per query must give exactly what masked dense attention over one shared kv head gives
     (distinct indices, as the indexer's top-k yields; -1 slots unused), outputs, gradients and the probabilities."""
@@ -167,6 +167,23 @@ def test_sparse_mqa_attention_is_dense_attention_under_the_topk_mask(impl):
     assert probs.shape == (B, S, slots) and not probs.requires_grad
     torch.testing.assert_close(probs.sum(-1), torch.full((B, S), float(H)))  # each head's weights sum to 1
     assert (probs[topk < 0] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_csr_sparse_mqa_attention_matches_reference(dtype):
+    """The SDDMM/SpMM formulation, forward and backward; bf16 goes to the gathered kernel, which must hold too."""
+    for case in CASES["sparse_mqa_attention"]:
+        result = run_case("sparse_mqa_attention", "csr", case, DTYPES[dtype], "cpu")
+        assert result.passed, result
+
+
+def test_csr_sparse_mqa_attention_gives_way_without_mkl(monkeypatch):
+    """Without MKL torch's sparse products are generic loops: the registry then picks the gathered kernel."""
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
+    registry.set_overrides(None)  # clears the resolution cache
+    assert "MKL" in K.implementations("sparse_mqa_attention")["csr"].unavailable_reason("cpu")
+    assert K.resolve_impl("sparse_mqa_attention", "cpu").name == "torch"
+    assert K.resolve_impl("sparse_mqa_attention", "cuda").name == "torch"  # cpu-only in any case
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

@@ -7,5 +7,6 @@ kernels is cheap and works on any machine.
 from workbench.kernels import reference  # noqa: F401
 from workbench.kernels import torch_ops  # noqa: F401
 from workbench.kernels import torch_autograd_ops  # noqa: F401
+from workbench.kernels import sparse_csr_ops  # noqa: F401
 from workbench.kernels import npu_ops  # noqa: F401
 from workbench.kernels import triton_ops  # noqa: F401

@@ -144,7 +144,7 @@ def problems(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, ops: l
             return [rand(s.batch, s.seq, s.heads, s.head_dim), rand(s.batch, s.seq, s.head_dim), topk.to(device),
                     s.head_dim ** -0.5, s.head_dim], {}
 
-        out.append(Problem("sparse_mqa_attention", f"DSA top-{slots} MQA gather S={s.seq} H={s.heads}",
+        out.append(Problem("sparse_mqa_attention", f"DSA top-{slots} over one kv head (MQA) S={s.seq} H={s.heads}",
                            make_sparse_mqa, 2.0 * s.batch * s.seq * s.heads * slots * 2 * s.head_dim,
                            (2 * s.batch * s.seq * s.heads * s.head_dim + s.batch * s.seq * slots * s.head_dim) * es
                            + s.batch * s.seq * slots * 8))

@@ -11,7 +11,8 @@
   it is registered below the reference there and must be asked for).
 
 swiglu has no ``torch`` variant (PyTorch has no fused SwiGLU); its ``autograd`` variant, rope's ``torch`` variant,
-the cpu-default rms_norm and sparse_mqa_attention (hand-written backwards) live in ``torch_autograd_ops.py``.
+the cpu-default rms_norm and the gathered sparse_mqa_attention (hand-written backwards) live in
+``torch_autograd_ops.py``; the cpu-default sparse_mqa_attention (sparse-matrix products) in ``sparse_csr_ops.py``.
 Used through the registry by ``workbench.model``; compared in notebooks/02_kernels.ipynb.
 """
 
