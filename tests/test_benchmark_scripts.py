@@ -35,6 +35,12 @@ def test_train_throughput_reports_both_models_targets_and_context_rows(tmp_path,
         assert row["workbench_tokens_per_s"] > 0 and row["hf_tokens_per_s"] > 0
         assert row["ratio"] == pytest.approx(row["workbench_tokens_per_s"] / row["hf_tokens_per_s"])
         assert 0 < row["workbench_mfu"] and row["params"] == row["hf_params"]  # the same model on both sides
+        # MFU against the GEMM probes taken between the steps; the strict reading against the run's best probe
+        low, high = row["gemm_peak_in_rounds_range"]
+        assert 0 < low <= row["gemm_peak_in_rounds_flops"] <= high <= report["gemm_peak_flops"]
+        achieved = row["workbench_tokens_per_s"] * row["flops_per_token"]
+        assert row["workbench_mfu"] == pytest.approx(achieved / row["gemm_peak_in_rounds_flops"])
+        assert row["workbench_mfu_vs_best_peak"] == pytest.approx(achieved / report["gemm_peak_flops"])
     assert rows["glm4-dense"]["target"] is None and rows["glm4-dense"]["target_met"] is None  # a context row
     assert rows["glm45-tiny"]["target"] == "tokens/s ratio >= 1.5"
     assert rows["glm45-tiny"]["target_met"] == (rows["glm45-tiny"]["ratio"] >= 1.5)
