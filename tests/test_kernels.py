@@ -448,6 +448,28 @@ def test_torch_attention_mla_shapes_with_dsa_topk_match_reference():
         assert torch.allclose(ref, got, atol=1e-5), (ref - got).abs().max()
 
 
+def test_grouped_moe_runs_under_torch_compile_without_logged_errors(caplog):
+    """The trainer's --compile path on an MoE model: fp32 grouped GEMMs run eagerly behind a graph break, no error
+    logged while tracing (torch's fake-tensor rule for _grouped_mm rejects fp32), same numbers as eager."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    T, D, F_, E = 24, 16, 8, 4
+    x = torch.randn(T, D, generator=gen, requires_grad=True)
+    indices = torch.stack([torch.randperm(E, generator=gen)[:2] for _ in range(T)])
+    weights = torch.rand(T, 2, generator=gen)
+    w_gate_up = (torch.randn(E, 2 * F_, D, generator=gen) * D ** -0.5).requires_grad_()
+    w_down = (torch.randn(E, D, F_, generator=gen) * F_ ** -0.5).requires_grad_()
+    moe = K.implementations("moe")["torch"].fn
+    with caplog.at_level("ERROR"):
+        out = torch.compile(moe)(x, indices, weights, w_gate_up, w_down)
+        grads = torch.autograd.grad(out.square().sum(), (x, w_gate_up, w_down))
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text[:500]
+    expected = moe(x, indices, weights, w_gate_up, w_down)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)  # inductor may reorder fused fp32 math
+    torch.testing.assert_close(grads, torch.autograd.grad(expected.square().sum(), (x, w_gate_up, w_down)),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_torch_rope_and_autograd_rms_norm_work_under_torch_compile():
     # the trainer's --compile path: the rope kernel must fall back to math inductor can fuse (it rejects mul(out=))
     rope_fn = K.implementations("rope")["torch"].fn

@@ -150,12 +150,24 @@ def grouped_matmul(x_sorted: torch.Tensor, weights_EKN: torch.Tensor, counts: to
     per expert over ``split``/``unbind`` views. Not ``x[a:b]`` / ``w[e]`` indexing: the backward of each slice or
     select allocates a zero tensor the size of the whole input, which made the reference's backward ~E^2 slow.
     """
+    if torch.compiler.is_compiling():
+        # Under torch.compile this op runs eagerly, behind one clean graph break: torch 2.13's fake-tensor rule for
+        # _grouped_mm accepts bf16 only (fp32 on cpu logged a 20-line error per trace before falling back), the
+        # per-expert fallback needs counts.tolist() (data-dependent), and dynamo would trace the cached probe.
+        return _grouped_matmul_eager(x_sorted, weights_EKN, counts)
+    return _grouped_matmul(x_sorted, weights_EKN, counts)
+
+
+def _grouped_matmul(x_sorted: torch.Tensor, weights_EKN: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     if grouped_mm_works(x_sorted.device.type, x_sorted.dtype) and _aligned16(x_sorted, weights_EKN):
         offsets = counts.cumsum(0).to(torch.int32)
         return torch._grouped_mm(_ContiguousGrad.apply(x_sorted), weights_EKN, offs=offsets)
     pieces = torch.split(x_sorted, counts.tolist())
     outs = [rows @ weight for rows, weight in zip(pieces, weights_EKN.unbind(0)) if rows.shape[0]]
     return torch.cat(outs) if outs else x_sorted.new_zeros(0, weights_EKN.shape[-1])
+
+
+_grouped_matmul_eager = torch.compiler.disable(_grouped_matmul)
 
 
 class _GatherRows(torch.autograd.Function):
