@@ -2,7 +2,8 @@
 
 The model calls the functions below; each one looks up the implementation for its input's device type and runs it.
 Implementations: ``reference`` (eager, readable, everywhere), and where they exist ``torch`` (SDPA / fused /
-compiled), ``triton`` (CUDA, or the interpreter with TRITON_INTERPRET=1) and ``npu`` (torch_npu fused ops).
+compiled), ``autograd`` (hand-written backward), ``csr`` (sparse-matrix products, cpu), ``triton`` (CUDA, or the
+interpreter with TRITON_INTERPRET=1) and ``npu`` (torch_npu fused ops).
 Signatures and layouts: ``reference.py``'s docstring. Choosing: ``WORKBENCH_KERNELS="attention=reference"``, or
 ``set_overrides({...} or "op=impl,...")`` from a config, or ``with use_kernels({...}):``; ``workbench kernels list``
 shows the result. Correctness: ``correctness.py``; benchmark: ``bench.py``; FlashAttention by hand:
