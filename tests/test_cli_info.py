@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import subprocess
 import sys
+
+import pytest
 
 from workbench.cli import COMMANDS, main
 
@@ -55,3 +59,21 @@ def test_an_output_path_that_is_a_file_is_one_line(tmp_path):
     result = run_cli("profile", "--preset", "glm4-tiny", "--steps", "1", "--out", str(blocker))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "File exists" in result.stderr.strip().splitlines()[-1]
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    return [name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices]
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_and_subcommand_prints_its_help(command, capsys):
+    """argparse formats help strings with %: a bare "% of roofline" made `workbench kernels --help` a traceback."""
+    module = importlib.import_module(COMMANDS[command][0])
+    parser = argparse.ArgumentParser(prog=f"workbench {command}")
+    module.add_arguments(parser)
+    for args in [["--help"]] + [[sub, "--help"] for sub in _subcommands(parser)]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, *args])
+        assert exit_info.value.code == 0, (command, args)
+        assert "usage: workbench" in capsys.readouterr().out

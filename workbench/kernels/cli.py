@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--impls", default=None, help="comma-separated implementations (default: all available)")
     check.add_argument("--json", action="store_true")
 
-    bench = sub.add_parser("bench", help="time each op x implementation; GFLOP/s, GB/s, % of roofline; JSON + chart")
+    bench = sub.add_parser("bench", help="time each op x implementation; GFLOP/s, GB/s, %% of roofline; JSON + chart")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: the device's training dtype)")
     bench.add_argument("--sizes", default="small", help="size preset: tiny, small (cpu), large (gpu/npu)")
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--moe-experts", default="8,16,32,64", help="expert counts for the grouped-vs-loop sweep")
     bench.add_argument("--threads", type=int, default=None, help="torch cpu threads (1: steadier on shared machines)")
-    bench.add_argument("--no-probe", action="store_true", help="do not probe peaks (roofline % unknown off-catalog)")
+    bench.add_argument("--no-probe", action="store_true", help="do not probe peaks (roofline %% unknown off-catalog)")
     bench.add_argument("--out", default="runs/kernels", help="folder for kernels_bench.json and the roofline HTML")
     bench.add_argument("--json", action="store_true", help="print the JSON instead of the table")
 
