@@ -393,6 +393,17 @@ def test_benchmark_rows_roofline_and_outputs(tmp_path):
         bench.run_benchmark("cpu", sizes="huge", peaks=peaks)
 
 
+def test_benchmark_train_mode_runs_every_op_and_implementation():
+    """--mode train differentiates only what a model would (rope's cos/sin are constants: the torch rope refuses)."""
+    from workbench.kernels import bench
+
+    peaks = bench.Peaks(1e11, "test", 1e10, "test")
+    result = bench.run_benchmark("cpu", torch.float32, "tiny", mode="train", repeats=1, peaks=peaks, moe_experts=(8,))
+    timed = {(r["op"], r["impl"]) for r in result["rows"] if r["time_ms"] > 0}
+    expected = {(row["op"], row["impl"]) for row in K.availability_table("cpu") if row["available"]}
+    assert timed == expected
+
+
 def test_attention_flops_count_only_visible_pairs():
     from workbench.kernels.bench import _visible_pairs
 

@@ -82,6 +82,9 @@ class Problem:
     make: Callable[[], tuple[list, dict]]
     flops: float
     bytes: float
+    # positions of the args that get gradients in --mode train (None: every floating-point tensor), as in a model:
+    # rope's cos/sin come from the rotary table, and the torch rope refuses to differentiate through them
+    grad_args: tuple[int, ...] | None = None
 
 
 def _visible_pairs(q_len: int, k_len: int, causal: bool) -> int:
@@ -112,7 +115,8 @@ def problems(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, ops: l
     out.append(Problem("rope", f"[{s.batch},{s.heads},{s.seq},{s.head_dim}] half",
                        lambda: ([rand(*x_rope), angles.cos().to(device, dtype), angles.sin().to(device, dtype)],
                                 {"interleaved": False}),
-                       flops=3.0 * math.prod(x_rope), bytes=(2 * math.prod(x_rope) + 2 * s.seq * half) * es))
+                       flops=3.0 * math.prod(x_rope), bytes=(2 * math.prod(x_rope) + 2 * s.seq * half) * es,
+                       grad_args=(0,)))
     out.append(Problem("swiglu", f"[{rows},{2 * s.ffn}]", lambda: ([rand(rows, 2 * s.ffn)], {}),
                        flops=5.0 * rows * s.ffn, bytes=3 * rows * s.ffn * es))
     pairs = _visible_pairs(s.seq, s.seq, True)
@@ -305,8 +309,8 @@ def _bench_problem(problem: Problem, dev, impls, train, repeats, peaks, factor) 
         return []
     args, kwargs = problem.make()
     if train:
-        args = [a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                for a in args]
+        args = [a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                and (problem.grad_args is None or i in problem.grad_args) else a for i, a in enumerate(args)]
     fns = {name: (lambda fn=impl.fn: _call(fn, args, kwargs, train)) for name, impl in available.items()}
     times = time_round_robin(fns, dev, repeats=repeats)
     rows = []
