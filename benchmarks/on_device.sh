@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One short, prepared run of every accelerator check, for a session that is lent a GPU (or an Ascend NPU) for a
+# few minutes: the kernels' correctness on the device, the kernel benchmark forward and train, the training
+# throughput benchmark (fp32 next to HF transformers, plus the workbench in bf16 autocast with MFU against the
+# catalog peak), and the kernel tests with WORKBENCH_TEST_DEVICE set. Each step has its own time limit and the
+# script goes on when one fails, so a single call brings back everything that ran.
+#
+#   bash benchmarks/on_device.sh [cuda|npu|cpu]      # cpu: a dry run of the script itself, at tiny sizes
+#
+# Everything fits in BUDGET seconds (default 540: give the device tool timeout_s=600). Writes to $OUT (the device tool's folder) or runs/on_device: log.txt (all output), info.json, kernels_check.txt,
+# kernels_forward.json, kernels_train.json, train_throughput.json, pytest.txt. Runs from a plain checkout with the
+# machine's own python (PYTHON=...; it needs torch, and transformers for the HF side); missing pure-Python
+# packages (plotly, ...) can travel as wheels in .whl/ and are installed to /tmp/site first. Record the numbers,
+# with the date and the machine, in benchmarks/README.md.
+set -u
+DEVICE=${1:-cuda}
+OUT=${OUT:-runs/on_device}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+if [ "$DEVICE" = cpu ]; then SIZES=tiny; REPEATS=1; STEPS=1; CASES=glm4-dense; else SIZES=large; REPEATS=5; STEPS=6
+  CASES=glm4-dense,glm4-small-dense,glm45-tiny,glm5-tiny,glm5-tiny-s1024,glm5-tiny-s2048; fi
+
+START=$(date +%s); BUDGET=${BUDGET:-540}  # seconds for the whole script: the device tool allows 600 per call
+step() {  # step NAME SECONDS COMMAND...: run one check with its own limit, log it, never stop the script
+  local name=$1 limit=$2; shift 2
+  local left=$((START + BUDGET - $(date +%s)))
+  if [ "$left" -lt 15 ]; then echo "=== $name: skipped, the ${BUDGET}s budget is spent" | tee -a "$OUT/log.txt"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "=== $name ($(date -u +%H:%M:%S) UTC, limit ${limit}s): $*" | tee -a "$OUT/log.txt"
+  timeout "$limit" "$@" 2>&1 | tee -a "$OUT/log.txt"
+  echo "=== $name: exit ${PIPESTATUS[0]}" | tee -a "$OUT/log.txt"
+}
+
+step machine 30 bash -c "nvidia-smi 2>/dev/null || npu-smi info 2>/dev/null || lscpu | head -20; $PY -c 'import torch; print(torch.__version__)'"
+step info 60 bash -c "$PY -m workbench info --device $DEVICE --json > $OUT/info.json"
+step kernels-check 120 bash -c "$PY -m workbench kernels check --device $DEVICE > $OUT/kernels_check.txt"
+for mode in forward train; do
+  step "kernels-bench-$mode" 120 "$PY" benchmarks/kernels.py --device "$DEVICE" --sizes "$SIZES" --mode "$mode" \
+    --repeats "$REPEATS" --skip-check --out "$OUT/kernels_$mode"
+  # only the JSON comes back (the device tool returns at most 8 files): move it up, drop the HTML chart
+  mv -f "$OUT/kernels_$mode/kernels_bench.json" "$OUT/kernels_$mode.json" 2>/dev/null
+  rm -rf "$OUT/kernels_$mode"
+done
+step train-throughput 240 "$PY" benchmarks/train_throughput.py --device "$DEVICE" --steps "$STEPS" --cases "$CASES" \
+  --out "$OUT/train_throughput.json"
+step kernel-tests 120 bash -c "WORKBENCH_TEST_DEVICE=$DEVICE $PY -m pytest -q -x tests/test_kernels.py tests/test_kernels_triton_cases.py > $OUT/pytest.txt 2>&1"
+echo "done: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$OUT/log.txt"
