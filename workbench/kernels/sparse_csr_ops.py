@@ -16,9 +16,9 @@ per key, and K non-zeros per row at the picked keys. Attention over it is the te
     dQ     = dS @ KV
     dKV    = dS^T @ Q  +  P^T @ dOut        the transposed pattern, built in backward from one argsort of the picks
 
-No [B*S, K, D] tensor exists in either direction. Measured on the 2-core CPU (fp32, S=2048, H=4, K=32, D=80):
-forward + backward 1.5x faster than ``torch`` in isolation, more inside a training step, where the gather's traffic
-meets cold caches (benchmarks/README.md). Registered for cpu only, and only where torch has MKL: without MKL
+No [B*S, K, D] tensor exists in either direction. Measured on the 2-core CPU in fp32: forward + backward 1.2-1.9x
+faster than ``torch`` in isolation at glm5-tiny's shape (S=2048, H=4, K=32, 80 channels), a tie at the kernel
+benchmark's S=512, H=8, K=64, and 2-9% off a whole glm5-tiny training step at 1 x 2048 (benchmarks/README.md). Registered for cpu only, and only where torch has MKL: without MKL
 torch's sparse products fall back to slow generic loops, and on GPUs/NPUs the gather + batched GEMMs are the
 better fit. Unused slots (topk index -1) point at the batch's key 0 with probability exactly 0, so they add
 nothing; rows are not sorted (the SDDMM and SpMM kernels do not need it).
