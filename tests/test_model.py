@@ -89,6 +89,21 @@ def test_causality():
         torch.testing.assert_close(model(x).logits[:, :12], model(x2).logits[:, :12])
 
 
+def test_only_training_forwards_count_towards_the_balancing_update():
+    """Eval and sampling passes report their expert load but do not steer the bias (nor break bitwise resume)."""
+    cfg = _small("glm45-tiny", num_layers=2, mtp_layers=0)
+    model = build_model(cfg)
+    moe = model.layers[1].mlp
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert moe.load_accum.sum() == 0 and moe.last_load.sum() == 2 * 16 * cfg.num_experts_per_token
+    model.train()
+    model(x)
+    assert moe.load_accum.sum() == 2 * 16 * cfg.num_experts_per_token
+
+
 def test_expert_bias_update_balances_and_only_selects():
     torch.manual_seed(0)
     cfg = _small("glm45-tiny", num_layers=2, mtp_layers=0)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from workbench.cli import main
 from workbench.train.metrics import read_metrics
@@ -76,6 +77,25 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_bitwise(tmp_path):
     assert got == expected  # bitwise: JSON floats round-trip exactly
     assert _losses(killed, "eval", "val_loss") == _losses(whole, "eval", "val_loss")
     assert (killed / "summary.json").exists()
+
+
+def test_moe_resume_with_evals_between_checkpoints_is_bitwise(tmp_path):
+    """An MoE run stopped and resumed equals the uninterrupted one, weights and expert biases included, with eval
+    passes between the checkpoints (they once leaked into the balancing counts that a resume starts without)."""
+    from safetensors.torch import load_file
+
+    moe = ["--preset", "glm45-tiny", *TINY, "--model", "moe_intermediate_size=32", "--optimizer", "muon",
+           "--device", "cpu", "--batch-size", "2", "--seq-len", "32", "--eval-every", "2", "--ckpt-every", "2",
+           "--sample-tokens", "0", "--no-progress"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert main(["train", *moe, "--steps", "6", "--out", str(whole)]) == 0
+    assert main(["train", *moe, "--steps", "4", "--out", str(stopped)]) == 0
+    assert main(["train", *moe, "--steps", "6", "--out", str(stopped), "--resume"]) == 0
+    assert _losses(stopped) == _losses(whole) and len(_losses(whole)) == 6
+    final = "checkpoints/step_0000006/model.safetensors"
+    expected, got = load_file(whole / final), load_file(stopped / final)
+    assert any("expert_bias" in name for name in expected)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
 
 
 def _one_line_error(capsys, argv: list[str]) -> str:

@@ -66,8 +66,8 @@ class MoE(nn.Module):
         self.experts = GroupedExperts(cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size)
         self.shared_experts = (DenseMLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts)
                                if cfg.num_shared_experts > 0 else None)
-        # token counts per expert [E], summed over forwards since the last update_bias(). A plain tensor attribute,
-        # not a buffer, so that DDP's buffer broadcast does not overwrite each rank's own counts.
+        # token counts per expert [E], summed over *training* forwards since the last update_bias(). A plain tensor
+        # attribute, not a buffer, so that DDP's buffer broadcast does not overwrite each rank's own counts.
         self.load_accum = torch.zeros(cfg.num_experts, dtype=torch.float32)
         self.last_load: torch.Tensor | None = None      # counts of the latest forward [E]
         self.last_aux_loss: torch.Tensor | None = None  # sequence-level balance loss of the latest forward
@@ -81,10 +81,14 @@ class MoE(nn.Module):
             out = out + self.shared_experts(x_TD)
         with torch.no_grad():
             load = torch.bincount(indices.flatten(), minlength=self.num_experts).float()
-            if self.load_accum.device != load.device:  # the model moved since the last reset
-                self.load_accum = torch.zeros_like(load)
-            self.load_accum = self.load_accum + load
             self.last_load = load
+            # Only training forwards steer the balancing bias. An eval or sampling pass in between must not: it
+            # would bias the next update by data the model does not train on, and a run resumed from a checkpoint
+            # (counters start at zero) would then update differently from the uninterrupted run.
+            if self.training:
+                if self.load_accum.device != load.device:  # the model moved since the last reset
+                    self.load_accum = torch.zeros_like(load)
+                self.load_accum = self.load_accum + load
         self.last_aux_loss = self._sequence_aux_loss(indices, scores, B, S) if self.aux_coef > 0 else None
         return out.view(B, S, D)
 
