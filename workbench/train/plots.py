@@ -7,6 +7,7 @@ HTML. Used by the trainer (run_dir/figures/loss.html) and notebooks/01_training.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Iterable
 
 import plotly.graph_objects as go
@@ -38,7 +39,10 @@ class LiveLossPlot:
         self.update_every = max(1, update_every)
         self.widget = None
         if live:
-            self.widget = go.FigureWidget(loss_figure([]))
+            try:
+                self.widget = go.FigureWidget(loss_figure([]))
+            except ImportError as exc:  # e.g. plotly >= 6 without anywidget: train on, draw the curve at the end
+                print(f"live loss plot off ({exc}); the static figure is drawn when training ends", file=sys.stderr)
 
     def __call__(self, record: dict[str, Any]) -> None:
         if record.get("kind") == "train":
