@@ -52,6 +52,21 @@ def test_notebook_is_stored_clean(notebook):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_papermill_sees_every_parameter(notebook):
+    """`papermill --help-notebook` and papermill's injection know a parameter only if its line parses (papermill
+    skips any line with two "=", e.g. a default like "dp=2 tp=2"): every assignment must be visible to it."""
+    import ast
+
+    import papermill
+
+    nb = json.loads(notebook.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    assigned = {target.id for node in ast.parse("".join(cell["source"])).body if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name)}
+    assert assigned == set(papermill.inspect_notebook(str(notebook))), notebook.name
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(notebook, tmp_path):
     import papermill
 
