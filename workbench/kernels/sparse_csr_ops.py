@@ -32,6 +32,7 @@ import warnings
 import torch
 
 from workbench.kernels.registry import register
+from workbench.kernels.torch_autograd_ops import slot_softmax, slot_softmax_backward
 from workbench.kernels.torch_autograd_ops import sparse_mqa_attention as gathered_sparse_mqa_attention
 from workbench.kernels.torch_ops import compute_dtype
 
@@ -59,8 +60,7 @@ class _CsrSparseMQA(torch.autograd.Function):
         # zeros, not empty: sampled_addmm still reads the pattern's values at beta=0 (0 * NaN garbage = NaN)
         pattern = _csr(crow, cols, q.new_zeros(cols.numel()), (n_queries * H, n_keys))
         scores = torch.sparse.sampled_addmm(pattern, q_rows, kv_rows.t(), beta=0.0, alpha=scale).values()
-        scores = scores.view(n_queries, H, K).masked_fill_((topk_indices < 0).view(n_queries, 1, K), float("-inf"))
-        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)                   # [B*S, H, K]
+        probs = slot_softmax(scores.view(n_queries, H, K), topk_indices)        # [B*S, H, K]
         out = _csr(crow, cols, probs.reshape(-1), pattern.shape) @ kv_rows[:, :v_dim]
         ctx.save_for_backward(q_rows, kv_rows, probs, key_of_pick, crow, cols)
         ctx.scale, ctx.v_dim, ctx.q_shape, ctx.kv_shape = scale, v_dim, q.shape, kv.shape
@@ -76,10 +76,7 @@ class _CsrSparseMQA(torch.autograd.Function):
         grad_out = grad_out.reshape(n_queries * H, v_dim).to(q_rows.dtype)
         pattern = _csr(crow, cols, probs.new_zeros(cols.numel()), shape)
         grad_probs = torch.sparse.sampled_addmm(pattern, grad_out, kv_rows[:, :v_dim].t(), beta=0.0).values()
-        grad_probs = grad_probs.view(n_queries, H, K)
-        # softmax backward: ds = p (dp - sum_k p dp), times the scale applied before the softmax
-        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
-        grad_scores.mul_(ctx.scale)
+        grad_scores = slot_softmax_backward(probs, grad_probs.view(n_queries, H, K), ctx.scale)
         grad_q = None
         if ctx.needs_input_grad[0]:
             grad_q = (_csr(crow, cols, grad_scores.reshape(-1), shape) @ kv_rows).view(ctx.q_shape)

@@ -150,6 +150,18 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 # sparse_mqa_attention (DSA over MLA's shared latent head)
 # --------------------------------------------------------------------------------------------------------------
+def slot_softmax(scores: torch.Tensor, topk_indices: torch.Tensor) -> torch.Tensor:
+    """Softmax over each query's K picked slots, [B*S, H, K]; unused slots (index -1) get probability 0."""
+    n_queries, K = scores.shape[0], scores.shape[-1]
+    scores = scores.masked_fill_((topk_indices < 0).view(n_queries, 1, K), float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a query with no key at all: zeros, not NaN
+
+
+def slot_softmax_backward(probs: torch.Tensor, grad_probs: torch.Tensor, scale: float) -> torch.Tensor:
+    """d scores from d probs: p (dp - sum_k p dp), times the scale applied to the scores before the softmax."""
+    return (probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))).mul_(scale)
+
+
 class _SparseMQA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, kv, topk_indices, scale, v_dim):
@@ -161,8 +173,7 @@ class _SparseMQA(torch.autograd.Function):
         picked = kv.reshape(-1, D).index_select(0, rows).view(B * S, K, D)      # [BS, K, D]
         q_rows = q.reshape(B * S, H, D)
         scores = torch.bmm(q_rows, picked.transpose(1, 2)).float().mul_(scale)  # [BS, H, K]
-        scores.masked_fill_((topk_indices < 0).view(B * S, 1, K), float("-inf"))
-        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
+        probs = slot_softmax(scores, topk_indices)
         out = torch.bmm(probs.to(q.dtype), picked[..., :v_dim])                 # [BS, H, Dv]
         ctx.save_for_backward(q_rows, picked, probs, rows)
         ctx.scale, ctx.v_dim, ctx.q_shape, ctx.kv_shape = scale, v_dim, q.shape, kv.shape
@@ -177,9 +188,7 @@ class _SparseMQA(torch.autograd.Function):
         dtype, v_dim = q_rows.dtype, ctx.v_dim
         grad_out = grad_out.reshape(BS, H, v_dim).to(dtype)
         grad_probs = torch.bmm(grad_out, picked[..., :v_dim].transpose(1, 2)).float()  # [BS, H, K]
-        # softmax backward: ds = p (dp - sum_k p dp), times the scale applied before the softmax
-        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
-        grad_scores = grad_scores.mul_(ctx.scale).to(dtype)
+        grad_scores = slot_softmax_backward(probs, grad_probs, ctx.scale).to(dtype)
         grad_q = torch.bmm(grad_scores, picked) if ctx.needs_input_grad[0] else None  # [BS, H, D]
         if not ctx.needs_input_grad[1]:
             return grad_q.view(ctx.q_shape), None, None, None, None
@@ -200,4 +209,4 @@ def sparse_mqa_attention(q: torch.Tensor, kv: torch.Tensor, topk_indices: torch.
     return _SparseMQA.apply(q.to(dtype), kv.to(dtype), topk_indices, scale, v_dim)
 
 
-__all__ = ["rms_norm", "rope", "sparse_mqa_attention", "swiglu"]
+__all__ = ["rms_norm", "rope", "slot_softmax", "slot_softmax_backward", "sparse_mqa_attention", "swiglu"]
