@@ -481,6 +481,30 @@ def test_grouped_moe_runs_under_torch_compile_without_logged_errors(caplog):
                                rtol=1e-4, atol=1e-5)
 
 
+def test_csr_sparse_mqa_attention_runs_under_torch_compile():
+    """The trainer's --compile path on glm5 at long sequences: the csr kernel runs eagerly behind a graph break
+    (dynamo crashed tracing views of sparse tensors) and gives the eager numbers."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(1)
+    B, S, H, D, Dv, slots = 1, 24, 2, 12, 8, 4
+    scores = torch.randn(B, S, S, generator=gen).masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), -math.inf)
+    values, topk = scores.topk(slots, dim=-1)
+    topk = topk.masked_fill(values == -math.inf, -1)
+    q = torch.randn(B, S, H, D, generator=gen, requires_grad=True)
+    kv = torch.randn(B, S, D, generator=gen, requires_grad=True)
+    csr = K.implementations("sparse_mqa_attention")["csr"].fn
+
+    def attend(q, kv):
+        out, _ = csr(q * 1.0, kv, topk, 0.3, Dv)
+        return out.square().sum()
+
+    compiled = torch.compile(attend)(q, kv)
+    grads = torch.autograd.grad(compiled, (q, kv))
+    eager = attend(q, kv)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(grads, torch.autograd.grad(eager, (q, kv)))
+
+
 def test_torch_rope_and_autograd_rms_norm_work_under_torch_compile():
     # the trainer's --compile path: the rope kernel must fall back to math inductor can fuse (it rejects mul(out=))
     rope_fn = K.implementations("rope")["torch"].fn

@@ -103,7 +103,11 @@ def _needs_mkl() -> str | None:
     return None if torch.backends.mkl.is_available() else "torch was built without MKL (slow sparse products)"
 
 
+# Sparse CSR tensors are opaque to torch.compile (dynamo crashed tracing a view of one), so under --compile this
+# kernel runs eagerly behind one graph break. torch._disable_dynamo, the lazy twin of torch.compiler.disable,
+# imports dynamo only when first called, not when this module is imported.
 @register("sparse_mqa_attention", "csr", devices=("cpu",), priority=30, available=_needs_mkl)
+@torch._disable_dynamo
 def sparse_mqa_attention(q: torch.Tensor, kv: torch.Tensor, topk_indices: torch.Tensor, scale: float,
                          v_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """SDDMM scores + SpMM values over the top-k pattern (CSR); no gathered [B*S, K, D] copy of the keys."""
