@@ -56,19 +56,69 @@ def test_bad_jsonl_line_names_the_line(tmp_path):
         load_corpus(path)
 
 
+def test_byte_order_mark_is_dropped_in_text_and_jsonl(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.txt").write_bytes(bom + "Once upon a time.\n\nThe end.".encode())
+    (tmp_path / "b.jsonl").write_bytes(bom + b'{"text": "first"}\r\n{"text": "second"}\r\n')
+    assert load_corpus(tmp_path / "a.txt").documents == ["Once upon a time.", "The end."]
+    assert load_corpus(tmp_path / "b.jsonl").documents == ["first", "second"]
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    texts = ["one\u2028two", "three\x85four", "five\u2029six"]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts) + "\n",
+                                      encoding="utf-8")
+    assert load_corpus(tmp_path / "d.jsonl").documents == texts
+
+
+def test_json_array_file(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps([{"text": "a story"}, "another story"]))
+    assert load_corpus(tmp_path / "d.json").documents == ["a story", "another story"]
+    (tmp_path / "bad.json").write_text(json.dumps([{"body": "no text"}]))
+    with pytest.raises(WorkbenchError, match="item 0"):
+        load_corpus(tmp_path / "bad.json")
+
+
+def test_folder_skips_hidden_paths_and_empty_files(tmp_path):
+    (tmp_path / "a.txt").write_text("kept")
+    (tmp_path / "empty.md").write_text("")
+    (tmp_path / ".notes.txt").write_text("a dotfile")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "description.txt").write_text("git's own file")
+    (tmp_path / "sub" / ".ipynb_checkpoints").mkdir(parents=True)
+    (tmp_path / "sub" / ".ipynb_checkpoints" / "b-checkpoint.txt").write_text("an editor copy")
+    (tmp_path / "sub" / "b.txt").write_text("also kept")
+    assert load_corpus(tmp_path).documents == ["kept", "also kept"]
+
+
 def test_hf_source_without_datasets_package_is_a_clear_error(monkeypatch):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def no_datasets(name, *args, **kwargs):
-        if name == "datasets":
-            raise ImportError("no datasets")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
     with pytest.raises(WorkbenchError, match="optional `datasets` package"):
         load_corpus("hf:roneneldan/TinyStories")
+    with pytest.raises(WorkbenchError, match="needs a dataset name"):
+        load_corpus("hf:")
+
+
+def test_hf_source_says_install_datasets_when_only_a_datasets_folder_is_on_the_path(tmp_path, monkeypatch):
+    """Run from the repository root without HF `datasets` installed, this repository's datasets/ folder imports as an
+    empty namespace package; the error said "module 'datasets' has no attribute 'load_dataset'; are you online?"."""
+    import sys
+
+    (tmp_path / "datasets").mkdir()  # like this repository's datasets/ folder: no __init__.py
+    monkeypatch.delitem(sys.modules, "datasets", raising=False)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    try:
+        import datasets
+    except ImportError:
+        pass
+    else:
+        if hasattr(datasets, "load_dataset"):
+            pytest.skip("Hugging Face datasets is installed here")
+    with pytest.raises(WorkbenchError, match="optional `datasets` package"):
+        load_corpus("hf:roneneldan/TinyStories")
+    monkeypatch.delitem(sys.modules, "datasets", raising=False)
 
 
 # ---- tokenizers -----------------------------------------------------------------------------------------------
@@ -141,4 +191,14 @@ def test_loader_is_deterministic_shifted_and_sharded():
 
 def test_loader_rejects_a_split_shorter_than_a_sequence():
     with pytest.raises(WorkbenchError, match="seq-len"):
-        TokenLoader(np.arange(10, dtype=np.uint16), batch_size=2, seq_len=16, name="val")
+        TokenLoader(np.arange(16, dtype=np.uint16), batch_size=2, seq_len=16, name="val")
+
+
+def test_loader_windows_reach_the_last_token():
+    """A window is seq_len + 1 tokens; every start from 0 to len - seq_len - 1 is drawn (the last token of a split
+    used to be unreachable as a target, and a split needed seq_len + 2 tokens)."""
+    x, y = TokenLoader(np.arange(17, dtype=np.uint16), batch_size=4, seq_len=16).batch(0)
+    assert torch.equal(x[0], torch.arange(16)) and torch.equal(y[0], torch.arange(1, 17))
+    loader = TokenLoader(np.arange(40, dtype=np.uint16), batch_size=64, seq_len=16)
+    starts = {int(o) for step in range(20) for o in loader.offsets(step)}
+    assert starts == set(range(40 - 16))

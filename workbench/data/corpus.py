@@ -4,7 +4,10 @@ Sources (the ``data`` setting of a run, the ``--data`` flag, the notebook's ``da
 - ``"default"`` (or None): the bundled synthetic stories, generated deterministically (workbench/data/stories.py);
 - a local UTF-8 text file (``.txt``, ``.md``, anything not ``.jsonl``/``.json``): documents split on blank lines;
 - a local JSONL file: one JSON object per line, text in the ``"text"`` field (or a plain JSON string per line);
-- a local folder: every ``*.txt``, ``*.md`` and ``*.jsonl`` file below it, in sorted path order;
+- a local ``.json`` file: a JSON array of such strings/objects (or one object);
+- a local folder: every ``*.txt``, ``*.md`` and ``*.jsonl`` file below it, in sorted path order, skipping hidden
+  paths (``.git/``, ``.ipynb_checkpoints/``, dotfiles) and empty files;
+A UTF-8 byte-order mark at the start of a file is dropped.
 - ``"hf:NAME"`` or ``"hf:NAME:SPLIT"``: a Hugging Face ``datasets`` dataset (optional dependency, needs network the
   first time; never used by tests).
 Bad input (missing path, empty or non-UTF-8 file, no text found) raises ``WorkbenchError`` with a clear message.
@@ -72,7 +75,7 @@ def _read_utf8(path: Path) -> str:
     if not raw.strip():
         raise WorkbenchError(f"data file {str(path)!r} is empty; give a file with some UTF-8 text")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # "-sig": a leading byte-order mark (Windows editors write one) is dropped
     except UnicodeDecodeError as exc:
         raise WorkbenchError(f"data file {str(path)!r} is not UTF-8 text (bad byte at offset {exc.start}); "
                              f"convert it, e.g. `iconv -t UTF-8`") from None
@@ -82,13 +85,25 @@ def _load_file(path: Path, text_field: str) -> list[str]:
     text = _read_utf8(path)
     if path.suffix.lower() in JSONL_SUFFIXES:
         return _parse_jsonl(text, path, text_field)
+    if path.suffix.lower() == ".json":
+        return _parse_json(text, path, text_field)
     # Plain text: documents are paragraphs separated by blank lines (a single-paragraph file is one document).
     return [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
 
 
+def _document(item, where: str, text_field: str) -> str:
+    """The text of one JSON record: a string, or an object's string ``text_field``."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and isinstance(item.get(text_field), str):
+        return item[text_field]
+    raise WorkbenchError(f"{where}: expected a JSON string or an object with a string {text_field!r} field")
+
+
 def _parse_jsonl(text: str, path: Path, text_field: str) -> list[str]:
     docs = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # split on "\n" only: str.splitlines() also splits on U+2028, U+0085, ..., which JSON allows inside strings
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -96,33 +111,61 @@ def _parse_jsonl(text: str, path: Path, text_field: str) -> list[str]:
         except json.JSONDecodeError as exc:
             raise WorkbenchError(f"{path}:{number}: not valid JSON ({exc.msg}); JSONL needs one object per line") \
                 from None
-        if isinstance(item, str):
-            docs.append(item)
-        elif isinstance(item, dict) and isinstance(item.get(text_field), str):
-            docs.append(item[text_field])
-        else:
-            raise WorkbenchError(f"{path}:{number}: expected a JSON string or an object with a string "
-                                 f"{text_field!r} field")
+        docs.append(_document(item, f"{path}:{number}", text_field))
     return docs
+
+
+def _parse_json(text: str, path: Path, text_field: str) -> list[str]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkbenchError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); a .json corpus is an array "
+                             f"of strings or of objects with a {text_field!r} field") from None
+    if not isinstance(items, list):
+        items = [items]
+    return [_document(item, f"{path}: item {i}", text_field) for i, item in enumerate(items)]
+
+
+def _is_hidden(file: Path, root: Path) -> bool:
+    """A dotfile or anything inside a dot-folder below ``root`` (.git, .ipynb_checkpoints, editor backups)."""
+    return any(part.startswith(".") for part in file.relative_to(root).parts)
 
 
 def _load_folder(path: Path, text_field: str) -> list[str]:
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
+    suffixes = TEXT_SUFFIXES + JSONL_SUFFIXES
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and p.suffix.lower() in suffixes and not _is_hidden(p, path))
     if not files:
-        raise WorkbenchError(f"folder {str(path)!r} holds no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
+        raise WorkbenchError(f"folder {str(path)!r} holds no {', '.join(suffixes)} files (hidden ones are skipped)")
     docs: list[str] = []
     for f in files:
-        docs.extend(_load_file(f, text_field))
+        if f.read_bytes().strip():  # an empty file in a folder holds no documents; it is not an error there
+            docs.extend(_load_file(f, text_field))
     return docs
+
+
+def _import_hf_datasets():
+    """Hugging Face's ``datasets`` package, or None if it is not installed.
+
+    This repository has a top-level ``datasets/`` folder (the bundled corpus notes). Where the real package is not
+    installed, Python run from the repository root (``python -m workbench ...``) imports that folder as an empty
+    namespace package named ``datasets`` (an installed package would win over it), so "installed" means "has
+    ``load_dataset``"."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    return datasets if hasattr(datasets, "load_dataset") else None
 
 
 def _load_hf(spec: str, text_field: str) -> list[str]:
     name, _, split = spec.partition(":")
-    try:
-        import datasets  # optional: pip install -e '.[hf-datasets]'
-    except ImportError:
-        raise WorkbenchError("data 'hf:...' needs the optional `datasets` package: pip install -e '.[hf-datasets]'") \
-            from None
+    if not name.strip():
+        raise WorkbenchError("data 'hf:' needs a dataset name, e.g. 'hf:roneneldan/TinyStories' or "
+                             "'hf:roneneldan/TinyStories:validation'")
+    datasets = _import_hf_datasets()  # optional: pip install -e '.[hf-datasets]'
+    if datasets is None:
+        raise WorkbenchError("data 'hf:...' needs the optional `datasets` package: pip install -e '.[hf-datasets]'")
     try:
         ds = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:  # offline, unknown name, gated dataset, ...

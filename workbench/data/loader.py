@@ -28,9 +28,9 @@ class TokenLoader:
             raise WorkbenchError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
         if not 0 <= rank < world_size:
             raise WorkbenchError(f"rank {rank} is outside world_size {world_size}")
-        if len(tokens) < seq_len + 2:
-            raise WorkbenchError(f"the {name} split has {len(tokens)} tokens, fewer than seq_len + 2 = {seq_len + 2}; "
-                                 f"use a shorter --seq-len or a larger corpus")
+        if len(tokens) < seq_len + 1:
+            raise WorkbenchError(f"the {name} split has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1} "
+                                 f"(one window); use a shorter --seq-len or a larger corpus")
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = torch.device(device)
@@ -39,7 +39,8 @@ class TokenLoader:
     def offsets(self, step: int, micro_step: int = 0) -> np.ndarray:
         """Start offsets of this rank's rows for (step, micro_step)."""
         rng = np.random.default_rng([self.seed, step, micro_step])
-        global_offsets = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size * self.world_size)
+        # a window is seq_len + 1 tokens, so starts run from 0 to len - seq_len - 1 (integers' high is exclusive)
+        global_offsets = rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size * self.world_size)
         return global_offsets[self.rank::self.world_size]
 
     def batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
