@@ -50,3 +50,25 @@ def test_all_problems_are_reported_together():
         validate_params({"steps": "0", "lr": "x", "typo": 1}, SCHEMA)
     text = str(err.value)
     assert "'steps'" in text and "'lr'" in text and "typo" in text and "'device' is missing" in text
+
+
+def test_list_parameters_take_one_value_check_items_and_length():
+    """papermill's `-p moe_experts 4` arrives as the int 4 (`list(4)` raised); items were never type-checked, so
+    'abc' or 0 failed cells later; an empty list ran an empty notebook."""
+    counts = Param(list, item=int, min=1, min_items=1)
+    assert counts.coerce("counts", 4) == [4]
+    assert counts.coerce("counts", "8, 16") == [8, 16]
+    assert counts.coerce("counts", [2, "32"]) == [2, 32]
+    for bad, message in (("8,abc", "not a valid int"), ("4,-8", "below its minimum"), ("", "at least 1 item"),
+                         ([], "at least 1 item")):
+        with pytest.raises(WorkbenchError, match=message):
+            counts.coerce("counts", bad)
+
+
+@pytest.mark.parametrize("value", ["nan", float("nan"), "inf", float("-inf")])
+def test_floats_must_be_finite(value):
+    """NaN passed `min=1.0, max=3.0`: every comparison with NaN is False."""
+    with pytest.raises(WorkbenchError, match="finite number"):
+        Param(float, min=1.0, max=3.0).coerce("pue", value)
+    with pytest.raises(WorkbenchError, match="finite number"):
+        Param(float, min=1.0).coerce("train_tokens", value)

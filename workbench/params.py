@@ -1,12 +1,14 @@
 """Validate notebook (and CLI) parameters up front, with one clear message per problem.
 
-papermill injects ``-p name value`` values as strings ("10", "true", "1e-3", "None"), and JupyterLab users type
+papermill's ``-p name value`` arrives as whatever YAML makes of the text (``-p steps 10`` an int, ``-p ops 4`` an int
+where a list is wanted, ``-p x None`` the string "None"), ``-r name value`` as a raw string, and JupyterLab users type
 anything. Every notebook's second cell calls ``validate_params`` with a small schema; the values come back with
 the right types or a ``WorkbenchError`` lists what is wrong and what would be right. Used by every notebook.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -19,7 +21,10 @@ _NONE = {"none", "null", ""}
 
 @dataclass(frozen=True)
 class Param:
-    """What one parameter may be: its type, bounds, allowed choices, and whether None is allowed."""
+    """What one parameter may be: its type, bounds, allowed choices, and whether None is allowed.
+
+    A ``list`` parameter takes "a,b,c", a real list, or a single value (one item); ``item`` is its items' type,
+    ``min``/``max``/``choices`` then apply to each item, and ``min_items`` is the fewest items it may have."""
 
     type: type = str
     min: float | None = None
@@ -27,6 +32,8 @@ class Param:
     choices: Sequence[Any] | None = None
     allow_none: bool = False
     help: str = ""
+    item: type = str
+    min_items: int = 0
 
     def coerce(self, name: str, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in _NONE and self.allow_none:
@@ -35,23 +42,36 @@ class Param:
             if self.allow_none:
                 return None
             raise WorkbenchError(f"parameter {name!r} must not be None{self._hint()}")
-        value = self._to_type(name, value)
+        if self.type is list:
+            items = [self._check(name, self._to_type(name, item, self.item)) for item in self._to_list(value)]
+            if len(items) < self.min_items:
+                raise WorkbenchError(f"parameter {name!r} needs at least {self.min_items} item(s), got {value!r}"
+                                     f"{self._hint()}")
+            return items
+        return self._check(name, self._to_type(name, value, self.type))
+
+    def _check(self, name: str, value: Any) -> Any:
+        """Bounds and choices of one value (a scalar parameter, or one item of a list)."""
         if self.min is not None and value < self.min:
             raise WorkbenchError(f"parameter {name!r} = {value!r} is below its minimum {self.min}{self._hint()}")
         if self.max is not None and value > self.max:
             raise WorkbenchError(f"parameter {name!r} = {value!r} is above its maximum {self.max}{self._hint()}")
-        if self.choices is not None:
-            items = value if isinstance(value, list) else [value]
-            bad = [v for v in items if v not in self.choices]
-            if bad:
-                raise WorkbenchError(f"parameter {name!r}: {bad[0]!r} is not one of {list(self.choices)}")
+        if self.choices is not None and value not in self.choices:
+            raise WorkbenchError(f"parameter {name!r}: {value!r} is not one of {list(self.choices)}")
         return value
 
     def _hint(self) -> str:
         return f" ({self.help})" if self.help else ""
 
-    def _to_type(self, name: str, value: Any) -> Any:
-        kind = self.type
+    @staticmethod
+    def _to_list(value: Any) -> list:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        return [value]  # papermill's `-p counts 512` arrives as the int 512: a list of one
+
+    def _to_type(self, name: str, value: Any, kind: type) -> Any:
         try:
             if kind is bool:
                 if isinstance(value, bool):
@@ -77,17 +97,16 @@ class Param:
             if kind is float:
                 if isinstance(value, bool):
                     raise ValueError
-                return float(value)
-            if kind is list:  # "a,b,c" or a real list
-                if isinstance(value, str):
-                    return [item.strip() for item in value.split(",") if item.strip()]
-                return list(value)
+                number = float(value)
+                if not math.isfinite(number):  # NaN would slip past min/max (every comparison with it is False)
+                    raise ValueError
+                return number
             if kind is str:
                 return str(value).strip()
             return kind(value)
         except (TypeError, ValueError):
-            raise WorkbenchError(
-                f"parameter {name!r} = {value!r} is not a valid {kind.__name__}{self._hint()}") from None
+            what = "float (a finite number)" if kind is float else kind.__name__
+            raise WorkbenchError(f"parameter {name!r} = {value!r} is not a valid {what}{self._hint()}") from None
 
 
 def validate_params(values: dict[str, Any], schema: dict[str, Param]) -> dict[str, Any]:
