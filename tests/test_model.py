@@ -307,3 +307,19 @@ def test_bf16_autocast_trains_and_routes_in_fp32():
         _, weights, scores = model.layers[1].mlp.router(torch.randn(4, cfg.hidden_size))
     out.loss.backward()
     assert torch.isfinite(out.loss) and scores.dtype == weights.dtype == torch.float32
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_layers="abc"), "num_layers must be an integer (got 'abc')"),
+    (dict(num_layers=1.5), "num_layers must be an integer (got 1.5)"),
+    (dict(tie_embeddings="False"), "tie_embeddings must be true or false (got 'False')"),
+    (dict(indexer_types="None"), "indexer_types must be a list of strings or None"),
+    (dict(rope_theta="1e4"), "rope_theta must be a number"),
+])
+def test_model_config_checks_field_types(changes, message):
+    """Overrides come from strings (CLI, notebooks): "False" was a true bool and "None" became ('N','o','n','e')."""
+    with pytest.raises(ConfigError) as err:
+        ModelConfig(**changes)
+    assert message in str(err.value)
+    assert ModelConfig(indexer_types=["full"], num_layers=1, attention_type="mla", q_lora_rank=16, index_n_heads=2,
+                       index_head_dim=16).indexer_types == ("full",)  # JSON lists become tuples

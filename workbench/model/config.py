@@ -70,13 +70,39 @@ class ModelConfig:
     mtp_loss_weight: float = 0.3
 
     def __post_init__(self):
-        if self.indexer_types is not None and not isinstance(self.indexer_types, tuple):
+        if isinstance(self.indexer_types, list):  # from JSON (config.json, a checkpoint, an override)
             object.__setattr__(self, "indexer_types", tuple(self.indexer_types))
-        problems = self._problems()
+        problems = self._type_problems() or self._problems()
         if problems:
             raise ConfigError(f"ModelConfig {self.name!r}: " + "; ".join(problems))
 
     # ------------------------------------------------------------------ validation
+    def _type_problems(self) -> list[str]:
+        """Each field holds its annotated type. Overrides arrive from strings (CLI, notebooks, JSON): without this
+        check "False" was a true bool, 1.5 layers failed deep in ``range()`` and "None" became ('N', 'o', 'n', 'e')."""
+        p: list[str] = []
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            optional = kind.endswith(" | None")
+            kind = kind.removesuffix(" | None")
+            if value is None and optional:
+                continue
+            if kind == "int":
+                ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            elif kind == "float":
+                ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            elif kind == "bool":
+                ok, what = isinstance(value, bool), "true or false"
+            elif kind == "str":
+                ok, what = isinstance(value, str), "a string"
+            elif kind.startswith("tuple[str"):
+                ok, what = isinstance(value, tuple) and all(isinstance(v, str) for v in value), "a list of strings"
+            else:
+                continue
+            if not ok:
+                p.append(f"{f.name} must be {what}{' or None' if optional else ''} (got {value!r})")
+        return p
+
     def _problems(self) -> list[str]:
         p: list[str] = []
         positive = ["vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"]

@@ -24,9 +24,13 @@ from workbench.errors import WorkbenchError
 def _override(text: str) -> tuple[str, object]:
     from workbench.train.config import TrainConfig
 
-    if "=" not in text or text.count(",") or not text.partition("=")[0].strip():
+    try:
+        parsed = TrainConfig.parse_overrides(text)
+    except WorkbenchError:
+        parsed = {}
+    if len(parsed) != 1:  # one setting per --model (a list value may hold commas: indexer_types=[full,shared])
         raise argparse.ArgumentTypeError(f"expected one KEY=VALUE, got {text!r}")
-    return next(iter(TrainConfig.parse_overrides(text).items()))
+    return next(iter(parsed.items()))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,6 +90,18 @@ def check_early(config) -> None:
         raise WorkbenchError(f"unknown preset {config.preset!r}; choose one of: {', '.join(names)}")
 
 
+def summary_line(summary: dict) -> str:
+    """The closing line of a run; a value the run did not produce (no train step logged) reads "n/a"."""
+    def number(key: str, spec: str = ".3f") -> str:
+        value = summary.get(key)
+        return "n/a" if value is None else format(value, spec)
+
+    mfu = summary.get("mfu")
+    return (f"done: {summary['steps']} steps, train loss {number('first_train_loss')} -> "
+            f"{number('final_train_loss')}, val loss {number('final_val_loss')}, {number('tokens_per_s', ',.0f')} "
+            f"tok/s, MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} ({summary.get('peak_source')})")
+
+
 def run(args: argparse.Namespace) -> int:
     from workbench.distributed.train_hooks import distributed_train_kwargs, finish_distributed
     from workbench.train.trainer import train
@@ -95,10 +111,6 @@ def run(args: argparse.Namespace) -> int:
     # Under torchrun (`workbench launch -- train ...`): join the process group and apply --parallel; {} otherwise.
     summary = train(config, **distributed_train_kwargs(config))
     finish_distributed(summary)
-    mfu = summary.get("mfu")
-    print(f"done: {summary['steps']} steps, train loss {summary['first_train_loss']:.3f} -> "
-          f"{summary['final_train_loss']:.3f}, val loss {summary['final_val_loss']:.3f}, "
-          f"{summary['tokens_per_s']:,.0f} tok/s, MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} "
-          f"({summary['peak_source']})")
+    print(summary_line(summary))
     print(f"run folder: {summary['run_dir']}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +84,9 @@ class TrainConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                  f"{name} must be an integer >= 0, got {value!r}")
-        need(self.lr > 0 and self.muon_lr > 0, f"lr and muon_lr must be > 0, got {self.lr}, {self.muon_lr}")
+        need(all(isinstance(v, (int, float)) and math.isfinite(v) for v in (self.lr, self.muon_lr))
+             and self.lr > 0 and self.muon_lr > 0, f"lr and muon_lr must be finite and > 0, got {self.lr}, {self.muon_lr}")
+        need(not isinstance(self.seed, int) or self.seed < 2**63, f"seed must be below 2**63, got {self.seed}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"betas must be in [0, 1), got {self.beta1}, {self.beta2}")
@@ -112,22 +115,50 @@ class TrainConfig:
 
     @staticmethod
     def parse_overrides(text: str | dict | None) -> dict[str, Any]:
-        """"hidden_size=64,num_layers=2" (notebook / CLI strings) -> {"hidden_size": 64, "num_layers": 2}."""
+        """"hidden_size=64,num_layers=2" (notebook / CLI strings) -> {"hidden_size": 64, "num_layers": 2}.
+
+        Values are JSON where they parse (64, 0.5, true, null, ["full","shared"]); Python's True / False / None are
+        accepted too; ``[full,shared]`` is a list of words; anything else stays a string. ModelConfig checks the
+        types, so a value of the wrong kind is reported by name."""
         if text is None or isinstance(text, dict):
             return dict(text or {})
         out: dict[str, Any] = {}
-        for item in str(text).split(","):
+        for item in _split_outside_brackets(str(text)):
             if not item.strip():
                 continue
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise ConfigError(f"model override {item.strip()!r} is not KEY=VALUE (e.g. 'num_layers=2')")
-            try:
-                out[key.strip()] = json.loads(value)
-            except ValueError:
-                out[key.strip()] = value.strip()
+            out[key.strip()] = _parse_value(value.strip())
         return out
 
     def trajectory_mismatch(self, other: "TrainConfig") -> list[str]:
         """Names of settings that differ from ``other`` and would change the loss trajectory."""
         return [name for name in TRAJECTORY_FIELDS if getattr(self, name) != getattr(other, name)]
+
+
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in _WORDS:
+        return _WORDS[text.lower()]
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    if text.startswith("[") and text.endswith("]"):  # [full,shared]: a list of bare words
+        return [_parse_value(word.strip()) for word in text[1:-1].split(",") if word.strip()]
+    return text
+
+
+def _split_outside_brackets(text: str) -> list[str]:
+    """Split on commas that are not inside [...]: "a=1,b=[x,y]" -> ["a=1", "b=[x,y]"]."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
