@@ -127,3 +127,25 @@ def test_saving_a_step_again_replaces_it_whole(tmp_path):
     ckpt.load_checkpoint(path, other)
     assert torch.equal(other[0].weight, model[0].weight)
     assert [p.name for p in tmp_path.iterdir()] == ["step_0000007"]
+
+
+def test_pruning_keeps_the_checkpoint_just_written_not_a_corrupt_newer_one(tmp_path):
+    """A run resumed past a corrupt step 9 (from the good step 4) saves step 5 with keep_last=1: pruning by step
+    alone deleted step 5 and kept the corrupt step 9, so the next resume found nothing and restarted at step 0."""
+    model, opt = _model_and_optimizer()
+    _save(tmp_path, 4, model, opt)
+    corrupt = _save(tmp_path, 9, model, opt)
+    (corrupt / ckpt.MODEL_FILE).write_bytes(b"")
+    _save(tmp_path, 5, model, opt, keep_last=1)  # the resumed run's next checkpoint
+    assert ckpt.latest_good_checkpoint(tmp_path, warn=lambda m: None).name == "step_0000005"
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [5, 9]  # step 4 pruned; step 9 left to be overwritten
+
+
+def test_an_incomplete_checkpoint_does_not_count_towards_keep_last(tmp_path):
+    model, opt = _model_and_optimizer()
+    for step in (1, 2):
+        _save(tmp_path, step, model, opt, keep_last=3)
+    (ckpt.list_checkpoints(tmp_path)[-1][1] / ckpt.MANIFEST_FILE).unlink()  # step 2 partial
+    _save(tmp_path, 3, model, opt, keep_last=2)
+    good = [s for s, p in ckpt.list_checkpoints(tmp_path) if ckpt._looks_complete(p)]
+    assert good == [1, 3]  # two good ones kept; the partial step 2 did not take step 1's place

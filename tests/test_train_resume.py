@@ -115,13 +115,19 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     (["--data", "EMPTY"], "is empty"),
     (["--data", "LATIN1"], "is not UTF-8"),
     (["--model", "hidden_sizes=3"], "unknown model setting"),
+    (["--model", "num_layers=abc"], "num_layers must be an integer (got 'abc')"),
+    (["--model", "tie_embeddings=maybe"], "tie_embeddings must be true or false"),
+    (["--lr", "inf"], "lr and muon_lr must be finite"),
+    (["--out", "A_FILE"], "is a file"),
 ])
 def test_bad_values_get_one_clear_line(tmp_path, capsys, change, message):
-    files = {"MISSING": tmp_path / "nope.txt", "EMPTY": tmp_path / "empty.txt", "LATIN1": tmp_path / "latin1.txt"}
+    files = {"MISSING": tmp_path / "nope.txt", "EMPTY": tmp_path / "empty.txt", "LATIN1": tmp_path / "latin1.txt",
+             "A_FILE": tmp_path / "a_file"}
     files["EMPTY"].write_text("")
+    files["A_FILE"].write_text("not a folder")
     files["LATIN1"].write_bytes("café au lait".encode("latin-1"))
     change = [str(files.get(c, c)) for c in change]
-    argv = ["train", "--steps", "2", "--out", str(tmp_path / "run"), "--no-progress", *change]
+    argv = ["train", "--steps", "2", "--out", str(tmp_path / "run"), "--no-progress", *TINY, *change]
     assert message in _one_line_error(capsys, argv)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -132,3 +138,40 @@ def test_an_unavailable_device_is_one_clear_line(tmp_path, capsys):
     missing = next(t for t in ("npu", "cuda", "xpu", "mps") if t not in available_device_types())
     err = _one_line_error(capsys, ["train", "--device", missing, "--out", str(tmp_path / "r")])
     assert f"device {missing!r} is not available" in err
+
+
+def test_out_of_memory_is_one_clear_line(capsys, monkeypatch):
+    """A batch that does not fit ended in a numpy / torch allocation traceback."""
+    import numpy as np
+
+    import workbench.train.cli as train_cli
+
+    def allocate(_args):
+        np.empty(2**40, dtype=np.int64)  # numpy's _ArrayMemoryError, a MemoryError
+
+    monkeypatch.setattr(train_cli, "run", allocate)
+    assert "out of memory (Unable to allocate" in _one_line_error(capsys, ["train"])
+
+    def torch_cpu_oom(_args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 6553600000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(train_cli, "run", torch_cpu_oom)
+    err = _one_line_error(capsys, ["train"])
+    assert "out of memory (DefaultCPUAllocator: can't allocate memory" in err and "--batch-size" in err
+
+    def a_bug(_args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(train_cli, "run", a_bug)
+    with pytest.raises(RuntimeError, match="shapes"):  # not a user error: the traceback stays
+        main(["train"])
+
+
+def test_the_closing_line_survives_a_run_without_train_records():
+    """A finished run resumed after its metrics.jsonl was deleted has no train losses: the print crashed."""
+    from workbench.train.cli import summary_line
+
+    line = summary_line({"steps": 5, "first_train_loss": None, "final_train_loss": None, "final_val_loss": 1.5,
+                         "tokens_per_s": 0.0, "mfu": None, "peak_source": "measured probe"})
+    assert "train loss n/a -> n/a, val loss 1.500" in line

@@ -124,7 +124,8 @@ def test_fused_adamw_only_where_the_device_supports_it():
     (dict(batch_size=0), "batch_size"),
     (dict(optimizer="sgd"), "optimizer must be one of"),
     (dict(parallel=2), "parallel must be a string"),
-    (dict(lr=0.0), "lr and muon_lr must be > 0"),
+    (dict(lr=0.0), "lr and muon_lr must be finite and > 0"),
+    (dict(seed=2**64), r"seed must be below 2\*\*63"),
 ])
 def test_config_rejects_bad_values(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -199,6 +200,57 @@ def test_resume_with_different_settings_is_refused(tmp_path):
         Trainer(tiny_config(tmp_path, steps=4), model=StandIn(), log=quiet)
 
 
+def test_resume_checks_the_data_by_content_not_by_its_spelling(tmp_path, monkeypatch):
+    """An edited file behind the same path resumed silently onto other tokens; the same file given by another
+    path was refused as "settings ['data'] differ"."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(f"story {i}: the cat sat on the mat and looked at the sun." for i in range(300)))
+    monkeypatch.chdir(tmp_path)
+    Trainer(tiny_config(tmp_path, steps=4, data="corpus.txt"), model=StandIn(), log=quiet).fit()
+    resumed = Trainer(tiny_config(tmp_path, steps=6, data=str(text), resume=True), model=StandIn(), log=quiet)
+    assert resumed.step == 4  # the same file by its absolute path
+    text.write_text(text.read_text().upper())
+    with pytest.raises(ValueError, match="not the corpus the checkpoint"):
+        Trainer(tiny_config(tmp_path, steps=6, data="corpus.txt", resume=True), model=StandIn(), log=quiet)
+
+
+def test_resume_refuses_steps_below_the_checkpoint(tmp_path):
+    Trainer(tiny_config(tmp_path, steps=4), model=StandIn(), log=quiet).fit()
+    with pytest.raises(ValueError, match="at step 4, beyond --steps 2"):
+        Trainer(tiny_config(tmp_path, steps=2, resume=True), model=StandIn(), log=quiet)
+
+
+def test_resuming_a_finished_run_neither_re_evaluates_nor_rewrites_it(tmp_path):
+    summary = Trainer(tiny_config(tmp_path, steps=4), model=StandIn(), log=quiet).fit()
+    run = tmp_path / "run"
+    ckpt_file = run / "checkpoints" / "step_0000004" / "model.safetensors"
+    written = ckpt_file.stat().st_mtime_ns
+    again = Trainer(tiny_config(tmp_path, steps=4, resume=True), model=StandIn(), log=quiet).fit()
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [4]  # eval_every=4 == steps: only the final eval, once
+    assert again["final_val_loss"] == summary["final_val_loss"]
+    assert ckpt_file.stat().st_mtime_ns == written
+
+
+def test_a_model_too_big_for_the_device_is_refused_before_allocating(tmp_path):
+    from workbench.train.trainer import check_fits_in_memory
+
+    class SmallDevice:
+        name = "a 1 GiB device"
+
+        def total_memory_bytes(self):
+            return 2**30
+
+    from workbench.model import get_preset
+
+    with pytest.raises(ValueError, match=r"glm-5: 75\d\.\dB parameters need"):
+        check_fits_in_memory(get_preset("glm-5"), SmallDevice())
+    check_fits_in_memory(get_preset("glm4-tiny"), SmallDevice())  # 18M parameters: ~0.3 GiB
+    with pytest.raises(ValueError, match="need ~"):
+        Trainer(tiny_config(tmp_path, preset="glm-4.5-air"), log=quiet)
+    assert not (tmp_path / "run" / "tokenizer.json").exists()  # a refused run leaves no half-made run folder
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     trainer = Trainer(tiny_config(tmp_path), model=StandIn(), log=quiet)
     with torch.no_grad():
@@ -248,6 +300,11 @@ def test_model_overrides_parse_and_progress_switch(monkeypatch):
     assert TrainConfig.parse_overrides("num_layers=2, ffn_act=gelu,tie_embeddings=true") == {
         "num_layers": 2, "ffn_act": "gelu", "tie_embeddings": True}
     assert TrainConfig.parse_overrides("") == {} and TrainConfig.parse_overrides(None) == {}
+    # Python spellings, None, and lists (commas inside brackets do not split settings)
+    assert TrainConfig.parse_overrides("tie_embeddings=False,indexer_types=None,head_dim=null") == {
+        "tie_embeddings": False, "indexer_types": None, "head_dim": None}
+    assert TrainConfig.parse_overrides('num_layers=2,indexer_types=[full,shared]') == {
+        "num_layers": 2, "indexer_types": ["full", "shared"]}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         TrainConfig.parse_overrides("num_layers")
     monkeypatch.setenv("WORKBENCH_NO_PROGRESS", "1")

@@ -68,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"workbench {command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        from workbench.errors import out_of_memory_message
+
+        message = out_of_memory_message(exc)
+        if message is None:
+            raise  # a bug, not a user error: keep the traceback
+        print(f"workbench {command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

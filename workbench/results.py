@@ -34,6 +34,15 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     """Write JSON to ``path`` through a temp file + fsync + rename, so readers never see half a file."""
     path = Path(path)
@@ -44,6 +53,7 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
             json.dump(to_jsonable(payload), f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -196,7 +196,7 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune_checkpoints(root, keep_last)
+    prune_checkpoints(root, keep_last, newest_step=step)
     return final
 
 
@@ -213,11 +213,31 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def prune_checkpoints(root: str | Path, keep_last: int) -> None:
-    """Keep the newest ``keep_last`` checkpoints; also remove temp folders left by crashed writers."""
+def _looks_complete(path: Path) -> bool:
+    """A cheap completeness check (manifest present, file sizes match it); ``verify_checkpoint`` also hashes."""
+    try:
+        files = json.loads((path / MANIFEST_FILE).read_text())["files"]
+        return all((path / name).stat().st_size == meta["bytes"] for name, meta in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def prune_checkpoints(root: str | Path, keep_last: int, newest_step: int | None = None) -> None:
+    """Keep the newest ``keep_last`` complete checkpoints up to ``newest_step`` (the one just written), delete the
+    older ones, and remove temp folders left by crashed writers.
+
+    Checkpoints past ``newest_step`` are left alone: after a resume they are the corrupt ones the resume skipped
+    (it takes the newest good one), and ordering by step alone once deleted the checkpoint just written and kept
+    such a corrupt one. Incomplete checkpoints never count towards ``keep_last``."""
     root = Path(root)
-    for _, path in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+    kept = 0
+    for step, path in reversed(list_checkpoints(root)):
+        if newest_step is not None and step > newest_step:
+            continue
+        if kept >= keep_last:
+            shutil.rmtree(path, ignore_errors=True)
+        elif _looks_complete(path):
+            kept += 1
     for p in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid():

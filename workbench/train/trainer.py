@@ -90,6 +90,29 @@ def build_model_config(config: TrainConfig, vocab_size: int):
     return model_config
 
 
+# fp32 weights + fp32 gradients + AdamW's two fp32 moments (bf16 autocast keeps fp32 master weights too)
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def check_fits_in_memory(model_config: Any, device: Any, world_size: int = 1) -> None:
+    """Refuse, before allocating anything, a model whose weights, gradients and optimizer state alone exceed the
+    device's memory (e.g. a full-size GLM preset on one machine: glm-5 would ask for ~12 TB). ``world_size`` divides
+    the need, as a fully sharded layout would: a lower bound, so this never refuses a run that could fit."""
+    from workbench.model.accounting import count_parameters
+
+    available = device.total_memory_bytes()
+    if not available:
+        return
+    params = count_parameters(model_config).total
+    need = params * TRAINING_BYTES_PER_PARAM / max(1, world_size)
+    if need > available:
+        raise WorkbenchError(
+            f"{model_config.name}: {params / 1e9:.1f}B parameters need ~{need / 2**30:,.0f} GiB for weights, gradients "
+            f"and AdamW state{' per rank' if world_size > 1 else ''}; {device.name} has {available / 2**30:,.0f} GiB. "
+            f"Train a tiny preset (glm4-tiny, glm45-tiny, glm5-tiny) or shrink this one with --model / "
+            f"model_overrides (the full-size presets are for accounting and the performance model)")
+
+
 def apply_activation_checkpointing(model: torch.nn.Module) -> int:
     """Recompute each transformer block in backward instead of storing its activations. Returns blocks wrapped."""
     from torch.utils.checkpoint import checkpoint
@@ -125,6 +148,9 @@ class Trainer:
         self.rank, self.world_size = dist_rank_world()
         self.is_main_process = self.rank == 0
         self.run_dir = Path(config.out_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise WorkbenchError(f"--out {str(self.run_dir)!r} is a file; the run folder must be a folder (new or "
+                                 f"holding a run to --resume)")
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dtype = self.device.training_dtype
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.is_main_process)
@@ -138,7 +164,10 @@ class Trainer:
             from workbench.model import build_model
 
             model_config = build_model_config(config, self.tokenizer.vocab_size)
+            check_fits_in_memory(model_config, self.device, self.world_size)
             model = build_model(model_config)
+        if self._tokenizer_is_new and self.is_main_process:  # saved only once the settings proved good
+            self.tokenizer.save(self.run_dir)
         self.model_config = model_config
         self.raw_model = model.to(self.device.torch_device)
         if config.seq_len > (model_max_positions(model_config) or config.seq_len):
@@ -159,6 +188,7 @@ class Trainer:
         self.peak = self.device.peak_flops(self.dtype)
         self.step = 0
         self.tokens_seen = 0
+        self.checkpointed_step: int | None = None  # the step of the checkpoint on disk that this state equals
         self.history: list[dict[str, Any]] = []
         if resume_from is not None:
             self._load(resume_from)
@@ -180,12 +210,11 @@ class Trainer:
     def _setup_data(self, resuming: bool) -> None:
         c = self.config
         corpus = load_corpus(c.data)
-        if resuming and (self.run_dir / "tokenizer.json").exists():
+        self._tokenizer_is_new = not (resuming and (self.run_dir / "tokenizer.json").exists())
+        if not self._tokenizer_is_new:
             self.tokenizer = load_tokenizer(self.run_dir)  # the exact tokenizer of the run, never re-trained
         else:
             self.tokenizer = build_tokenizer(c.tokenizer, corpus.documents, c.bpe_vocab_size)
-            if self.is_main_process:
-                self.tokenizer.save(self.run_dir)
         self.packed = pack_corpus(corpus, self.tokenizer, c.val_fraction)
         self.corpus_source = corpus.source
         dev = self.device.torch_device
@@ -300,6 +329,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
+        self.checkpointed_step = self.step
         if not self.is_main_process:
             return None
         return ckpt.save_checkpoint(self.ckpt_dir, self.step, self.raw_model, self.optimizer, self.trainer_state(),
@@ -309,9 +339,20 @@ class Trainer:
         state = ckpt.verify_checkpoint(path)
         saved = TrainConfig.from_dict(state["config"])
         different = self.config.trajectory_mismatch(saved)
+        # The data setting is compared by content, not by its spelling: the same file given by another (relative)
+        # path resumes; an edited file behind the same path does not (it would silently train on other tokens).
+        saved_corpus = state.get("data", {}).get("pack", {}).get("corpus_sha256")
+        same_corpus = saved_corpus is None or saved_corpus == self.packed.meta.get("corpus_sha256")
+        if not same_corpus:
+            raise WorkbenchError(f"--resume: the data ({self.corpus_source}) is not the corpus the checkpoint in {path} "
+                                 f"trained on (its content hash differs); restore that data or start a new --out")
+        different = [name for name in different if not (name == "data" and same_corpus)]
         if different:
             raise WorkbenchError(f"--resume: settings {different} differ from the checkpoint in {path}; "
                                  f"resume with the same settings or start a new --out")
+        if int(state["step"]) > self.config.steps:
+            raise WorkbenchError(f"--resume: the checkpoint in {path} is at step {state['step']}, beyond --steps "
+                                 f"{self.config.steps}; pass --steps >= {state['step']}")
         if state.get("tokenizer") != self.tokenizer.identity:
             raise WorkbenchError(f"--resume: the tokenizer in {self.run_dir} differs from the checkpoint's")
         ckpt.load_checkpoint(path, self.raw_model, self.optimizer, self.device)
@@ -319,6 +360,7 @@ class Trainer:
         self.scheduler.total_steps = self.config.steps  # --steps may extend a finished run
         ckpt.restore_rng_state(state["rng"], self.device)
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.checkpointed_step = self.step
         self.metrics.truncate_after(self.step)
         if self.metrics.path.exists():
             self.history = read_metrics(self.metrics.path)
@@ -347,7 +389,7 @@ class Trainer:
                 record = self.train_step()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    bar.set_postfix(loss=f"{record['lm_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 elif self.step % c.log_every == 0 or self.step == 1:
                     self.log(_format_record(record, c.steps))
                 if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps:
@@ -362,10 +404,15 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        val = self.evaluate()
+        last = self.history[-1] if self.history else {}
+        if self.step == self.checkpointed_step and last.get("kind") == "eval" and last.get("step") == self.step:
+            val = last["val_loss"]  # a finished run resumed: its final eval and checkpoint are already on disk
+        else:
+            val = self.evaluate()
         for callback in self.callbacks:
             callback({"kind": "eval", "step": self.step, "val_loss": val})
-        self.save_checkpoint()
+        if self.step != self.checkpointed_step:
+            self.save_checkpoint()
         summary = self.summary(val)
         if self.is_main_process:
             samples = [self.sample(seed=c.seed + i) for i in range(2)] if c.sample_tokens else []
@@ -408,9 +455,12 @@ def _as_dict(obj: Any) -> Any:
 
 
 def _format_record(r: dict[str, Any], total: int) -> str:
+    """One log line. ``loss`` is the LM loss (what the summary and the figures show); when the model trains on
+    auxiliary terms too (MTP, MoE balance, DSA indexer), the total it backpropagates follows in brackets."""
     mfu_text = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-    return (f"step {r['step']}/{total}: loss {r['loss']:.4f}  lr {r['lr']:.2e}  grad_norm {r['grad_norm']:.2f}  "
-            f"{r['tokens_per_s']:,.0f} tok/s  MFU {mfu_text}")
+    total_text = f" (total {r['loss']:.4f})" if r["loss"] != r["lm_loss"] else ""
+    return (f"step {r['step']}/{total}: loss {r['lm_loss']:.4f}{total_text}  lr {r['lr']:.2e}  "
+            f"grad_norm {r['grad_norm']:.2f}  {r['tokens_per_s']:,.0f} tok/s  MFU {mfu_text}")
 
 
 def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
