@@ -80,6 +80,13 @@ def test_unknown_chip_lists_close_matches():
     assert str(info.value).startswith("unknown chip 'H1000'")  # readable, not KeyError's quoted repr
 
 
+@pytest.mark.parametrize("typo", ["X", "5", "0C"])
+def test_a_one_or_two_letter_fragment_is_not_a_chip(typo):
+    """'X' matched AMD MI300X, the one name ending in it: a typo in a notebook's chip list went unnoticed."""
+    with pytest.raises(UnknownChipError):
+        find_chip(typo)
+
+
 def test_device_layer_lookups_still_work():
     assert match_device_name("NVIDIA H100 80GB HBM3").chip == "NVIDIA H100 SXM"
     assert match_device_name("NVIDIA H20").chip == "NVIDIA H20"

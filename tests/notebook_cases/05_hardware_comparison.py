@@ -28,6 +28,6 @@ def check(results: dict) -> None:
     assert b910["chips_needed"] is None or b910["chips_needed"] > h100["chips_needed"]
     scaling = results["scaling"]["NVIDIA H100 SXM"]
     assert scaling[0]["chips"] == 128 and not scaling[0]["feasible"] and scaling[0]["limit"] == "memory capacity"
-    assert results["scaling_breaks"]["NVIDIA H100 SXM"]["memory_limited_below"] == 128
+    assert results["scaling_breaks"]["NVIDIA H100 SXM"]["out_of_memory_up_to"] == 128
     assert results["interactive_default"]["mfu"] > 0
     assert results["summary"] and results["summary"][0].startswith("Reference: 1024 x NVIDIA H100 SXM")

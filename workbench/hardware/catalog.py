@@ -277,10 +277,12 @@ def find_chip(name: str | Chip) -> Chip:
     by_key = {_normalise(c.chip): c for c in chips}
     if wanted in by_key:
         return by_key[wanted]
-    prefixed = [c for key, c in by_key.items() if key.startswith(wanted) and wanted]
+    # a part of a name must be distinctive: 'X' or '5' alone matched the one chip whose name ended in it (MI300X)
+    partial_ok = len(wanted) >= 3
+    prefixed = [c for key, c in by_key.items() if key.startswith(wanted) and partial_ok]
     if len(prefixed) == 1:
         return prefixed[0]
-    suffixed = [c for key, c in by_key.items() if key.endswith(wanted) and wanted]  # '910B' -> 'Ascend 910B'
+    suffixed = [c for key, c in by_key.items() if key.endswith(wanted) and partial_ok]  # '910B' -> 'Ascend 910B'
     if len(suffixed) == 1:
         return suffixed[0]
     if "(" in name:  # 'H100-SXM (96GB 500W)', 'Ascend 910B (Atlas 900 A2)': retry without the remark

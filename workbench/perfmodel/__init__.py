@@ -8,8 +8,10 @@ SPEC.json``. Notebook: notebooks/05_hardware_comparison.ipynb.
 
 from workbench.perfmodel.api import simulate
 from workbench.perfmodel.efficiency import Efficiency, default_efficiency
-from workbench.perfmodel.shapes import ModelShape, shape_from_config, shape_from_dims, shape_from_preset
-from workbench.perfmodel.spec import Layout, parse_spec
+from workbench.perfmodel.shapes import (ModelShape, preset_names, shape_from_config, shape_from_dims,
+                                        shape_from_preset)
+from workbench.perfmodel.spec import InfeasibleError, Layout, LayoutError, MemoryCapacityError, parse_spec
 
-__all__ = ["Efficiency", "Layout", "ModelShape", "default_efficiency", "parse_spec", "shape_from_config",
-           "shape_from_dims", "shape_from_preset", "simulate"]
+__all__ = ["Efficiency", "InfeasibleError", "Layout", "LayoutError", "MemoryCapacityError", "ModelShape",
+           "default_efficiency", "parse_spec", "preset_names", "shape_from_config", "shape_from_dims",
+           "shape_from_preset", "simulate"]

@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from workbench.errors import WorkbenchError
 from workbench.perfmodel.efficiency import calibration_record
 from workbench.perfmodel.search import search
 from workbench.perfmodel.simulator import MEMORY_HEADROOM, SERVER_POWER_FACTOR, Evaluation, evaluate
-from workbench.perfmodel.spec import Layout, Spec, parse_spec
+from workbench.perfmodel.spec import Layout, LayoutError, MemoryCapacityError, Spec, parse_spec
 
 MFU_CONVENTION = ("PaLM/torchtitan: 6 x active non-embedding matmul params + 6 x L x H x (d_qk + d_v) x T per token; "
                   "no causal discount; recomputation not counted")
@@ -41,7 +40,7 @@ def _check_total_memory(spec: Spec) -> None:
     need_gb = total * per_param / 1e9
     have_gb = spec.cluster.count * hbm * MEMORY_HEADROOM
     if need_gb > have_gb:
-        raise WorkbenchError(
+        raise MemoryCapacityError(
             f"impossible memory: {total / 1e9:.1f}B parameters need {need_gb:,.0f} GB for weights, gradients and "
             f"optimizer state even fully sharded, but {spec.cluster.count} x {hbm:g} GB {spec.cluster.chip.chip} "
             f"give {have_gb:,.0f} GB usable; use at least {math.ceil(need_gb / (hbm * MEMORY_HEADROOM))} chips")
@@ -125,8 +124,8 @@ def simulate(spec: dict) -> dict[str, Any]:
         ev = evaluate(s, s.layout, s.micro_batch)
         if ev.problems:  # a layout that does not divide is a bad spec: one clear error, never a "fixed" layout
             L = s.layout
-            raise WorkbenchError(f"layout tp={L.tp} pp={L.pp} dp={L.dp} cp={L.cp} ep={L.ep} vp={L.vp} "
-                                 f"(micro_batch={s.micro_batch}) does not divide: " + "; ".join(ev.problems))
+            raise LayoutError(f"layout tp={L.tp} pp={L.pp} dp={L.dp} cp={L.cp} ep={L.ep} vp={L.vp} "
+                              f"(micro_batch={s.micro_batch}) does not divide: " + "; ".join(ev.problems))
     chip = s.cluster.chip
     counts = s.model.param_counts()
     result: dict[str, Any] = {

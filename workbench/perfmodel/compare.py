@@ -9,11 +9,16 @@ at a fixed global batch, interconnect, memory capacity). Every function returns 
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 from typing import Any
 
+from workbench.errors import WorkbenchError
 from workbench.hardware.catalog import Chip, catalog_table, find_chip
 from workbench.perfmodel.api import power_per_chip, simulate
+from workbench.perfmodel.shapes import preset_names
+from workbench.perfmodel.spec import InfeasibleError, MemoryCapacityError, parse_layout
 
 SPEC_COLUMNS = ["chip", "bf16_dense_tflops", "fp8_dense_tflops", "hbm_gb", "hbm_tb_s", "scale_up_gb_s",
                 "scale_up_domain", "scale_up_busbw_gb_s", "scale_out_gb_s_per_chip", "tdp_w", "system_w_per_chip"]
@@ -56,6 +61,53 @@ def roofline_figure(chips: list[Chip], this_machine: Chip | None = None, measure
                       xaxis=dict(type="log", title="arithmetic intensity (FLOP / byte)"),
                       yaxis=dict(type="log", title="attainable TFLOP/s"), height=520)
     return fig
+
+
+LAYOUT_HINT_HELP = 'give "auto" or a JSON object of layout fields, e.g. {"auto": true, "tp": 1, "ep": 8}'
+
+
+def parse_layout_hint(text: str) -> str | dict[str, Any]:
+    """Notebook 05's ``layout_hint``: "auto", or JSON fixing some layout fields ({"auto": true, "tp": 1}), checked
+    like a spec's layout. Raises one ``WorkbenchError`` naming the parameter."""
+    text = str(text).strip()
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkbenchError(f"parameter 'layout_hint' = {text!r} is not valid JSON ({exc.msg} at column "
+                             f"{exc.colno}); {LAYOUT_HINT_HELP}") from None
+    if not isinstance(value, dict):
+        raise WorkbenchError(f"parameter 'layout_hint' = {text!r} is not a JSON object; {LAYOUT_HINT_HELP}")
+    try:
+        parse_layout(value)
+    except WorkbenchError as exc:
+        raise WorkbenchError(f"parameter 'layout_hint': {exc}") from None
+    return value
+
+
+def check_inputs(model: str, chips: list, reference_chip: str, layout_hint: str) -> str | dict[str, Any]:
+    """Notebook 05's checks that only the perfmodel can make (types, bounds and list lengths are
+    ``workbench.params``'s job): a model preset it knows, catalog chips, a layout hint that parses. Returns the
+    layout ("auto" or a dict); raises one ``WorkbenchError`` listing every problem."""
+    problems, layout = [], None
+    presets = preset_names()
+    if model not in presets:
+        close = difflib.get_close_matches(str(model), presets, n=1, cutoff=0.5)
+        problems.append(f"parameter 'model' = {model!r} is not a model preset the perfmodel knows"
+                        + (f"; did you mean {close[0]!r}?" if close else "") + f" (presets: {', '.join(presets)})")
+    for where, name in [("chips", c) for c in chips] + [("reference_chip", reference_chip)]:
+        try:
+            find_chip(name)
+        except WorkbenchError as exc:
+            problems.append(f"parameter {where!r}: {exc}")
+    try:
+        layout = parse_layout_hint(layout_hint)
+    except WorkbenchError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise WorkbenchError("; ".join(problems))
+    return layout
 
 
 def base_spec(model: dict | str, chip: str, count: int, seq_len: int, global_batch: int, precision: str = "bf16",
@@ -119,25 +171,43 @@ def claim_study(chips: list[str], model: dict | str, count: int, seq_len: int, g
                 train_tokens: float, reference: str, precision: str = "bf16", layout: Any = "auto",
                 pue: float = 1.2, unit: int = 64) -> list[dict[str, Any]]:
     """Per chip at ``count`` chips: MFU, tokens/s/chip, days and energy for ``train_tokens``, and the chips needed to
-    train as fast as ``count`` x ``reference`` (growing data parallelism at the same global batch)."""
-    rows, ref_days = [], None
-    order = [reference] + [c for c in chips if find_chip(c).chip != find_chip(reference).chip]
-    for name in order:
+    train as fast as ``count`` x ``reference`` (growing data parallelism at the same global batch).
+
+    The first row is always the reference (``"reference": True``). A chip that cannot run at ``count`` gets a row
+    with an ``error`` instead of numbers. If that is the reference, nothing is compared: the other rows keep their
+    own numbers but have ``chips_needed`` None, ``reached`` None and ``why_not`` saying why (another chip never
+    stands in for the reference)."""
+    ref_chip = find_chip(reference).chip
+    order = {ref_chip: reference}
+    for name in chips:  # the reference first, then each other chip once
+        order.setdefault(find_chip(name).chip, name)
+    rows: list[dict[str, Any]] = []
+    ref_days = None
+    for chip_name, name in order.items():
+        is_ref = chip_name == ref_chip
         spec_dict = base_spec(model, name, count, seq_len, global_batch, precision, train_tokens, layout)
         spec_dict["pue"] = pue
         try:
             result = simulate(spec_dict)
+            if not result["feasible"]:  # a fixed layout that does not fit: simulate reports it, it does not raise
+                raise MemoryCapacityError("; ".join(result["problems"]))
         except ValueError as exc:  # e.g. impossible memory at this count: that is a finding, not a crash
-            rows.append({"chip": find_chip(name).chip, "count": count, "error": str(exc)})
+            rows.append({"chip": chip_name, "count": count, "reference": is_ref, "error": str(exc)})
             continue
-        row = {"chip": result["chip"], "count": count, "mfu": result["mfu"], "step_time_s": result["step_time_s"],
-               "tokens_per_s_per_chip": result["tokens_per_s_per_chip"], "days": result["train"]["days"],
-               "energy_mwh": result["train"]["energy_mwh"], "power_w_per_chip": result["train"]["power_w_per_chip"],
+        row = {"chip": result["chip"], "count": count, "reference": is_ref, "mfu": result["mfu"],
+               "step_time_s": result["step_time_s"], "tokens_per_s_per_chip": result["tokens_per_s_per_chip"],
+               "days": result["train"]["days"], "energy_mwh": result["train"]["energy_mwh"],
+               "power_w_per_chip": result["train"]["power_w_per_chip"],
                "memory_gb_per_chip": result["memory_gb_per_chip"], "layout": result["layout"],
                "breakdown": result["breakdown"], "bf16_tflops": find_chip(name).bf16_dense_tflops}
-        if ref_days is None:
+        if is_ref:
             ref_days = row["days"]
-            row.update(chips_needed=count, chips_ratio=1.0, days_at_chips_needed=ref_days, reached=True)
+            row.update(chips_needed=count, chips_ratio=1.0, days_at_chips_needed=ref_days, reached=True, why_not=None,
+                       mfu_at_chips_needed=row["mfu"], energy_mwh_at_chips_needed=row["energy_mwh"])
+        elif ref_days is None:
+            row.update(chips_needed=None, chips_ratio=None, days_at_chips_needed=None, reached=None,
+                       why_not=f"not compared: the reference {count} x {ref_chip} cannot run at this count",
+                       mfu_at_chips_needed=None, energy_mwh_at_chips_needed=None)
         else:
             need = chips_to_match(spec_dict, ref_days, train_tokens, unit=unit)
             row.update(chips_needed=need["chips"], chips_ratio=(need["chips"] or math.nan) / count,
@@ -147,19 +217,68 @@ def claim_study(chips: list[str], model: dict | str, count: int, seq_len: int, g
     return rows
 
 
+def _mwh(value: float | None) -> str:
+    return "unknown energy (no power figure)" if value is None else f"{value:,.0f} MWh"
+
+
+def claim_summary(rows: list[dict[str, Any]], model: str, count: int, train_tokens: float) -> list[str]:
+    """The claim study as sentences (notebook 05's conclusion): the reference, each chip against it, the MFU range.
+    Says plainly when the reference or every chip cannot run, and gives each failing chip's error."""
+    if not any("mfu" in r for r in rows):
+        return [f"No chip can train {model} on {count} chips, so nothing is compared; each chip's error:"] + [
+            f"{r['chip']}: {r['error']}" for r in rows]
+    ref = next((r for r in rows if r.get("reference")), rows[0])
+    if "mfu" in ref:
+        lines = [f"Reference: {count} x {ref['chip']} train {model} ({train_tokens:.3g} tokens) in "
+                 f"{ref['days']:.0f} days at MFU {ref['mfu']:.0%}, {_mwh(ref['energy_mwh'])}."]
+    else:
+        lines = [f"Reference: {count} x {ref['chip']} cannot train {model} at this count, so no chip is compared "
+                 f"with it (raise count or pick another reference_chip): {ref['error']}"]
+    for r in rows:
+        if r is ref:
+            continue
+        if "mfu" not in r:
+            lines.append(f"{r['chip']}: {r['error']}")
+        elif "mfu" not in ref:
+            lines.append(f"{r['chip']} (not compared): MFU {r['mfu']:.0%}, {r['days']:.0f} days on {count} chips, "
+                         f"{_mwh(r['energy_mwh'])}.")
+        else:
+            speed = ref["tokens_per_s_per_chip"] / r["tokens_per_s_per_chip"]
+            per_chip = f"{speed:.1f}x slower per chip" if speed >= 1 else f"{1 / speed:.1f}x faster per chip"
+            if r.get("reached"):
+                lines.append(f"{r['chip']}: {per_chip} (MFU {r['mfu']:.0%}); {r['chips_needed']} chips "
+                             f"({r['chips_ratio']:.1f}x) match the reference time, using "
+                             f"{_mwh(r['energy_mwh_at_chips_needed'])}.")
+            else:
+                lines.append(f"{r['chip']}: {per_chip}; the reference time is not reached: {r['why_not']}")
+    mfus = [r["mfu"] for r in rows if "mfu" in r]
+    lines.append(f"Predicted MFU across chips: {min(mfus):.0%}-{max(mfus):.0%} (the seed says 30-60%; large MoE models "
+                 "with EP all-to-all and recomputation sit at the low end in this model).")
+    return lines
+
+
 def scaling_curve(model: dict | str, chip: str, counts: list[int], seq_len: int, global_batch: int,
                   precision: str = "bf16", layout: Any = "auto", **cluster: Any) -> list[dict[str, Any]]:
     """Tokens/s and scaling efficiency vs chip count at a fixed global batch, with the best layout at each count;
-    names the overhead that grows (bubble, DP/EP communication) and the counts where nothing fits in memory."""
+    names the overhead that grows (bubble, DP/EP communication) and, for each count that cannot run, its ``limit``:
+    "memory capacity", "layout / global batch", or "invalid spec" (the spec is wrong at any count: an unknown
+    model, no FP8 peak for this chip, ...), with the error in ``why``."""
+    if not counts:
+        raise WorkbenchError("scaling_curve needs at least one chip count")
     rows, base = [], None
     for count in sorted(counts):
         spec_dict = base_spec(model, chip, count, seq_len, global_batch, precision, layout=layout, **cluster)
         try:
             result = simulate({**spec_dict, "search_top": 1})
+        except InfeasibleError as exc:
+            rows.append({"chips": count, "feasible": False, "limit": exc.limit, "why": str(exc)})
+            continue
         except ValueError as exc:
-            why = str(exc)
-            rows.append({"chips": count, "feasible": False,
-                         "limit": "memory capacity" if "memory" in why else "layout / global batch", "why": why})
+            rows.append({"chips": count, "feasible": False, "limit": "invalid spec", "why": str(exc)})
+            continue
+        if not result["feasible"]:  # a fixed layout that does not fit in memory
+            rows.append({"chips": count, "feasible": False, "limit": MemoryCapacityError.limit,
+                         "why": "; ".join(result["problems"])})
             continue
         tps = result["tokens_per_s"]
         if base is None:
@@ -171,6 +290,22 @@ def scaling_curve(model: dict | str, chip: str, counts: list[int], seq_len: int,
                      "dominant_overhead": dominant, "overhead_share": non_compute[dominant] / result["step_time_s"],
                      "layout": result["layout"], "breakdown": result["breakdown"]})
     return rows
+
+
+def scaling_breaks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where one ``scaling_curve`` breaks down:
+    - ``out_of_memory_up_to``: the largest tested count at which nothing fits in memory (that count itself is
+      infeasible); None if every tested count fits;
+    - ``first_feasible``: the smallest tested count that runs;
+    - ``efficiency_below_80pct_at`` and ``cause``: the first count whose scaling efficiency drops below 0.8, and its
+      largest overhead."""
+    ok = [r for r in rows if r["feasible"]]
+    oom = max([r["chips"] for r in rows if not r["feasible"] and r.get("limit") == MemoryCapacityError.limit],
+              default=None)
+    knee = next((r for r in ok if r["scaling_efficiency"] < 0.8), None)
+    return {"out_of_memory_up_to": oom, "first_feasible": ok[0]["chips"] if ok else None,
+            "efficiency_below_80pct_at": None if knee is None else knee["chips"],
+            "cause": None if knee is None else knee["dominant_overhead"]}
 
 
 def breakdown_figure(rows: list[dict[str, Any]], title: str = "Step time breakdown"):

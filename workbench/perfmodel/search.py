@@ -11,9 +11,8 @@ Used by ``workbench.perfmodel.simulate`` and notebooks/05_hardware_comparison.ip
 
 from __future__ import annotations
 
-from workbench.errors import WorkbenchError
 from workbench.perfmodel.simulator import MEMORY_HEADROOM, Evaluation, evaluate, layout_problems
-from workbench.perfmodel.spec import Layout, Spec
+from workbench.perfmodel.spec import Layout, LayoutError, MemoryCapacityError, Spec
 
 
 def divisors(n: int) -> list[int]:
@@ -95,10 +94,10 @@ def search(spec: Spec) -> list[Evaluation]:
                 feasible.append(evaluate(spec, *chosen))
     if not feasible:
         if closest is None:
-            raise WorkbenchError(f"no layout divides this model on {spec.cluster.count} chips (fixed: {fixed or 'none'}); "
-                                 f"check heads/ffn/experts against the chip count and global_batch")
+            raise LayoutError(f"no layout divides this model on {spec.cluster.count} chips (fixed: {fixed or 'none'}); "
+                              f"check heads/ffn/experts against the chip count and global_batch")
         L = closest.layout
-        raise WorkbenchError(
+        raise MemoryCapacityError(
             f"impossible memory: no layout fits in the usable {spec.cluster.chip.hbm_gb * MEMORY_HEADROOM:.0f} of "
             f"{spec.cluster.chip.hbm_gb:g} GB per {spec.cluster.chip.chip}; the "
             f"closest (tp={L.tp} pp={L.pp} dp={L.dp} ep={L.ep} zero={L.zero} recompute={L.recompute} "

@@ -359,6 +359,15 @@ def shape_from_config(config: Any, name: str | None = None) -> ModelShape:
     )
 
 
+def preset_names() -> list[str]:
+    """The workbench model presets ``{"model": {"preset": name}}`` accepts (empty without workbench.model)."""
+    try:
+        from workbench.model import list_presets
+    except ImportError:
+        return []
+    return list_presets()
+
+
 def shape_from_preset(name: str) -> ModelShape:
     """The shape of a workbench model preset (``workbench.model.get_preset``)."""
     try:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, WorkbenchError
 from workbench.hardware.catalog import NUMERIC_FIELDS, Chip, UnknownChipError, chip_from_dict, find_chip
 from workbench.perfmodel.efficiency import Efficiency, default_efficiency
 from workbench.perfmodel.shapes import ModelShape, shape_from_dims, shape_from_preset
@@ -26,6 +26,25 @@ SPEC_KEYS = {"model", "seq_len", "global_batch", "micro_batch", "precision", "cl
              "target_days", "pue", "efficiency", "search_top", "attention"}
 ATTENTION = ("flash", "unfused")
 CLUSTER_KEYS = {"chip", "count", "chips_per_node", "scale_up_domain"} | set(NUMERIC_FIELDS)
+
+
+class InfeasibleError(WorkbenchError):
+    """A valid spec that cannot run at this size; ``limit`` names why. Any other error (a ``ConfigError``: unknown
+    preset, no FP8 peak, ...) means the spec itself is wrong, at every size."""
+
+    limit = "infeasible"
+
+
+class MemoryCapacityError(InfeasibleError):
+    """Nothing fits in the chips' memory (more chips, or chips with more memory, would)."""
+
+    limit = "memory capacity"
+
+
+class LayoutError(InfeasibleError):
+    """No parallel layout divides the model, chip count and global batch."""
+
+    limit = "layout / global batch"
 
 
 def _number(where: str, value: Any, integer: bool = False, positive: bool = True, allow_none: bool = False):
