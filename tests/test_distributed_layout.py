@@ -9,7 +9,8 @@ import pytest
 
 from workbench.distributed.comm_bench import bus_factor, parse_size, size_sweep
 from workbench.distributed.launcher import LaunchConfig, SlurmConfig, slurm_script, torchrun_argv, worker_argv
-from workbench.distributed.layout import ParallelLayout, parse_layout
+from workbench.distributed.launcher.launch import LaunchResult, rank_errors, root_cause
+from workbench.distributed.layout import ParallelLayout, every_layout, parse_layout
 from workbench.errors import ConfigError
 
 DENSE = SimpleNamespace(num_heads=4, num_kv_heads=2, num_layers=2, num_experts=0)
@@ -58,6 +59,29 @@ def test_layout_is_checked_against_the_model():
     with pytest.raises(ConfigError, match="ep=3 must divide the 4 experts"):
         parse_layout("ep=3").check_model(MOE)
     parse_layout("ep=2,dp=2").check_model(MOE)
+
+
+def test_pipeline_layouts_refuse_models_the_stages_cannot_carry():
+    """Up front, with the layout's other checks: not later inside the launched processes (pp.build_pipeline)."""
+    from workbench.distributed.runner import tiny_config
+    from workbench.model import get_preset
+
+    parse_layout("pp=2,schedule=1f1b").check_model(tiny_config(get_preset("glm4-tiny")))
+    with pytest.raises(ConfigError, match=r"does not fit the model: pipeline parallel does not support MTP layers "
+                                          r"\(set mtp_layers=0\)$"):
+        parse_layout("pp=2,schedule=1f1b").check_model(tiny_config(get_preset("glm45-tiny")))
+    with pytest.raises(ConfigError, match="MTP layers .*DSA top-k sharing"):
+        parse_layout("pp=2").check_model(get_preset("glm5-tiny"))
+    with pytest.raises(ConfigError, match="auxiliary balance loss"):
+        parse_layout("pp=2").check_model({"num_layers": 4, "aux_loss_coef": 0.01})  # dict configs too
+    parse_layout("dp=2").check_model(get_preset("glm45-tiny"))  # other layouts carry MTP fine
+
+
+def test_every_layout_fits_the_world():
+    assert every_layout(1) == ["dp=1"]
+    assert every_layout(2) == ["dp=2", "fsdp=2", "tp=2", "pp=2,schedule=1f1b", "pp=2,schedule=gpipe", "ep=2"]
+    for n in (1, 2, 4):
+        assert all(parse_layout(spec, world_size=n).world_size == n for spec in every_layout(n))
 
 
 def test_batch_must_split_over_data_ranks_and_microbatches():
@@ -131,3 +155,53 @@ def test_comm_bench_arithmetic():
         parse_size("lots")
     with pytest.raises(ConfigError):
         bus_factor("gossip", 2)
+
+
+def _rank_log(log_dir, attempt: int, rank: int, text: str) -> None:
+    path = log_dir / f"attempt_{attempt}" / str(rank) / "stderr.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+TRACEBACK = """some warning on stderr
+[rank1]: Traceback (most recent call last):
+[rank1]:   File "x.py", line 3, in <module>
+[rank1]:     raise ValueError("bad\\nsecond line")
+[rank1]:     ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+[rank1]: ValueError: rank one is unhappy
+[rank1]: second line of the message
+"""
+
+
+def test_root_cause_is_the_worker_error_line():
+    assert root_cause(TRACEBACK) == "ValueError: rank one is unhappy"
+    chained = "Traceback (most recent call last):\n  File 'a'\nKeyError: 'x'\n\nDuring handling of the above " \
+              "exception, another exception occurred:\n\nTraceback (most recent call last):\n  File 'b'\n" \
+              "workbench.errors.ConfigError: the last one\n"
+    assert root_cause(chained) == "workbench.errors.ConfigError: the last one"
+    # the workbench CLI reports user errors in one line, without a traceback
+    assert root_cause("workbench comm-bench: error: size 'abc' is not a size; write e.g. 1K\n") == \
+        "workbench comm-bench: error: size 'abc' is not a size; write e.g. 1K"
+    assert root_cause("just output\n") is None and root_cause("") is None
+
+
+def test_failed_launch_puts_the_ranks_own_errors_first(tmp_path):
+    logs = tmp_path / "logs" / "workbench_1_abc"
+    _rank_log(logs, 0, 0, "Traceback (most recent call last):\n  File 'a'\nOldError: from the first attempt\n")
+    _rank_log(logs, 1, 0, "Traceback (most recent call last):\n  File 'a'\nRuntimeError: peer went away\n")
+    _rank_log(logs, 1, 1, TRACEBACK)
+    _rank_log(logs, 1, 2, "nothing wrong here\n")
+    torchrun_report = ["torch.distributed.elastic.multiprocessing.errors.ChildFailedError:", "Root Cause (first "
+                       "observed failure):", "[0]:", "  rank      : 1 (local_rank: 1)", "  exitcode  : 1"]
+    errors = rank_errors([logs], torchrun_report)
+    assert errors == ["rank 1: ValueError: rank one is unhappy", "rank 0: RuntimeError: peer went away"]
+    _rank_log(logs, 1, 2, TRACEBACK.replace("[rank1]", "[rank2]"))
+    assert rank_errors([logs], torchrun_report)[0] == "ranks 1, 2: ValueError: rank one is unhappy"  # one line
+    result = LaunchResult(1, tmp_path, log=torchrun_report, errors=errors)
+    with pytest.raises(RuntimeError) as info:
+        result.check()
+    lines = str(info.value).splitlines()
+    assert lines[:3] == ["distributed run failed (exit 1):", "  rank 1: ValueError: rank one is unhappy",
+                         "  rank 0: RuntimeError: peer went away"]
+    assert "ChildFailedError" in str(info.value)  # torchrun's report still follows
+    assert LaunchResult(0, tmp_path).check().ok

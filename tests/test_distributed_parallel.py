@@ -11,8 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+import torch.distributed as dist
+
+from workbench.distributed.ddp import apply_ddp, skippable_parameters
 from workbench.distributed.launcher import LaunchConfig, launch
+from workbench.distributed.parallelize import parallelize
 from workbench.distributed.pp import check_pipelinable, stage_layer_ranges
+from workbench.distributed.runner import make_batch, make_model, reference_losses
 from workbench.distributed.tp import full_gate_up_weight, gate_up_tp_order
 
 FP32_TOL, BF16_TOL = 1e-4, 5e-2
@@ -38,6 +43,73 @@ def _check(main: dict, expected_cases: list[str]) -> None:
             assert row["local_params"] < row["model_params"], (case, row["notes"])
 
 
+@pytest.fixture
+def world_of_one(tmp_path):
+    """A real gloo process group of one rank in this process (what `launch(nproc=1)` gives each worker)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_world_of_one_just_works(world_of_one):
+    model = make_model("glm4-tiny", True, 0)
+    x, y = make_batch(model.config.vocab_size, 2, 16, 0)
+    pm = parallelize(model, "dp=1")
+    assert pm.mesh is None and pm.module is model and (pm.data_rank, pm.data_size) == (0, 1)
+    loss = pm.forward_backward(x, y)
+    assert pm.global_loss(loss) == pytest.approx(float(loss))  # no mesh: nothing to average, no collective
+
+
+def test_ddp_accepts_parameters_a_step_leaves_unused(world_of_one):
+    """glm5's DSA indexers run only on sequences longer than index_topk (32): at 16 tokens they get no gradient.
+    DDP must neither fail on the next step nor touch them: gradients equal one process's (indexers stay None)."""
+    x, y = make_batch(256, 2, 16, 0)
+    reference = make_model("glm5-tiny", True, 0)
+    reference(x, labels=y).loss.backward()
+    model = make_model("glm5-tiny", True, 0)
+    assert x.shape[1] <= model.config.index_topk
+    skipped = skippable_parameters(model)
+    assert skipped and all(".indexer." in name for name in skipped)
+    ddp = apply_ddp(model, None)
+    assert ddp.find_unused_parameters
+    for step in range(2):  # without find_unused_parameters the second step raises
+        model.zero_grad(set_to_none=True)
+        ddp(x, labels=y).loss.backward()
+    grads = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        if grads[name].grad is None:
+            assert param.grad is None, name
+        else:
+            assert torch.allclose(param.grad, grads[name].grad, atol=1e-6), name
+    assert {n for n, p in model.named_parameters() if p.grad is None} == set(skipped)
+    # models that use every parameter in every step keep DDP's cheaper default
+    dense = make_model("glm45-tiny", True, 0)
+    assert skippable_parameters(dense) == [] and not apply_ddp(dense, None).find_unused_parameters
+
+
+def test_fsdp_units_leave_mtp_glue_to_the_root(world_of_one):
+    """The model applies an MTP layer's shared_head_norm after the layer's forward returns: a unit of the whole MTP
+    layer would be resharded by then. glm5 at 16 tokens also leaves its DSA indexers without a gradient."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from workbench.distributed.fsdp import apply_fsdp, transformer_blocks
+
+    x, y = make_batch(256, 2, 16, 0)
+    model = make_model("glm5-tiny", True, 0)
+    assert transformer_blocks(model)[-1] is model.mtp[0].block
+    apply_fsdp(model, init_device_mesh("cpu", (1,), mesh_dim_names=("fsdp",)))
+    opt, losses = torch.optim.SGD(model.parameters(), lr=0.5), []
+    for _ in range(2):
+        loss = model(x, labels=y).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses == pytest.approx(reference_losses("glm5-tiny", True, 0, x, y, 2, 0.5), abs=1e-5)
+
+
 def test_gate_up_rows_are_sharded_with_their_partners():
     hidden, tp = 4, 2
     w = torch.arange(2 * hidden).float()[:, None]          # rows 0..3 = gate, 4..7 = up
@@ -60,8 +132,11 @@ def test_pipeline_stage_split_and_limits():
 
 
 def test_every_parallelism_matches_one_process_on_2_ranks(tmp_path):
+    # glm5-tiny at the runner's 16 tokens (<= index_topk): its DSA indexers get no gradient, which DDP (under ep)
+    # and FSDP must accept; it has an MTP layer too
     cases = ["glm4-tiny:dp=2", "glm4-tiny:fsdp=2", "glm4-tiny:fsdp=2:bf16", "glm4-tiny:tp=2",
-             "glm4-tiny:pp=2,schedule=gpipe", "glm4-tiny:pp=2,schedule=1f1b,microbatches=2", "glm45-tiny:ep=2"]
+             "glm4-tiny:pp=2,schedule=gpipe", "glm4-tiny:pp=2,schedule=1f1b,microbatches=2", "glm45-tiny:ep=2",
+             "glm5-tiny:ep=2", "glm5-tiny:fsdp=2"]
     _check(_run(cases, 2, tmp_path), cases)
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from workbench.distributed.launcher import LaunchConfig, launch
 
 TOL = 1e-5  # fp32, identical math up to summation order
@@ -51,9 +53,17 @@ def test_comm_bench_cli_launches_itself_and_writes_json_and_chart(tmp_path):
 
 def test_launch_reports_a_failing_rank_and_timeout(tmp_path):
     script = tmp_path / "fail.py"
-    script.write_text("import os, sys, time\nif os.environ['RANK'] == '1':\n    sys.exit(3)\ntime.sleep(60)\n")
+    script.write_text("import os, time\nif os.environ['RANK'] == '1':\n    raise ValueError('rank 1 gives up')\n"
+                      "time.sleep(60)\n")
+    earlier = tmp_path / "fail" / "logs" / "workbench_0_earlier" / "attempt_0" / "1"  # an earlier launch's logs
+    earlier.mkdir(parents=True)
+    (earlier / "stderr.log").write_text("Traceback (most recent call last):\nOldError: from an earlier launch\n")
     result = launch([str(script)], LaunchConfig(nproc=2), run_dir=tmp_path / "fail", on_line=None, timeout_s=60)
     assert result.returncode != 0 and result.wall_s < 50
+    # the rank's own error leads the message, before torchrun's ChildFailedError report (rank 0 was only stopped)
+    assert result.errors == ["rank 1: ValueError: rank 1 gives up"]
+    with pytest.raises(RuntimeError, match=r"^distributed run failed \(exit \d+\):\n  rank 1: ValueError: rank 1"):
+        result.check()
     slow = tmp_path / "slow.py"
     pid_file = tmp_path / "worker.pid"
     slow.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n")

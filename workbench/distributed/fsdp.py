@@ -26,9 +26,12 @@ def mixed_precision_policy(param_dtype: torch.dtype | str | None = None,
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks (trunk layers, then MTP layers): the natural FSDP units."""
+    """The repeated blocks (trunk layers, then each MTP layer's block): the natural FSDP units.
+
+    An MTP layer's own norms and projection stay in the root unit: the model applies its ``shared_head_norm``
+    after the layer's forward has returned, when a unit of the whole MTP layer would already be resharded."""
     blocks = list(getattr(model, "layers", []))
-    blocks += list(getattr(model, "mtp", []))
+    blocks += [getattr(layer, "block", layer) for layer in getattr(model, "mtp", [])]
     return blocks
 
 

@@ -92,7 +92,8 @@ class ParallelLayout:
         return self
 
     def check_model(self, config: Any) -> "ParallelLayout":
-        """Check divisibility against a model config (reads num_heads, num_kv_heads, num_layers, num_experts)."""
+        """Check divisibility against a model config (reads num_heads, num_kv_heads, num_layers, num_experts), and
+        for pp > 1 what the pipeline stages cannot carry (``pipeline_problems``)."""
         problems = []
         heads, kv_heads = _get(config, "num_heads", "n_heads"), _get(config, "num_kv_heads", "n_kv_heads")
         layers, experts = _get(config, "num_layers", "n_layers"), _get(config, "num_experts", "n_experts")
@@ -105,8 +106,12 @@ class ParallelLayout:
                 problems.append(f"tp={self.tp} must divide the {kv_heads} key/value heads")
             if _get(config, "attention_type") == "mla":
                 problems.append("tp over MLA attention (glm5) is not supported; use fsdp or dp")
-        if self.pp > 1 and layers is not None and self.pp > layers:
-            problems.append(f"pp={self.pp} stages need at least {self.pp} layers (the model has {layers})")
+        if self.pp > 1:
+            if layers is not None and self.pp > layers:
+                problems.append(f"pp={self.pp} stages need at least {self.pp} layers (the model has {layers})")
+            unsupported = pipeline_problems(config)
+            if unsupported:
+                problems.append("pipeline parallel does not support " + ", ".join(unsupported))
         if self.ep > 1:
             if not experts:
                 problems.append(f"ep={self.ep} needs a mixture-of-experts model (this one has no experts)")
@@ -124,6 +129,31 @@ class ParallelLayout:
         if self.pp > 1 and per_rank % self.n_microbatches:
             raise ConfigError(f"per-rank batch {per_rank} must be divisible by microbatches={self.n_microbatches}")
         return self
+
+
+def every_layout(world_size: int) -> list[str]:
+    """Each parallelism alone over the whole world (pp with both schedules): what notebook 03's ``layouts="all"``
+    tries. A world of one has nothing to split: just ``dp=1``, the single process."""
+    if world_size < 1:
+        raise ConfigError(f"world size {world_size} must be >= 1")
+    if world_size == 1:
+        return ["dp=1"]
+    n = world_size
+    return [f"dp={n}", f"fsdp={n}", f"tp={n}", f"pp={n},schedule=1f1b", f"pp={n},schedule=gpipe", f"ep={n}"]
+
+
+def pipeline_problems(config: Any) -> list[str]:
+    """What in a model config the pipeline stages cannot carry (pp.py), each with its fix; [] = pipelinable."""
+    problems = []
+    if _get(config, "mtp_layers"):
+        problems.append("MTP layers (set mtp_layers=0)")
+    if _get(config, "use_dsa"):
+        problems.append("DSA top-k sharing between layers (use a GQA model)")
+    if _get(config, "aux_loss_coef"):
+        problems.append("an auxiliary balance loss (set aux_loss_coef=0)")
+    if _get(config, "tie_embeddings"):
+        problems.append("tied embeddings")
+    return problems
 
 
 def _get(config: Any, *names: str) -> Any:

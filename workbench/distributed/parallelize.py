@@ -27,7 +27,7 @@ from workbench.distributed.mesh import build_mesh, submesh
 @dataclass
 class ParallelModel:
     layout: ParallelLayout
-    mesh: DeviceMesh
+    mesh: DeviceMesh | None  # None in a world of one
     model: nn.Module          # the original model object (its modules now hold DTensors / shards)
     module: nn.Module         # what to call and optimize: the model, its DDP wrapper, or this rank's pipeline stage
     data_rank: int = 0
@@ -69,7 +69,7 @@ class ParallelModel:
 
     def global_loss(self, loss: torch.Tensor | None) -> float:
         """Mean of the loss over the ranks that hold one (TP ranks agree; only the last pipeline stage has it)."""
-        if not dist.is_initialized():
+        if self.mesh is None or not dist.is_initialized():  # a world of one (launched or not): nothing to average
             return float(loss)
         pair = torch.tensor([0.0 if loss is None else float(loss), 0.0 if loss is None else 1.0],
                             dtype=torch.float64, device=_comm_device(self.mesh))
@@ -107,8 +107,7 @@ def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = N
         layout.check_model(config)
         if layout.tp > 1 and getattr(config, "num_experts", 0):
             raise ValueError(f"layout {layout}: tensor parallel covers dense layers only; for MoE models use ep")
-    if world == 1:
-        mesh = mesh if mesh is not None else None
+    if world == 1:  # nothing to split; mesh stays None unless given (global_loss then needs no collective)
         return ParallelModel(layout, mesh, model, model)
     mesh = mesh if mesh is not None else build_mesh(layout)
     data_rank, data_size = data_coordinates(layout, mesh)

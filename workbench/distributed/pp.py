@@ -22,6 +22,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
+from workbench.distributed.layout import pipeline_problems
+
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
 
@@ -62,15 +64,7 @@ class StageModule(nn.Module):
 
 
 def check_pipelinable(config) -> None:
-    problems = []
-    if getattr(config, "mtp_layers", 0):
-        problems.append("MTP layers (set mtp_layers=0)")
-    if getattr(config, "use_dsa", False):
-        problems.append("DSA top-k sharing between layers (use a GQA model)")
-    if getattr(config, "aux_loss_coef", 0):
-        problems.append("an auxiliary balance loss (set aux_loss_coef=0)")
-    if getattr(config, "tie_embeddings", False):
-        problems.append("tied embeddings")
+    problems = pipeline_problems(config)
     if problems:
         raise ValueError("pipeline parallel does not support " + ", ".join(problems))
 

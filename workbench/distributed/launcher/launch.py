@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,17 +75,78 @@ class LaunchResult:
     results: list[dict | None] = field(default_factory=list)  # this node's ranks, sorted by rank; None: wrote none
     log: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    errors: list[str] = field(default_factory=list)  # "rank R: SomeError: message" per failed rank, root cause first
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0
 
     def check(self) -> "LaunchResult":
-        """Raise with the log's tail if the run failed."""
+        """Raise if the run failed: the ranks' own errors first, then the log's tail (torchrun's report)."""
         if not self.ok:
+            message = f"distributed run failed (exit {self.returncode})"
+            if self.errors:
+                message += ":\n" + "\n".join(f"  {e}" for e in self.errors)
+                message += f"\n(each rank's whole stderr: {self.run_dir / 'logs'}/*/attempt_*/<rank>/stderr.log)"
             tail = "\n".join(self.log[-40:])
-            raise RuntimeError(f"distributed run failed (exit {self.returncode}); last log lines:\n{tail}")
+            raise RuntimeError(f"{message}\nlast log lines:\n{tail}")
         return self
+
+
+# What a worker's stderr ends with when it fails: a traceback's final "SomeError: message" line, or the workbench
+# CLI's one-line "workbench CMD: error: message" (user errors print no traceback). torch prefixes the lines of an
+# uncaught exception with "[rankN]: " once a process group exists.
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")
+_CLI_ERROR = re.compile(r"^workbench(?: [\w-]+)?: error: ")
+
+
+def root_cause(stderr: str, max_chars: int = 500) -> str | None:
+    """The last error line in a worker's stderr (see above), or None when it shows none (e.g. killed)."""
+    found, in_traceback = None, False
+    for line in stderr.splitlines():
+        line = _RANK_PREFIX.sub("", line)
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and line.strip() and not line.startswith((" ", "\t")):
+            found, in_traceback = line.strip(), False  # the first unindented line after the frames
+        elif _CLI_ERROR.match(line):
+            found = line.strip()
+    if found and len(found) > max_chars:
+        found = found[:max_chars] + "..."
+    return found
+
+
+def rank_errors(log_dirs: Sequence[Path], log: Sequence[str] = ()) -> list[str]:
+    """"rank R: error line" for each rank whose stderr.log (under torchrun's ``--log-dir`` subfolders, last attempt
+    only) ends in an error; ranks with the same error share a line; torchrun's first observed failure comes first."""
+    by_rank: dict[int, str] = {}
+    for log_dir in log_dirs:
+        attempts = sorted(log_dir.glob("attempt_[0-9]*"), key=lambda p: int(p.name[len("attempt_"):]))
+        for rank_dir in attempts[-1].iterdir() if attempts else ():  # named by local rank (= rank on one node)
+            stderr = rank_dir / "stderr.log"
+            if rank_dir.name.isdigit() and stderr.is_file():
+                cause = root_cause(stderr.read_text(errors="replace"))
+                if cause:
+                    by_rank[int(rank_dir.name)] = cause
+    first = _first_failure(log)
+    order = sorted(by_rank, key=lambda r: (r != first, r))
+    grouped: dict[str, list[int]] = {}
+    for rank in order:
+        grouped.setdefault(by_rank[rank], []).append(rank)
+    return [f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {cause}"
+            for cause, ranks in grouped.items()]
+
+
+def _first_failure(log: Sequence[str]) -> int | None:
+    """The local rank torchrun's ChildFailedError report names as "Root Cause (first observed failure)"."""
+    seen_root = False
+    for line in log:
+        if "Root Cause" in line:
+            seen_root = True
+        match = re.search(r"local_rank: (\d+)\)", line) if seen_root else None
+        if match:
+            return int(match.group(1))
+    return None
 
 
 def free_port() -> int:
@@ -166,6 +228,8 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
     results_dir.mkdir(parents=True, exist_ok=True)
     for stale in results_dir.glob("rank*.json"):
         stale.unlink()
+    # torchrun writes each launch's per-rank logs to a new subfolder of logs/; remember the old ones
+    old_logs = set((run_dir / "logs").glob("*"))
     argv = [sys.executable, "-m", "torch.distributed.run",
             *torchrun_argv(config, command, log_dir=run_dir / "logs")]
     threads = config.threads_per_proc or max(1, (os.cpu_count() or 1) // config.nproc)
@@ -206,7 +270,8 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
     written = sorted(results_dir.glob("rank*.json"), key=lambda p: int(p.stem[len("rank"):]))
     results = [_read_json(p) for p in written]
     results += [None] * (config.nproc - len(results))
-    return LaunchResult(code, run_dir, results, log, time.perf_counter() - start)
+    errors = rank_errors(sorted(set((run_dir / "logs").glob("*")) - old_logs), log) if code else []
+    return LaunchResult(code, run_dir, results, log, time.perf_counter() - start, errors)
 
 
 def _descendants(pid: int) -> list[int]:
