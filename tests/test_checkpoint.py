@@ -59,6 +59,11 @@ def test_keeps_only_the_last_k_and_cleans_temp_folders(tmp_path):
     ("flip", "does not match its sha256"),
     ("no_manifest", "is partial: no manifest.json"),
     ("missing_file", "optimizer.pt is missing"),
+    # a manifest that is JSON but damaged: stopped the resume (error: bytes) or crashed instead of falling back
+    ("manifest_key", "damaged manifest"),
+    ("manifest_list", "unreadable manifest"),
+    ("manifest_files_list", "damaged manifest"),
+    ("manifest_empty_files", "damaged manifest"),
 ])
 def test_corrupt_or_partial_checkpoint_is_detected_and_skipped(tmp_path, damage, reason):
     model, opt = _model_and_optimizer()
@@ -73,6 +78,13 @@ def test_corrupt_or_partial_checkpoint_is_detected_and_skipped(tmp_path, damage,
         target.write_bytes(bytes(data))
     elif damage == "no_manifest":
         (newest / ckpt.MANIFEST_FILE).unlink()
+    elif damage.startswith("manifest_"):
+        manifest = newest / ckpt.MANIFEST_FILE
+        text = {"manifest_key": manifest.read_text().replace('"bytes"', '"cytes"', 1),
+                "manifest_list": "[]",
+                "manifest_files_list": '{"step": 20, "files": ["model.safetensors"]}',
+                "manifest_empty_files": '{"step": 20, "files": {}}'}[damage]
+        manifest.write_text(text)
     else:
         (newest / ckpt.OPTIM_FILE).unlink()
     with pytest.raises(ckpt.CorruptCheckpointError, match=reason):
@@ -149,3 +161,15 @@ def test_an_incomplete_checkpoint_does_not_count_towards_keep_last(tmp_path):
     _save(tmp_path, 3, model, opt, keep_last=2)
     good = [s for s, p in ckpt.list_checkpoints(tmp_path) if ckpt._looks_complete(p)]
     assert good == [1, 3]  # two good ones kept; the partial step 2 did not take step 1's place
+
+
+def test_a_checkpoint_of_another_shape_is_refused_before_touching_the_model(tmp_path):
+    """load_state_dict copied tensors until the first size mismatch, then raised a bare RuntimeError."""
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 50))
+    path = ckpt.save_checkpoint(tmp_path, 1, small, build_optimizer(small, "adamw", lr=1e-2), {"step": 1})
+    wider = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 60))  # the same names, one other shape
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"other shapes \['1.weight \(50, 8\) vs \(60, 8\)'"):
+        ckpt.load_checkpoint(path, wider)
+    assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())  # untouched

@@ -168,6 +168,38 @@ def test_out_of_memory_is_one_clear_line(capsys, monkeypatch):
         main(["train"])
 
 
+def test_a_full_disk_is_one_clear_line(capsys, monkeypatch):
+    """ENOSPC while writing a checkpoint ended in a traceback (only some OSErrors were user errors)."""
+    import errno
+
+    import workbench.train.cli as train_cli
+
+    def full_disk(_args):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/checkpoints/.tmp-step_0000006-1/optimizer.pt")
+
+    monkeypatch.setattr(train_cli, "run", full_disk)
+    err = _one_line_error(capsys, ["train"])
+    assert "No space left on device" in err and "--resume" in err
+
+
+def test_a_second_process_cannot_train_in_a_run_folder_in_use(tmp_path):
+    """A resume started while the first run still trained pruned the first run's checkpoints (and vice versa)."""
+    from workbench.train.run_lock import lock_run_folder, unlock_run_folder
+
+    run = tmp_path / "run"
+    lock_run_folder(run)
+    lock_run_folder(run)  # this process may take it again (a notebook cell run twice)
+    second = subprocess.run([sys.executable, "-m", "workbench", *_args(run, "--resume")], env=_env(), cwd=REPO,
+                            capture_output=True, text=True, timeout=170)
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"another process (pid {os.getpid()}) is training in {run}" in second.stderr
+    unlock_run_folder(run)
+    probe = subprocess.run([sys.executable, "-c", "from workbench.train.run_lock import lock_run_folder; "
+                            f"lock_run_folder({str(run)!r}); print('locked')"], env=_env(), cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "locked", probe.stderr
+
+
 def test_the_closing_line_survives_a_run_without_train_records():
     """A finished run resumed after its metrics.jsonl was deleted has no train losses: the print crashed."""
     from workbench.train.cli import summary_line

@@ -214,6 +214,49 @@ def test_resume_checks_the_data_by_content_not_by_its_spelling(tmp_path, monkeyp
         Trainer(tiny_config(tmp_path, steps=6, data="corpus.txt", resume=True), model=StandIn(), log=quiet)
 
 
+def test_resume_refuses_another_model_or_data_loader(tmp_path):
+    """A preset changed since the checkpoint gave a raw load_state_dict traceback; a checkpoint from a loader that
+    drew other batches (before the off-by-one fix) resumed silently onto another data stream."""
+    import json as json_module
+
+    from workbench.train import checkpoint as ckpt
+
+    config = tiny_config(tmp_path, steps=4, model_overrides={"hidden_size": 64, "num_layers": 1,
+                                                             "intermediate_size": 128, "num_heads": 2,
+                                                             "num_kv_heads": 1, "head_dim": 32})
+    Trainer(config, log=quiet).fit()
+    wider = dict(config.model_overrides, intermediate_size=256)
+    with pytest.raises(ValueError, match=r"--resume: settings \['model_overrides'\] differ"):
+        Trainer(config.replace(model_overrides=wider, resume=True), log=quiet)
+    newest = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1][1]
+    state_file = newest / ckpt.STATE_FILE
+
+    def rewrite(change):  # edit the trainer state and re-seal the manifest, as an older version would have written
+        state = json_module.loads(state_file.read_text())
+        change(state)
+        state_file.write_text(json_module.dumps(state))
+        manifest = json_module.loads((newest / ckpt.MANIFEST_FILE).read_text())
+        manifest["files"][ckpt.STATE_FILE] = {"sha256": ckpt._sha256(state_file), "bytes": state_file.stat().st_size}
+        (newest / ckpt.MANIFEST_FILE).write_text(json_module.dumps(manifest))
+
+    rewrite(lambda state: state["model_config"].update(intermediate_size=96))  # as if the preset had changed
+    with pytest.raises(ValueError, match=r"the model differs from the checkpoint's in \['intermediate_size'\]"):
+        Trainer(config.replace(resume=True), log=quiet)
+    rewrite(lambda state: (state["model_config"].update(intermediate_size=128),
+                           state["data"].update(loader="random-windows-v1")))
+    with pytest.raises(ValueError, match="data loader 'random-windows-v1'"):
+        Trainer(config.replace(resume=True), log=quiet)
+
+
+def test_a_damaged_tokenizer_file_is_named(tmp_path):
+    from workbench.data import load_tokenizer
+
+    for text in ("", '{"workbench_tokenizer": "bpe"}'):
+        (tmp_path / "tokenizer.json").write_text(text)
+        with pytest.raises(ValueError, match="tokenizer.json is damaged"):
+            load_tokenizer(tmp_path)
+
+
 def test_resume_refuses_steps_below_the_checkpoint(tmp_path):
     Trainer(tiny_config(tmp_path, steps=4), model=StandIn(), log=quiet).fit()
     with pytest.raises(ValueError, match="at step 4, beyond --steps 2"):

@@ -8,6 +8,7 @@ User errors (bad flags, configs, paths, devices) print one line and exit with st
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -28,8 +29,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from workbench.device.detect import DeviceUnavailableError
     from workbench.errors import WorkbenchError
 
-    return (WorkbenchError, DeviceUnavailableError, ValueError, KeyError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, IsADirectoryError, PermissionError, UnicodeDecodeError)
+    # OSError: the file system said no (missing path, permission, disk full, read-only); what was written before
+    # stays valid (checkpoints and run files are written atomically), so one line says enough
+    return (WorkbenchError, DeviceUnavailableError, ValueError, KeyError, OSError, UnicodeDecodeError)
 
 
 def _top_level_help() -> str:
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except _user_errors() as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            message = f"{message}; free some space (a training run continues from its last checkpoint with --resume)"
         print(f"workbench {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

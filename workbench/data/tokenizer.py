@@ -142,7 +142,11 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     path = Path(directory) / TOKENIZER_FILE
     if not path.exists():
         raise WorkbenchError(f"no {TOKENIZER_FILE} in {str(directory)!r}")
-    head = json.loads(path.read_text())
-    if head.get("workbench_tokenizer") == "byte":
-        return ByteTokenizer()
-    return BPETokenizer.from_file(path)
+    try:
+        head = json.loads(path.read_text())
+        if isinstance(head, dict) and head.get("workbench_tokenizer") == "byte":
+            return ByteTokenizer()
+        return BPETokenizer.from_file(path)
+    except Exception as exc:  # truncated, not JSON, or JSON that HF tokenizers cannot read (its errors are bare)
+        raise WorkbenchError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); it is the run's "
+                             f"tokenizer, which --resume needs as it was") from None

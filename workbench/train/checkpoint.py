@@ -46,6 +46,10 @@ class CorruptCheckpointError(WorkbenchError):
     """A checkpoint folder is incomplete or its files do not match their manifest."""
 
 
+class CheckpointMismatchError(WorkbenchError):
+    """A sound checkpoint that was written for another model (other tensor names or shapes)."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # state-dict get/set: the one place a sharded (FSDP / DTensor) run needs to change
 # --------------------------------------------------------------------------------------------------------------
@@ -65,10 +69,18 @@ def _default_get_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _default_set_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     model = getattr(model, "_orig_mod", model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CorruptCheckpointError(f"checkpoint does not fit this model: missing {missing[:5]}, "
-                                     f"unexpected {unexpected[:5]}; was it written for another preset?")
+    # Check names and shapes before copying anything: load_state_dict copies tensor by tensor and stops at the first
+    # size mismatch with a RuntimeError, leaving the model partly overwritten.
+    own = model.state_dict()
+    missing = [name for name in own if name not in state]
+    unexpected = [name for name in state if name not in own]
+    resized = [f"{name} {tuple(state[name].shape)} vs {tuple(t.shape)}" for name, t in own.items()
+               if name in state and tuple(state[name].shape) != tuple(t.shape)]
+    if missing or unexpected or resized:
+        raise CheckpointMismatchError(
+            f"checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"other shapes {resized[:3]}); was it written for another preset or model settings?")
+    model.load_state_dict(state, strict=True)
 
 
 def _default_get_optimizer_state(optimizer: Any) -> dict[str, Any]:
@@ -256,8 +268,17 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
-    except (ValueError, KeyError) as exc:
-        raise CorruptCheckpointError(f"checkpoint {path} has an unreadable manifest ({exc})") from None
+        # every entry must say {"sha256": str, "bytes": int}, and the three files must be listed: a bit flipped in a
+        # key ("cytes") or a manifest of the wrong shape is damage like any other, so resume falls back past it
+        sound = (isinstance(files, dict) and {MODEL_FILE, OPTIM_FILE, STATE_FILE} <= set(files)
+                 and all(isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("bytes"), int)
+                         for e in files.values()))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpointError(f"checkpoint {path} has an unreadable manifest ({type(exc).__name__}: {exc})") \
+            from None
+    if not sound:
+        raise CorruptCheckpointError(f"checkpoint {path} has a damaged manifest (it does not list "
+                                     f"{MODEL_FILE}, {OPTIM_FILE} and {STATE_FILE} with their sha256 and size)")
     for name, expected in files.items():
         f = path / name
         if not f.exists():
@@ -267,7 +288,10 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
                                          f"the manifest says {expected['bytes']}")
         if _sha256(f) != expected["sha256"]:
             raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {name} does not match its sha256")
-    return json.loads((path / STATE_FILE).read_text())
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:  # matches a manifest written over a bad file: still damage
+        raise CorruptCheckpointError(f"checkpoint {path} has an unreadable {STATE_FILE} ({exc})") from None
 
 
 def latest_good_checkpoint(root: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:

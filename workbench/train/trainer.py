@@ -21,6 +21,7 @@ Used by ``workbench train``, ``make demo`` and notebooks/01_training.ipynb.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -38,6 +39,7 @@ from workbench.train import checkpoint as ckpt
 from workbench.train.config import TrainConfig
 from workbench.train.metrics import MetricsLogger, mfu, progress_enabled, read_metrics
 from workbench.train.optim import build_optimizer
+from workbench.train.run_lock import lock_run_folder, unlock_run_folder
 from workbench.train.sampling import generate
 from workbench.train.schedule import WarmupCosine
 
@@ -89,6 +91,11 @@ def build_model_config(config: TrainConfig, vocab_size: int):
                              f"use --seq-len <= {limit}")
     return model_config
 
+
+# Names the batch stream TokenLoader draws for a (seed, step): bump it whenever that stream changes, so a checkpoint
+# from before the change is refused on --resume instead of continuing on other batches. v2: windows may end on a
+# split's last token.
+LOADER_VERSION = "random-windows-v2"
 
 # fp32 weights + fp32 gradients + AdamW's two fp32 moments (bf16 autocast keeps fp32 master weights too)
 TRAINING_BYTES_PER_PARAM = 16
@@ -154,6 +161,8 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dtype = self.device.training_dtype
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.is_main_process)
+        if self.is_main_process and self.run_dir.is_dir():  # before reading its checkpoints (a new folder: below)
+            lock_run_folder(self.run_dir)
 
         resume_from = self._find_resume_checkpoint()
         self._setup_data(resume_from is not None)
@@ -166,7 +175,9 @@ class Trainer:
             model_config = build_model_config(config, self.tokenizer.vocab_size)
             check_fits_in_memory(model_config, self.device, self.world_size)
             model = build_model(model_config)
-        if self._tokenizer_is_new and self.is_main_process:  # saved only once the settings proved good
+        if self.is_main_process:
+            lock_run_folder(self.run_dir)  # creates a new run folder, now that the settings proved good
+        if self._tokenizer_is_new and self.is_main_process:
             self.tokenizer.save(self.run_dir)
         self.model_config = model_config
         self.raw_model = model.to(self.device.torch_device)
@@ -322,7 +333,7 @@ class Trainer:
     def trainer_state(self) -> dict[str, Any]:
         return {
             "step": self.step, "tokens_seen": self.tokens_seen, "scheduler": self.scheduler.state_dict(),
-            "data": {"next_step": self.step, "seed": self.config.seed, "loader": "random-windows-v1",
+            "data": {"next_step": self.step, "seed": self.config.seed, "loader": LOADER_VERSION,
                      "pack": self.packed.meta, "world_size": self.world_size},
             "rng": ckpt.capture_rng_state(self.device), "config": self.config.to_dict(),
             "model_config": _as_dict(self.model_config), "tokenizer": self.tokenizer.identity,
@@ -355,6 +366,22 @@ class Trainer:
                                  f"{self.config.steps}; pass --steps >= {state['step']}")
         if state.get("tokenizer") != self.tokenizer.identity:
             raise WorkbenchError(f"--resume: the tokenizer in {self.run_dir} differs from the checkpoint's")
+        data = state.get("data", {})
+        if data.get("loader", LOADER_VERSION) != LOADER_VERSION:
+            raise WorkbenchError(f"--resume: the checkpoint in {path} was written with data loader "
+                                 f"{data['loader']!r}; this version draws other batches ({LOADER_VERSION!r}), so the "
+                                 f"run cannot continue as it would have; start a new --out")
+        if data.get("world_size", self.world_size) != self.world_size:
+            raise WorkbenchError(f"--resume: the checkpoint in {path} was written by {data['world_size']} rank(s), "
+                                 f"this run has {self.world_size}; the global batch would change. Resume with the "
+                                 f"same number of ranks")
+        saved_model = state.get("model_config")
+        current_model = json.loads(json.dumps(_as_dict(self.model_config)))  # tuples -> lists, as saved
+        if isinstance(saved_model, dict) and isinstance(current_model, dict) and saved_model != current_model:
+            changed = sorted(k for k in set(saved_model) | set(current_model)
+                             if saved_model.get(k) != current_model.get(k))
+            raise WorkbenchError(f"--resume: the model differs from the checkpoint's in {changed} (the preset "
+                                 f"changed since?); resume with the code and settings that wrote {path}")
         ckpt.load_checkpoint(path, self.raw_model, self.optimizer, self.device)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scheduler.total_steps = self.config.steps  # --steps may extend a finished run
@@ -421,6 +448,8 @@ class Trainer:
             summary["figures"] = self.write_figures()
             write_json_atomic(self.run_dir / "summary.json", summary)
         self.metrics.close()
+        if self.is_main_process:
+            unlock_run_folder(self.run_dir)
         return summary
 
     def summary(self, val_loss: float) -> dict[str, Any]:
