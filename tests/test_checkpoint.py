@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -173,3 +174,15 @@ def test_a_checkpoint_of_another_shape_is_refused_before_touching_the_model(tmp_
     with pytest.raises(ckpt.CheckpointMismatchError, match=r"other shapes \['1.weight \(50, 8\) vs \(60, 8\)'"):
         ckpt.load_checkpoint(path, wider)
     assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())  # untouched
+
+
+def test_a_save_interrupted_between_its_renames_is_finished_on_resume(tmp_path):
+    """Re-saving step 20 moves the old folder aside, then renames the new one in; killed in between, only the temp
+    name held the complete checkpoint, and resume fell back a step."""
+    model, opt = _model_and_optimizer()
+    _save(tmp_path, 10, model, opt)
+    done = _save(tmp_path, 20, model, opt)
+    os.rename(done, tmp_path / ".tmp-step_0000020-424242")        # the new copy, not yet renamed in
+    (tmp_path / ".tmp-step_0000030-424243").mkdir()                # a writer killed mid-write: no manifest, ignored
+    assert ckpt.latest_good_checkpoint(tmp_path, warn=lambda m: None).name == "step_0000020"
+    assert not (tmp_path / "step_0000030").exists()

@@ -294,9 +294,31 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CorruptCheckpointError(f"checkpoint {path} has an unreadable {STATE_FILE} ({exc})") from None
 
 
+def finish_interrupted_saves(root: str | Path) -> list[Path]:
+    """Rename into place every complete ``.tmp-step_N-PID`` folder whose ``step_N`` is missing; returns them.
+
+    Re-saving a step that exists (replacing a corrupt one) moves the old folder aside before the new one is renamed
+    in: a crash between the two renames left the complete new checkpoint under its temp name, ignored by resume and
+    deleted by the next save. Only a temp folder that verifies against its manifest is promoted; the run folder's
+    lock (workbench/train/run_lock.py) guarantees that its writer is gone."""
+    root = Path(root)
+    promoted = []
+    for tmp in sorted(root.glob(".tmp-step_*")) if root.is_dir() else []:
+        final = root / tmp.name[len(".tmp-"):].rsplit("-", 1)[0]
+        if STEP_DIR.match(final.name) and not final.exists():
+            try:
+                verify_checkpoint(tmp)
+                os.rename(tmp, final)
+            except (CorruptCheckpointError, OSError):  # incomplete, or another rank of the run promoted it first
+                continue
+            promoted.append(final)
+    return promoted
+
+
 def latest_good_checkpoint(root: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
     """The newest checkpoint under ``root`` that verifies, or None. Each bad one is reported through ``warn``."""
     warn = warn or (lambda message: warnings.warn(message, stacklevel=2))
+    finish_interrupted_saves(root)
     for _, path in reversed(list_checkpoints(root)):
         try:
             verify_checkpoint(path)
