@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -126,6 +127,11 @@ def test_fused_adamw_only_where_the_device_supports_it():
     (dict(parallel=2), "parallel must be a string"),
     (dict(lr=0.0), "lr and muon_lr must be finite and > 0"),
     (dict(seed=2**64), r"seed must be below 2\*\*63"),
+    # wrong types are named (sample_prompt=None crashed fit() after training; "no" was a true progress flag)
+    (dict(sample_prompt=None), "sample_prompt must be a string"),
+    (dict(progress="no"), "progress must be true or false"),
+    (dict(min_lr_ratio="0.1"), "min_lr_ratio must be a number"),
+    (dict(time_limit_s="10"), "time_limit_s must be a number or None"),
 ])
 def test_config_rejects_bad_values(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -255,6 +261,36 @@ def test_a_damaged_tokenizer_file_is_named(tmp_path):
         (tmp_path / "tokenizer.json").write_text(text)
         with pytest.raises(ValueError, match="tokenizer.json is damaged"):
             load_tokenizer(tmp_path)
+
+
+def test_sampling_zero_tokens_an_empty_prompt_and_bad_temperatures(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, sample_tokens=5), model=StandIn(), log=quiet)
+    assert trainer.sample("abc", max_new_tokens=0) == "abc"  # 0 gave sample_tokens new tokens
+    assert trainer.sample("abc").startswith("abc")
+    assert isinstance(trainer.sample(""), str)  # starts from end-of-text (was token 0, a NUL byte)
+    from workbench.train.sampling import generate
+
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be a finite number"):
+            generate(trainer.raw_model, [1, 2], 2, context=8, temperature=bad)
+
+
+def test_a_time_limit_right_after_an_eval_logs_it_once(tmp_path):
+    seen = []
+
+    def slow_after_step_2(record):
+        seen.append(record)
+        if record.get("kind") == "train" and record["step"] == 2:
+            time.sleep(0.3)
+
+    # eval after every step: wherever the limit stops the run (timing varies on a busy machine), that step's eval
+    # is already done
+    trainer = Trainer(tiny_config(tmp_path, steps=10, eval_every=1, time_limit_s=0.2), model=StandIn(), log=quiet,
+                      callbacks=[slow_after_step_2])
+    trainer.fit()
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert trainer.step < 10 and [r["step"] for r in evals] == list(range(1, trainer.step + 1))
+    assert sum(1 for r in seen if r.get("kind") == "eval") == 0  # the in-loop eval reached callbacks with its record
 
 
 def test_resume_refuses_steps_below_the_checkpoint(tmp_path):

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from workbench.errors import ConfigError
+from workbench.typecheck import field_type_problems
 
 
 @dataclass(frozen=True)
@@ -72,37 +73,11 @@ class ModelConfig:
     def __post_init__(self):
         if isinstance(self.indexer_types, list):  # from JSON (config.json, a checkpoint, an override)
             object.__setattr__(self, "indexer_types", tuple(self.indexer_types))
-        problems = self._type_problems() or self._problems()
+        problems = field_type_problems(self) or self._problems()
         if problems:
             raise ConfigError(f"ModelConfig {self.name!r}: " + "; ".join(problems))
 
     # ------------------------------------------------------------------ validation
-    def _type_problems(self) -> list[str]:
-        """Each field holds its annotated type. Overrides arrive from strings (CLI, notebooks, JSON): without this
-        check "False" was a true bool, 1.5 layers failed deep in ``range()`` and "None" became ('N', 'o', 'n', 'e')."""
-        p: list[str] = []
-        for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), str(f.type)
-            optional = kind.endswith(" | None")
-            kind = kind.removesuffix(" | None")
-            if value is None and optional:
-                continue
-            if kind == "int":
-                ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
-            elif kind == "float":
-                ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-            elif kind == "bool":
-                ok, what = isinstance(value, bool), "true or false"
-            elif kind == "str":
-                ok, what = isinstance(value, str), "a string"
-            elif kind.startswith("tuple[str"):
-                ok, what = isinstance(value, tuple) and all(isinstance(v, str) for v in value), "a list of strings"
-            else:
-                continue
-            if not ok:
-                p.append(f"{f.name} must be {what}{' or None' if optional else ''} (got {value!r})")
-        return p
-
     def _problems(self) -> list[str]:
         p: list[str] = []
         positive = ["vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.errors import ConfigError
+from workbench.typecheck import field_type_problems
 
 OPTIMIZERS = ("adamw", "muon")
 TOKENIZERS = ("byte", "bpe")
@@ -70,6 +71,9 @@ class TrainConfig:
     time_limit_s: float | None = None  # stop early (eval, checkpoint, summary as usual) once training took this long
 
     def __post_init__(self) -> None:
+        types = field_type_problems(self)  # the checks below compare numbers: they need the right types first
+        if types:
+            raise ConfigError("bad training config: " + "; ".join(types))
         problems = []
 
         def need(ok: bool, message: str) -> None:

@@ -7,6 +7,8 @@ run's loss trajectory is the same with or without samples. Used by the trainer a
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -14,11 +16,19 @@ import torch
 def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, context: int,
              temperature: float = 0.8, top_k: int | None = 40, seed: int = 0, device: torch.device | str = "cpu",
              stop_id: int | None = None, autocast=None) -> list[int]:
-    """Continue ``prompt_ids`` by up to ``max_new_tokens`` tokens; stops early at ``stop_id``. Returns new ids."""
+    """Continue ``prompt_ids`` by up to ``max_new_tokens`` tokens; stops early at ``stop_id``. Returns new ids.
+
+    ``temperature`` 0 picks the most likely token (greedy); ``prompt_ids`` must hold at least one token."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if not prompt_ids:
+        raise ValueError("generate needs at least one prompt token (e.g. the tokenizer's end-of-text id)")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     was_training = model.training
     model.eval()
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    ids = torch.tensor([prompt_ids or [0]], dtype=torch.long, device=device)
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     new: list[int] = []
     try:
         for _ in range(max_new_tokens):
@@ -29,7 +39,7 @@ def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int,
             else:
                 out = model(window)
             logits = getattr(out, "logits", out)[:, -1, :].float().cpu()
-            if temperature <= 0:
+            if temperature == 0:
                 nxt = int(logits.argmax(-1))
             else:
                 logits = logits / temperature

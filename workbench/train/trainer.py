@@ -324,7 +324,10 @@ class Trainer:
     def sample(self, prompt: str | None = None, max_new_tokens: int | None = None, seed: int | None = None,
                temperature: float = 0.8) -> str:
         prompt = self.config.sample_prompt if prompt is None else prompt
-        ids = generate(self.raw_model, self.tokenizer.encode(prompt), max_new_tokens or self.config.sample_tokens,
+        # an empty prompt starts where every document starts: after an end-of-text token
+        prompt_ids = self.tokenizer.encode(prompt) or [self.tokenizer.eos_id]
+        new_tokens = self.config.sample_tokens if max_new_tokens is None else max_new_tokens  # 0 means none
+        ids = generate(self.raw_model, prompt_ids, new_tokens,
                        context=self.config.seq_len, temperature=temperature,
                        seed=self.config.seed if seed is None else seed, device=self.device.torch_device,
                        stop_id=self.tokenizer.eos_id, autocast=lambda: self.device.autocast(self.dtype))
@@ -396,6 +399,14 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to ``config.steps``: log, evaluate, checkpoint, sample; write summary.json. Returns the summary."""
+        try:
+            return self._fit()
+        finally:  # also after an error (a NaN loss, Ctrl-C in a notebook): the folder's checkpoints stay resumable
+            self.metrics.close()
+            if self.is_main_process:
+                unlock_run_folder(self.run_dir)
+
+    def _fit(self) -> dict[str, Any]:
         c = self.config
         if self.is_main_process:
             write_json_atomic(self.run_dir / "config.json", {
@@ -411,7 +422,7 @@ class Trainer:
         try:
             while self.step < c.steps:
                 if c.time_limit_s is not None and time.perf_counter() - started > c.time_limit_s:
-                    self.log(f"time limit of {c.time_limit_s:.0f} s reached after {self.step} steps; finishing")
+                    self.log(f"time limit of {c.time_limit_s:g} s reached after {self.step} steps; finishing")
                     break
                 record = self.train_step()
                 if bar is not None:
@@ -432,12 +443,14 @@ class Trainer:
             if bar is not None:
                 bar.close()
         last = self.history[-1] if self.history else {}
-        if self.step == self.checkpointed_step and last.get("kind") == "eval" and last.get("step") == self.step:
-            val = last["val_loss"]  # a finished run resumed: its final eval and checkpoint are already on disk
+        if last.get("kind") == "eval" and last.get("step") == self.step:
+            # this step is evaluated already: in the loop (a time limit stopped right after an eval), or by the run
+            # this one resumed after it had finished; its callbacks saw it then
+            val = last["val_loss"]
         else:
             val = self.evaluate()
-        for callback in self.callbacks:
-            callback({"kind": "eval", "step": self.step, "val_loss": val})
+            for callback in self.callbacks:
+                callback({"kind": "eval", "step": self.step, "val_loss": val})
         if self.step != self.checkpointed_step:
             self.save_checkpoint()
         summary = self.summary(val)
@@ -447,9 +460,6 @@ class Trainer:
             (self.run_dir / "samples.txt").write_text("\n\n---\n\n".join(samples) + "\n")
             summary["figures"] = self.write_figures()
             write_json_atomic(self.run_dir / "summary.json", summary)
-        self.metrics.close()
-        if self.is_main_process:
-            unlock_run_folder(self.run_dir)
         return summary
 
     def summary(self, val_loss: float) -> dict[str, Any]:
@@ -466,6 +476,8 @@ class Trainer:
             "final_train_loss": sum(r["lm_loss"] for r in tail) / len(tail) if tail else None,
             "final_val_loss": val_loss, "tokens_per_s": tok_s, "flops_per_token": self.flops_per_token,
             "mfu": mfu(tok_s, self.flops_per_token, self.peak.value), "peak_flops": self.peak.value,
+            "peak_memory_bytes": max((r["peak_memory_bytes"] for r in train if r.get("peak_memory_bytes")),
+                                     default=None),
             "peak_source": self.peak.source, "optimizer": getattr(self.optimizer, "implementation", ""),
             "tokenizer": self.tokenizer.identity, "vocab_size": self.tokenizer.vocab_size,
             "data": self.corpus_source, "run_dir": str(self.run_dir.resolve()),
