@@ -72,3 +72,10 @@ def test_floats_must_be_finite(value):
         Param(float, min=1.0, max=3.0).coerce("pue", value)
     with pytest.raises(WorkbenchError, match="finite number"):
         Param(float, min=1.0).coerce("train_tokens", value)
+
+
+def test_strings_must_not_be_empty():
+    """results_path="" was accepted and failed only when the last cell wrote the results, after the whole run."""
+    with pytest.raises(WorkbenchError, match="'results_path' must not be empty"):
+        Param(str).coerce("results_path", "  ")
+    assert Param(str, allow_none=True).coerce("model_overrides", "") is None

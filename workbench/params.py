@@ -102,8 +102,13 @@ class Param:
                     raise ValueError
                 return number
             if kind is str:
-                return str(value).strip()
+                text = str(value).strip()
+                if not text:  # an empty path or name fails far later (results_path="" after the whole run)
+                    raise WorkbenchError(f"parameter {name!r} must not be empty{self._hint()}")
+                return text
             return kind(value)
+        except WorkbenchError:
+            raise
         except (TypeError, ValueError):
             what = "float (a finite number)" if kind is float else kind.__name__
             raise WorkbenchError(f"parameter {name!r} = {value!r} is not a valid {what}{self._hint()}") from None

@@ -15,6 +15,7 @@ def check(results):
     assert math.isfinite(results["final_val_loss"])
     assert results["final_train_loss"] < results["first_train_loss"] - 1.0  # it learned
     assert results["tokens_per_s"] > 0 and results["peak_source"]
+    assert results["peak_memory_bytes"] > 1_000_000  # the process's peak RSS on cpu
     assert results["metrics_lines"] == 30 + 3  # 30 train steps + evals at 10, 20 and the end
     assert len(results["samples"]) == 2 and all(s.startswith("Once upon a time") for s in results["samples"])
     assert results["figure"].endswith("loss.html")

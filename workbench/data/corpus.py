@@ -40,9 +40,26 @@ class Corpus:
         return sum(len(d) for d in self.documents)
 
 
+def check_data_source(data: str | Path | None) -> str:
+    """The cheap checks of a data setting, without reading it (a notebook's parameter cell calls this): a local path
+    must exist and an ``hf:`` source must name a dataset. Returns the normalised spec."""
+    spec = "default" if data is None or str(data).strip() == "" else str(data).strip()
+    if spec == "default":
+        return spec
+    if spec.startswith("hf:"):
+        if not spec[3:].partition(":")[0].strip():
+            raise WorkbenchError("data 'hf:' needs a dataset name, e.g. 'hf:roneneldan/TinyStories' or "
+                                 "'hf:roneneldan/TinyStories:validation'")
+        return spec
+    if not Path(spec).expanduser().exists():
+        raise WorkbenchError(f"data path {spec!r} does not exist; pass a UTF-8 text/JSONL file, a folder, "
+                             f"'default', or 'hf:NAME'")
+    return spec
+
+
 def load_corpus(data: str | Path | None = "default", text_field: str = "text") -> Corpus:
     """Load documents from ``data`` (see the module docstring for what it may be)."""
-    spec = "default" if data is None or str(data).strip() == "" else str(data).strip()
+    spec = check_data_source(data)
     if spec == "default":
         from workbench.data.stories import VERSION, generate_stories
 
@@ -51,9 +68,6 @@ def load_corpus(data: str | Path | None = "default", text_field: str = "text") -
         docs, source = _load_hf(spec[3:], text_field), spec
     else:
         path = Path(spec).expanduser()
-        if not path.exists():
-            raise WorkbenchError(f"data path {str(path)!r} does not exist; pass a UTF-8 text/JSONL file, a folder, "
-                                 f"'default', or 'hf:NAME'")
         docs = _load_folder(path, text_field) if path.is_dir() else _load_file(path, text_field)
         source = str(path.resolve())
     docs = [d for d in docs if d.strip()]
@@ -160,9 +174,6 @@ def _import_hf_datasets():
 
 def _load_hf(spec: str, text_field: str) -> list[str]:
     name, _, split = spec.partition(":")
-    if not name.strip():
-        raise WorkbenchError("data 'hf:' needs a dataset name, e.g. 'hf:roneneldan/TinyStories' or "
-                             "'hf:roneneldan/TinyStories:validation'")
     datasets = _import_hf_datasets()  # optional: pip install -e '.[hf-datasets]'
     if datasets is None:
         raise WorkbenchError("data 'hf:...' needs the optional `datasets` package: pip install -e '.[hf-datasets]'")
