@@ -77,3 +77,35 @@ def test_every_command_and_subcommand_prints_its_help(command, capsys):
             main([command, *args])
         assert exit_info.value.code == 0, (command, args)
         assert "usage: workbench" in capsys.readouterr().out
+
+
+def _one_line(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    # unknown ops / implementations ran nothing and reported success (an empty table, "0/0 checks passed")
+    (["kernels", "bench", "--sizes", "tiny", "--no-probe", "--ops", "bogus"], "unknown op(s) ['bogus']"),
+    (["kernels", "bench", "--sizes", "tiny", "--no-probe", "--ops", "rope", "--impls", "bogus"],
+     "unknown implementation(s) ['bogus']"),
+    (["kernels", "check", "--ops", "rope", "--impls", "bogus"], "unknown implementation(s) ['bogus']"),
+    (["kernels", "bench", "--sizes", "tiny", "--no-probe", "--moe-experts", "0"], "moe_experts must be positive"),
+    # a kernel asked for where it cannot run was a 45-line RuntimeError traceback
+    (["profile", "--preset", "toy", "--steps", "1", "--kernels", "attention=triton", "--out", "OUT"],
+     "kernel attention/triton was requested but cannot run on cpu"),
+])
+def test_kernel_choices_are_checked_with_one_line(argv, message, capsys, tmp_path):
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert message in _one_line(capsys, argv + (["--out", str(tmp_path / "kb")] if argv[1] == "bench" else []))
+
+
+def test_kernels_bench_json_is_only_json_on_stdout(tmp_path, capsys):
+    code = main(["kernels", "bench", "--sizes", "tiny", "--no-probe", "--repeats", "1", "--ops", "rope", "--json",
+                 "--moe-experts", "8", "--out", str(tmp_path / "kb")])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert json.loads(captured.out)["rows"]  # "wrote ..." used to follow the JSON on stdout
+    assert "wrote" in captured.err

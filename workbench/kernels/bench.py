@@ -257,6 +257,9 @@ def run_benchmark(device: str = "cpu", dtype: torch.dtype = torch.float32, sizes
 
     if mode not in ("forward", "train"):
         raise ValueError(f"mode must be 'forward' or 'train', got {mode!r}")
+    registry.check_choice(ops, impls)
+    if any(not isinstance(n, int) or n < 1 for n in moe_experts):
+        raise ValueError(f"moe_experts must be positive integers, got {list(moe_experts)}")
     if isinstance(sizes, str):
         if sizes not in PRESETS:
             raise ValueError(f"unknown size preset {sizes!r}; choose one of {', '.join(PRESETS)}")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from workbench.errors import WorkbenchError
 
@@ -127,9 +129,13 @@ def _bench(args) -> int:
         experts = tuple(int(e) for e in _csv(args.moe_experts) or [])
     except ValueError:
         raise WorkbenchError(f"--moe-experts must be comma-separated integers, got {args.moe_experts!r}") from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # found now, not after the whole benchmark has run
+        raise WorkbenchError(f"--out {str(out)!r} is a file; give a folder for the JSON and HTML")
     result = run_benchmark(str(dev.torch_device), dtype, args.sizes, _csv(args.ops), _csv(args.impls), args.mode,
                            args.repeats, allow_probe=not args.no_probe, moe_experts=experts)
-    paths = write_outputs(result, args.out)
+    paths = write_outputs(result, out)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
-    print(f"\nwrote {paths['json']} and {paths['html']}")
+    # with --json, stdout holds only the JSON (pipe it to jq / json.load); the note goes to stderr
+    print(f"\nwrote {paths['json']} and {paths['html']}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -246,6 +246,7 @@ def check_all(device: str = "cpu", ops: list[str] | None = None, impls: list[str
     """Every available implementation (``reference`` included, as a self-check of the golden path in low
     precision) of every op on ``device``, over all cases and dtypes."""
     device_type = torch.device(device).type
+    registry.check_choice(ops, impls)
     results = []
     for op in ops or registry.ops():
         if op not in CASES:

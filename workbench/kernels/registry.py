@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from workbench.errors import WorkbenchError
+
 ENV_VAR = "WORKBENCH_KERNELS"
 ALL_DEVICES = ("cpu", "cuda", "npu", "xpu", "mps")
 
@@ -145,6 +147,25 @@ def use_kernels(choices: dict[str, str]) -> Iterator[None]:
         set_overrides(previous)
 
 
+class KernelUnavailableError(WorkbenchError, RuntimeError):
+    """A kernel implementation was asked for (``impl=``, ``WORKBENCH_KERNELS``, overrides) where it cannot run.
+    A user's choice, so a ``WorkbenchError`` (one line in the CLI); also a RuntimeError, as it was before."""
+
+
+def check_choice(op_names: list[str] | None, impl_names: list[str] | None) -> None:
+    """Raise ``WorkbenchError`` for op names that are not registered, or implementation names that none of the
+    chosen ops has (the benchmark and the correctness check silently did nothing for them). None means all."""
+    registered = ops()
+    unknown = [op for op in op_names or [] if op not in registered]
+    if unknown:
+        raise WorkbenchError(f"unknown op(s) {unknown}; known: {', '.join(registered)}")
+    names = sorted({name for op in (op_names or registered) for name in implementations(op)})
+    missing = [name for name in impl_names or [] if name not in names]
+    if missing:
+        raise WorkbenchError(f"unknown implementation(s) {missing} for {', '.join(op_names or ['any op'])}; "
+                             f"registered: {', '.join(names)}")
+
+
 def resolve_impl(op: str, device_type: str, impl: str | None = None) -> KernelImpl:
     """The implementation that runs ``op`` on ``device_type`` (see the module docstring for the order)."""
     impls = implementations(op)
@@ -154,7 +175,8 @@ def resolve_impl(op: str, device_type: str, impl: str | None = None) -> KernelIm
             raise ValueError(f"unknown implementation {requested!r} for op {op!r}; registered: {', '.join(impls)}")
         reason = impls[requested].unavailable_reason(device_type)
         if reason is not None:
-            raise RuntimeError(f"kernel {op}/{requested} was requested but cannot run on {device_type}: {reason}")
+            raise KernelUnavailableError(f"kernel {op}/{requested} was requested but cannot run on {device_type}: "
+                                         f"{reason}")
         return impls[requested]
     usable = [i for i in impls.values() if i.unavailable_reason(device_type) is None]
     return max(usable, key=lambda i: i.priority_on(device_type))
