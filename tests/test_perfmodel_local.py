@@ -83,7 +83,13 @@ def one_process():
 
 
 def test_one_process_one_thread_within_25_percent(one_process, capsys):
-    """Single-threaded: robust to other jobs on the machine (no OpenMP barrier waits), so it always runs."""
+    """Single-threaded: robust to other jobs on the machine (no OpenMP barrier waits) unless the machine is
+    oversubscribed (more runnable jobs than cores: then even one thread gets a fraction of a core, measured 1.5x)."""
+    cores = os.cpu_count() or 1
+    busy = max(one_process["load_at_start"], one_process["load_at_end"])
+    if busy > cores + 1:
+        pytest.skip(f"machine oversubscribed (load {busy:.1f} on {cores} cores): a step's wall time measures the "
+                    f"other jobs")
     single = {**one_process, **one_process["by_threads"][1]}
     with capsys.disabled():
         print("\n" + _report(single))
