@@ -70,9 +70,15 @@ _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_t
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
+def message_bytes(nbytes: int, world: int) -> int:
+    """The bytes actually sent for a requested size: fp32 elements, a multiple of the world size, at least one
+    element per rank (so anything below 4 B x world becomes 4 B x world)."""
+    return 4 * max(world, nbytes // 4 // world * world)
+
+
 def _make_call(op: str, nbytes: int, world: int, device: torch.device):
     """Buffers for one message of ``nbytes`` (fp32, rounded to a multiple of the world size) and the call."""
-    numel = max(world, nbytes // 4 // world * world)
+    numel = message_bytes(nbytes, world) // 4
     x = torch.ones(numel, dtype=torch.float32, device=device)
     if op == "all_reduce":
         return lambda: dist.all_reduce(x), numel * 4
@@ -103,10 +109,14 @@ def bench_collectives(ops: Sequence[str] = OPS, sizes: Sequence[int] | None = No
     torch_device = dev.torch_device if dist.get_backend() != "gloo" else torch.device("cpu")
     world, backend = dist.get_world_size(), dist.get_backend()
     rows = []
-    for op in ops:
+    for op in dict.fromkeys(ops):  # an op named twice runs once
         bus_factor(op, world)  # validates the name
+        done: set[int] = set()
         for size in sizes or size_sweep():
+            if message_bytes(size, world) in done:  # sizes below 4 B x world round up to the same message
+                continue
             call, nbytes = _make_call(op, size, world, torch_device)
+            done.add(nbytes)
             for _ in range(warmup):
                 call()
             dist.barrier()
@@ -169,10 +179,31 @@ def _parse_ops(text: str) -> list[str]:
     bad = [o for o in ops if o not in OPS]
     if bad or not ops:
         raise ConfigError(f"--ops: {bad or text!r} not known; choose from {', '.join(OPS)}")
-    return ops
+    return list(dict.fromkeys(ops))  # each op once, in the order given
+
+
+def _check_out(out: str | Path) -> None:
+    """Refuse an --out that cannot hold the results, before any worker starts."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a folder for comm_bench.json and the chart")
+    for name in ("comm_bench.json", "comm_bench.html"):
+        if (out / name).is_dir():
+            raise ConfigError(f"--out {str(out)!r}: {out / name} is a folder; remove it or choose another --out")
+    launch_dir = out / "launch"
+    if launch_dir.exists() and not launch_dir.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: {launch_dir} (the launch's log folder) is a file")
+
+
+def _note_rounded_sizes(sizes: Sequence[int], world: int) -> None:
+    actual = [message_bytes(s, world) for s in sizes]
+    if len(set(actual)) < len(actual) or any(a != s for a, s in zip(actual, sizes)):
+        print(f"note: sizes are whole fp32 elements, a multiple of {world} ranks, at least {4 * world} B: "
+              f"measuring {', '.join(map(str, dict.fromkeys(actual)))} B")
 
 
 def run(args: argparse.Namespace) -> int:
+    from workbench.distributed.launcher import check_timeout
     from workbench.distributed.mesh import is_launched
 
     ops = _parse_ops(args.ops)
@@ -180,7 +211,15 @@ def run(args: argparse.Namespace) -> int:
     if args.iters < 1 or args.warmup < 0:
         raise ConfigError("--iters must be >= 1 and --warmup >= 0")
     if not is_launched():
-        return _launch_self(args)
+        # everything a worker would trip over, checked here in one line rather than once per rank after start-up
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc {args.nproc}: need at least 1 process")
+        check_timeout(args.timeout, "--timeout")
+        from workbench.device import get_device
+
+        get_device(args.device)  # DeviceUnavailableError / ValueError: one line, exit 2
+        _check_out(args.out)
+        return _launch_self(args, ops)
     from workbench.distributed.launcher import write_rank_results
     from workbench.distributed.mesh import destroy_distributed, init_distributed
     from workbench.viz import text_table
@@ -191,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         destroy_distributed()
     if info.is_main:
+        _note_rounded_sizes(sizes, info.world_size)
         written = write_outputs(rows, args.out)
         print(text_table(rows, ["op", "size_bytes", "time_us", "algbw_GBps", "busbw_GBps"]))
         print(f"wrote {', '.join(written.values())}")
@@ -198,12 +238,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_self(args: argparse.Namespace) -> int:
-    from workbench.distributed.launcher import LaunchConfig, launch
+def _launch_self(args: argparse.Namespace, ops: Sequence[str]) -> int:
+    import sys
 
-    command = ["comm-bench", "--ops", args.ops, "--min-size", str(args.min_size), "--max-size", str(args.max_size),
-               "--factor", str(args.factor), "--iters", str(args.iters), "--warmup", str(args.warmup),
-               "--device", args.device, "--out", str(Path(args.out).resolve())]
+    from workbench.distributed.launcher import LaunchConfig, launch, print_worker_lines
+
+    command = ["comm-bench", "--ops", ",".join(ops), "--min-size", str(args.min_size), "--max-size",
+               str(args.max_size), "--factor", str(args.factor), "--iters", str(args.iters), "--warmup",
+               str(args.warmup), "--device", args.device, "--out", str(Path(args.out).resolve())]
     result = launch(command, LaunchConfig(nproc=args.nproc), run_dir=Path(args.out) / "launch",
-                    timeout_s=args.timeout)
-    return result.returncode
+                    on_line=print_worker_lines, timeout_s=args.timeout)
+    if not result.ok:
+        print(f"workbench comm-bench: {result.failure_summary()}", file=sys.stderr)
+        return result.cli_returncode
+    return 0

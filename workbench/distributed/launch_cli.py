@@ -11,19 +11,25 @@ The backend comes from the device layer inside each worker (gloo on cpu, nccl on
 from __future__ import annotations
 
 import argparse
+import sys
 
-from workbench.distributed.launcher import LaunchConfig, SlurmConfig, launch, write_slurm_script
+from workbench.distributed.launcher import (LaunchConfig, SlurmConfig, check_timeout, launch, print_worker_lines,
+                                            write_slurm_script)
+from workbench.errors import ConfigError
+
+DEFAULT_RUN_DIR = "runs/launch"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=2, help="processes per node (default 2)")
     parser.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
-    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (0..nnodes-1)")
+    parser.add_argument("--node-rank", type=int, default=None, help="this node's rank (0..nnodes-1; default 0)")
     parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous (node 0); "
                         "default on one node: a free local port")
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="restart the whole group up to K times when a rank fails (resume from checkpoint)")
-    parser.add_argument("--run-dir", default="runs/launch", help="where logs and per-rank results go")
+    parser.add_argument("--run-dir", default=None,
+                        help=f"where logs and per-rank results go (default {DEFAULT_RUN_DIR})")
     parser.add_argument("--timeout", type=float, default=None, help="kill the run after this many seconds")
     parser.add_argument("--slurm", metavar="SCRIPT", default=None,
                         help="write an sbatch script to SCRIPT instead of running (uses --nnodes, --nproc)")
@@ -39,16 +45,37 @@ def run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    if args.slurm:
-        config = SlurmConfig(nodes=args.nnodes, nproc_per_node=args.nproc, time=args.time,
-                             partition=args.partition, device_type=args.device_type, max_restarts=args.max_restarts)
-        path = write_slurm_script(args.slurm, config, command)
-        print(f"wrote {path}: submit it with `sbatch {path}`")
-        return 0
-    config = LaunchConfig(nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank,
+    if args.slurm is not None:
+        return _write_slurm(args, command)
+    timeout = check_timeout(args.timeout, "--timeout")
+    config = LaunchConfig(nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank or 0,
                           rdzv_endpoint=args.rdzv_endpoint, max_restarts=args.max_restarts)
-    result = launch(command, config, run_dir=args.run_dir, timeout_s=args.timeout)
+    # The workers' output streams to stdout; torchrun's own lines (its tracebacks, its failure report) stay in
+    # <run-dir>/launch.log, and a failure is summed up in one line on stderr with the ranks' own errors.
+    result = launch(command, config, run_dir=args.run_dir or DEFAULT_RUN_DIR, on_line=print_worker_lines,
+                    timeout_s=timeout)
+    if not result.ok:
+        print(f"workbench launch: {result.failure_summary()}", file=sys.stderr)
+        return result.cli_returncode
     wrote = sum(r is not None for r in result.results)
-    print(f"workbench launch: exit {result.returncode} after {result.wall_s:.1f}s; "
+    print(f"workbench launch: exit 0 after {result.wall_s:.1f}s; "
           f"{wrote}/{len(result.results)} rank results in {result.run_dir / 'results'}")
-    return result.returncode
+    return 0
+
+
+def _write_slurm(args: argparse.Namespace, command: list[str]) -> int:
+    if not args.slurm.strip():
+        raise ConfigError("--slurm needs the path of the script to write, e.g. --slurm job.sbatch")
+    # the script runs torchrun itself on every node of the allocation: these options would silently do nothing
+    ignored = [flag for flag, value in (("--node-rank", args.node_rank), ("--rdzv-endpoint", args.rdzv_endpoint),
+                                        ("--run-dir", args.run_dir), ("--timeout", args.timeout))
+               if value is not None]
+    if ignored:
+        raise ConfigError(f"--slurm only writes a script, which ignores {', '.join(ignored)} (Slurm sets the node "
+                          "ranks and the rendezvous; logs go to slurm-<job>.out): drop "
+                          f"{'it' if len(ignored) == 1 else 'them'}, or run without --slurm")
+    config = SlurmConfig(nodes=args.nnodes, nproc_per_node=args.nproc, time=args.time,
+                         partition=args.partition, device_type=args.device_type, max_restarts=args.max_restarts)
+    path = write_slurm_script(args.slurm, config, command)
+    print(f"wrote {path}: submit it with `sbatch {path}`")
+    return 0

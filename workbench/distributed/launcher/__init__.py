@@ -8,8 +8,10 @@ Used by ``workbench launch`` and notebooks/03_distributed.ipynb.
 from workbench.distributed.launcher.launch import (
     LaunchConfig,
     LaunchResult,
+    check_timeout,
     free_port,
     launch,
+    print_worker_lines,
     rank_results_path,
     torchrun_argv,
     worker_argv,
@@ -18,6 +20,7 @@ from workbench.distributed.launcher.launch import (
 from workbench.distributed.launcher.slurm import SlurmConfig, slurm_script, write_slurm_script
 
 __all__ = [
-    "LaunchConfig", "LaunchResult", "SlurmConfig", "free_port", "launch", "rank_results_path", "slurm_script",
+    "LaunchConfig", "LaunchResult", "SlurmConfig", "check_timeout", "free_port", "launch", "print_worker_lines",
+    "rank_results_path", "slurm_script",
     "torchrun_argv", "worker_argv", "write_rank_results", "write_slurm_script",
 ]

@@ -15,6 +15,7 @@ notebooks/03_distributed.ipynb.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -31,6 +32,21 @@ from workbench.errors import ConfigError
 from workbench.results import write_json_atomic
 
 RESULTS_ENV = "WORKBENCH_RESULTS_DIR"
+MAX_TIMEOUT_S = 30 * 24 * 3600.0  # 30 days: beyond any real run, and far below what threading.Timer overflows at
+
+
+def check_timeout(timeout_s: float | None, name: str = "timeout") -> float | None:
+    """None (no limit) or a finite number of seconds in (0, 30 days]; anything else is a ConfigError."""
+    if timeout_s is None:
+        return None
+    try:
+        value = float(timeout_s)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={timeout_s!r} must be a number of seconds") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise ConfigError(f"{name}={timeout_s!r} must be a number of seconds > 0 and <= {MAX_TIMEOUT_S:.0f} "
+                          "(30 days)")
+    return value
 
 
 @dataclass
@@ -62,6 +78,8 @@ class LaunchConfig:
             host, sep, port = self.rdzv_endpoint.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"rdzv_endpoint={self.rdzv_endpoint!r} must be HOST:PORT, e.g. node0:29500")
+            if not 0 < int(port) <= 65535:
+                raise ConfigError(f"rdzv_endpoint={self.rdzv_endpoint!r}: port {int(port)} must be in 1..65535")
 
     @property
     def world_size(self) -> int:
@@ -81,6 +99,50 @@ class LaunchResult:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode == 124
+
+    @property
+    def user_error(self) -> bool:
+        """The run failed only because of bad input: every rank that exited (rather than being killed) exited 2, the
+        workbench CLI's user-error status, per torchrun's report; where there is no report, every failed rank ended
+        in a one-line CLI error."""
+        if self.ok or self.timed_out:
+            return False
+        codes = _failure_exit_codes(self.log)
+        if codes:  # negative: killed by a signal, usually torchrun stopping the others after the first failure
+            exited = [code for code in codes if code >= 0]
+            return bool(exited) and all(code == 2 for code in exited)
+        causes = [e.split(": ", 1)[-1] for e in self.errors]
+        return bool(causes) and all(_CLI_ERROR.match(c) for c in causes)
+
+    @property
+    def cli_returncode(self) -> int:
+        """The exit status for a command line: 0 on success, 124 on timeout, 2 when the ranks failed on bad input
+        (see ``user_error``), else 1 (torchrun's own status says no more than "a worker failed")."""
+        if self.ok or self.timed_out:
+            return self.returncode
+        return 2 if self.user_error else 1
+
+    def failure_summary(self) -> str:
+        """One line for a failed run: each failing rank's own error (or torchrun's), and where the logs are."""
+        where = f"logs in {self.run_dir}"
+        if self.timed_out:
+            return f"timed out after {self.wall_s:.0f}s, run stopped; {where}"
+        if self.errors:
+            parts = []
+            for error in self.errors[:3]:
+                ranks, _, cause = error.partition(": ")
+                parts.append(f"{ranks} failed: {cause}")
+            if len(self.errors) > 3:
+                parts.append(f"and {len(self.errors) - 3} more")
+            return "; ".join(parts) + f"; {where}"
+        own = root_cause("\n".join(line for line in self.log if not is_worker_line(line)))
+        if own:
+            return f"torchrun failed (exit {self.returncode}): {own}; {where}"
+        return f"failed (exit {self.returncode}) and no rank logged an error; {where}"
+
     def check(self) -> "LaunchResult":
         """Raise if the run failed: the ranks' own errors first, then the log's tail (torchrun's report)."""
         if not self.ok:
@@ -98,6 +160,21 @@ class LaunchResult:
 # uncaught exception with "[rankN]: " once a process group exists.
 _RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")
 _CLI_ERROR = re.compile(r"^workbench(?: [\w-]+)?: error: ")
+
+
+_WORKER_LINE = re.compile(r"^\[[A-Za-z_]+\d+\]:")  # torchrun's --tee prefix: "[default0]:..." per local rank
+
+
+def is_worker_line(line: str) -> bool:
+    """True for a line a worker printed (torchrun tees it with a "[default<rank>]:" prefix), False for torchrun's
+    own log lines, tracebacks and failure report."""
+    return bool(_WORKER_LINE.match(line))
+
+
+def print_worker_lines(line: str) -> None:
+    """An ``on_line`` for command lines: the workers' own output on stdout; torchrun's lines stay in launch.log."""
+    if is_worker_line(line):
+        print(line, flush=True)
 
 
 def root_cause(stderr: str, max_chars: int = 500) -> str | None:
@@ -133,7 +210,7 @@ def rank_errors(log_dirs: Sequence[Path], log: Sequence[str] = ()) -> list[str]:
     grouped: dict[str, list[int]] = {}
     for rank in order:
         grouped.setdefault(by_rank[rank], []).append(rank)
-    return [f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {cause}"
+    return [f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, sorted(ranks)))}: {cause}"
             for cause, ranks in grouped.items()]
 
 
@@ -147,6 +224,16 @@ def _first_failure(log: Sequence[str]) -> int | None:
         if match:
             return int(match.group(1))
     return None
+
+
+def _failure_exit_codes(log: Sequence[str]) -> list[int]:
+    """The exit codes torchrun's ChildFailedError report gives for the failed ranks (empty when there is none)."""
+    codes = []
+    for line in log:
+        match = re.match(r"^\s*exitcode\s*:\s*(-?\d+)", line)
+        if match:
+            codes.append(int(match.group(1)))
+    return codes
 
 
 def free_port() -> int:
@@ -223,6 +310,7 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
     ``timeout_s`` kills the whole process group (torchrun and its workers) when exceeded (exit code 124).
     """
     config = config or LaunchConfig()
+    timeout_s = check_timeout(timeout_s, "timeout_s")
     run_dir = Path(run_dir)
     results_dir = run_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,15 @@ class SlurmConfig:
             raise ConfigError(f"slurm: device_type={self.device_type!r}; choose cuda, npu or cpu")
         if self.max_restarts < 0:
             raise ConfigError(f"slurm: max_restarts={self.max_restarts} must be >= 0")
+        # Each value lands on an "#SBATCH --name=value" line: a newline would start a shell line of its own, and
+        # sbatch reads a directive only up to the first blank.
+        for name in ("job_name", "time", "partition", "account", "output"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not value or any(ch.isspace() or not ch.isprintable() for ch in value):
+                raise ConfigError(f"slurm: {name}={value!r} must be non-empty, without spaces, newlines or "
+                                  "control characters")
 
 
 def slurm_script(config: SlurmConfig, command: Sequence[str]) -> str:
@@ -78,7 +87,8 @@ def slurm_script(config: SlurmConfig, command: Sequence[str]) -> str:
 
 def write_slurm_script(path: str | Path, config: SlurmConfig, command: Sequence[str]) -> Path:
     path = Path(path)
+    text = slurm_script(config, command)  # a bad command fails before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(slurm_script(config, command))
+    path.write_text(text)
     path.chmod(0o755)
     return path

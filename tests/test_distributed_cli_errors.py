@@ -1,0 +1,188 @@
+"""`workbench launch` and `workbench comm-bench` on bad input and on failed runs: one line on stderr, exit 2 for the
+user's mistakes, no traceback, and the failing rank's own error. In process; one test starts a real (one-rank) run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch.distributed as dist
+
+from workbench.cli import main
+from workbench.device import available_device_types
+from workbench.distributed import comm_bench
+from workbench.distributed.launcher import LaunchConfig, LaunchResult, SlurmConfig, check_timeout, launch
+from workbench.distributed.launcher.launch import is_worker_line
+from workbench.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _not_under_torchrun(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Fail the test if anything tries to start processes."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"launch() was called: {args}")
+    monkeypatch.setattr("workbench.distributed.launcher.launch", refuse)
+    monkeypatch.setattr("workbench.distributed.launch_cli.launch", refuse)
+
+
+def _one_error_line(capsys, prog: str, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"workbench {prog}: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# ---- bug 1: a failed launched command -------------------------------------------------------------------------
+def test_failed_command_reports_the_ranks_error_on_stderr_and_its_exit_code(tmp_path, capsys):
+    """`workbench launch --nproc 1 -- models --seq-len 0`: the worker's user error, on stderr, exit 2."""
+    run_dir = tmp_path / "run"
+    code = main(["launch", "--nproc", "1", "--run-dir", str(run_dir), "--timeout", "120", "--", "models",
+                 "--seq-len", "0"])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert err.splitlines() == [f"workbench launch: rank 0 failed: workbench models: error: seq_len must be >= 1 "
+                                f"(got 0); logs in {run_dir}"]
+    assert "Traceback" not in out and "ChildFailedError" not in out  # torchrun's report stays in launch.log
+    assert "ChildFailedError" in (run_dir / "launch.log").read_text()
+
+
+REPORT = ["Traceback (most recent call last):", '  File "run.py"', "torch.distributed.elastic.multiprocessing."
+          "errors.ChildFailedError: ", "Failures:", "[1]:", "  rank      : 1 (local_rank: 1)",
+          "  exitcode  : -15 (pid: 12)  (SIGTERM)", "Root Cause (first observed failure):", "[0]:",
+          "  rank      : 0 (local_rank: 0)", "  exitcode  : {code} (pid: 11) "]
+
+
+def test_failure_summary_and_exit_status(tmp_path):
+    user = LaunchResult(1, tmp_path, log=[line.replace("{code}", "2") for line in REPORT],
+                        errors=["ranks 0, 1: workbench train: error: bad preset"])
+    assert user.cli_returncode == 2  # rank 1 was only stopped by torchrun (SIGTERM): rank 0's 2 decides
+    assert user.failure_summary() == f"ranks 0, 1 failed: workbench train: error: bad preset; logs in {tmp_path}"
+    crash = LaunchResult(1, tmp_path, log=[line.replace("{code}", "1") for line in REPORT],
+                         errors=["rank 0: ValueError: x", "rank 1: RuntimeError: peer went away"])
+    assert crash.cli_returncode == 1
+    assert crash.failure_summary() == f"rank 0 failed: ValueError: x; rank 1 failed: RuntimeError: peer went " \
+                                      f"away; logs in {tmp_path}"
+    torchrun_only = LaunchResult(1, tmp_path, log=["[default0]:hello", "Traceback (most recent call last):",
+                                                   "  File 'x'", "RendezvousTimeoutError: no peers"])
+    assert torchrun_only.failure_summary() == f"torchrun failed (exit 1): RendezvousTimeoutError: no peers; " \
+                                              f"logs in {tmp_path}"
+    assert torchrun_only.cli_returncode == 1
+    timed_out = LaunchResult(124, tmp_path, wall_s=5.2)
+    assert timed_out.cli_returncode == 124 and timed_out.failure_summary().startswith("timed out after 5s")
+    assert is_worker_line("[default3]:x") and not is_worker_line("[0]:") and not is_worker_line("Traceback")
+
+
+# ---- bug 2: the rendezvous port -------------------------------------------------------------------------------
+@pytest.mark.parametrize("endpoint", ["host:99999999", "host:65536", "host:0"])
+def test_rdzv_port_out_of_range_is_one_line(endpoint, capsys, no_launch):
+    assert main(["launch", "--nproc", "1", "--rdzv-endpoint", endpoint, "--", "models"]) == 2
+    _one_error_line(capsys, "launch", "must be in 1..65535")
+    assert LaunchConfig(rdzv_endpoint="host:65535").rdzv_endpoint == "host:65535"
+
+
+# ---- bug 3: comm-bench checks before it starts workers, and reports their errors --------------------------------
+def test_comm_bench_refuses_a_missing_device_before_launching(capsys, no_launch, tmp_path):
+    missing = [t for t in ("cuda", "npu") if t not in available_device_types()]
+    if not missing:
+        pytest.skip("cuda and npu are both available here")
+    assert main(["comm-bench", "--nproc", "1", "--device", missing[0], "--out", str(tmp_path)]) == 2
+    _one_error_line(capsys, "comm-bench", f"device '{missing[0]}' is not available")
+
+
+def test_comm_bench_refuses_an_unwritable_out_before_launching(capsys, no_launch, tmp_path):
+    (tmp_path / "comm_bench.json").mkdir()
+    assert main(["comm-bench", "--nproc", "1", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    _one_error_line(capsys, "comm-bench", "comm_bench.json is a folder")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["comm-bench", "--nproc", "1", "--device", "cpu", "--out", str(a_file)]) == 2
+    _one_error_line(capsys, "comm-bench", "is a file")
+
+
+@pytest.mark.parametrize("exitcode, cause, status", [
+    (2, "workbench comm-bench: error: out of memory (x)", 2),
+    (1, "RuntimeError: Connection closed by peer", 1),
+])
+def test_comm_bench_reports_the_ranks_errors(monkeypatch, capsys, tmp_path, exitcode, cause, status):
+    calls = []
+
+    def fake_launch(command, config, *, run_dir, **kwargs):
+        calls.append(command)
+        return LaunchResult(1, run_dir, log=[line.replace("{code}", str(exitcode)) for line in REPORT],
+                            errors=[f"rank 0: {cause}"])
+    monkeypatch.setattr("workbench.distributed.launcher.launch", fake_launch)
+    out = tmp_path / "cb"
+    assert main(["comm-bench", "--nproc", "2", "--device", "cpu", "--ops", "all_reduce,all-reduce,broadcast",
+                 "--out", str(out)]) == status
+    _one_error_line(capsys, "comm-bench", f"rank 0 failed: {cause}; logs in {out / 'launch'}")
+    command = calls[0]
+    assert command[command.index("--ops") + 1] == "all_reduce,broadcast"  # an op named twice runs once
+
+
+# ---- bug 4: timeouts ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "1e300"])
+@pytest.mark.parametrize("prog", ["launch", "comm-bench"])
+def test_timeout_must_be_finite_and_positive(value, prog, capsys, no_launch, tmp_path):
+    argv = ["launch", "--nproc", "1", "--run-dir", str(tmp_path / "run"), "--timeout", value, "--", "models"] \
+        if prog == "launch" else ["comm-bench", "--nproc", "1", "--device", "cpu", "--out", str(tmp_path / "cb"),
+                                  "--timeout", value]
+    assert main(argv) == 2
+    _one_error_line(capsys, prog, "--timeout", "must be a number of seconds > 0")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cb").exists()
+
+
+def test_launch_api_checks_its_timeout_before_starting(tmp_path):
+    for bad in (0, -1.0, math.nan, math.inf, 1e300):
+        with pytest.raises(ConfigError, match="timeout_s"):
+            launch(["models"], LaunchConfig(nproc=1), run_dir=tmp_path / "run", timeout_s=bad)
+    assert not (tmp_path / "run").exists()
+    assert check_timeout(None) is None and check_timeout(5) == 5.0
+
+
+# ---- bug 5: --slurm -------------------------------------------------------------------------------------------
+def test_empty_slurm_path_is_an_error(capsys, no_launch, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["launch", "--slurm", "", "--nproc", "1", "--", "models"]) == 2
+    _one_error_line(capsys, "launch", "--slurm needs the path")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags", [["--run-dir", "x"], ["--timeout", "10"], ["--node-rank", "0"],
+                                   ["--rdzv-endpoint", "node0:29500"]])
+def test_slurm_refuses_options_the_script_ignores(flags, capsys, tmp_path):
+    script = tmp_path / "job.sbatch"
+    assert main(["launch", "--slurm", str(script), *flags, "--", "models"]) == 2
+    _one_error_line(capsys, "launch", f"ignores {flags[0]}")
+    assert not script.exists()
+
+
+@pytest.mark.parametrize("flag", ["--partition", "--time"])
+def test_slurm_values_cannot_inject_shell_lines(flag, capsys, tmp_path):
+    script = tmp_path / "job.sbatch"
+    assert main(["launch", "--slurm", str(script), flag, "gpu\nrm -rf ~", "--", "models"]) == 2
+    _one_error_line(capsys, "launch", flag.lstrip("-"))
+    assert not script.exists()
+    with pytest.raises(ConfigError, match="account"):
+        SlurmConfig(account="a b")
+
+
+# ---- minor comm-bench: duplicate ops and sizes that round to the same message --------------------------------
+def test_comm_bench_runs_each_op_and_message_size_once(tmp_path):
+    assert comm_bench.message_bytes(4, 2) == comm_bench.message_bytes(8, 2) == 8
+    assert comm_bench._parse_ops("all-reduce, all_reduce,broadcast") == ["all_reduce", "broadcast"]
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        rows = comm_bench.bench_collectives(["all_reduce", "all_reduce"], [4, 5, 6, 8], iters=1, warmup=0,
+                                            device="cpu")
+    finally:
+        dist.destroy_process_group()
+    assert [(r["op"], r["size_bytes"]) for r in rows] == [("all_reduce", 4), ("all_reduce", 8)]
