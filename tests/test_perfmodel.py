@@ -163,7 +163,8 @@ def test_global_batch_must_divide():
     ({"layout": {"tp": -2}}, "layout.tp = -2 must be positive"),
     ({"model": {**LLAMA8B, "hidden": -1}}, "'hidden' = -1 must be a positive integer"),
     ({"precision": "int4"}, "precision = 'int4' must be one of"),
-    ({"cluster": {"chip": "H100", "count": 16, "scale_out_gb_s_per_chip": -5}}, "must be non-negative"),
+    ({"cluster": {"chip": "H100", "count": 16, "scale_out_gb_s_per_chip": -5}},
+     "cluster.scale_out_gb_s_per_chip = -5 must be positive"),  # bandwidths must be > 0 (0 divides by zero)
     ({"nonsense": 1}, "unknown key"),
     ({"precision": "fp8", "cluster": {"chip": "A100", "count": 16}}, "no FP8 peak"),
 ])

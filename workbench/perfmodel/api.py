@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from workbench.errors import ConfigError
 from workbench.perfmodel.efficiency import calibration_record
-from workbench.perfmodel.search import search
+from workbench.perfmodel.search import divisors, search
 from workbench.perfmodel.simulator import MEMORY_HEADROOM, SERVER_POWER_FACTOR, Evaluation, evaluate
 from workbench.perfmodel.spec import Layout, LayoutError, MemoryCapacityError, Spec, parse_spec
 
@@ -85,7 +86,7 @@ def chips_for_time(spec: Spec, ev: Evaluation, target_s: float) -> dict[str, Any
     unit = L.tp * L.pp * L.cp
     tokens = spec.train_tokens
     best = None
-    for dp in range(1, spec.global_batch // ev.micro_batch + 1):
+    for dp in divisors(spec.global_batch // ev.micro_batch):  # ascending; O(sqrt) even for a huge global batch
         if spec.global_batch % (dp * ev.micro_batch):
             continue
         count = unit * dp
@@ -112,8 +113,38 @@ def chips_for_time(spec: Spec, ev: Evaluation, target_s: float) -> dict[str, Any
     return best
 
 
+def _non_finite(value: Any, path: str = "") -> str | None:
+    """The path of the first NaN or infinite number in a result (None when every number is finite)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "result"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
 def simulate(spec: dict) -> dict[str, Any]:
-    """Simulate one training configuration; see workbench/perfmodel/README.md for the spec and the result keys."""
+    """Simulate one training configuration; see workbench/perfmodel/README.md for the spec and the result keys.
+    Never returns NaN or infinity: a spec whose numbers overflow the model raises a ConfigError instead."""
+    hint = "check extreme values (train_tokens, seq_len, model dims, efficiency, cluster peaks and bandwidths)"
+    try:
+        result = _simulate(spec)
+    except (ZeroDivisionError, OverflowError) as exc:  # e.g. a 1e-300 TFLOP/s chip: an infinite step time
+        raise ConfigError(f"the spec's numbers push the model out of range ({exc}); {hint}") from None
+    bad = _non_finite(result)
+    if bad:
+        raise ConfigError(f"the spec's numbers push the model out of range: result {bad!r} is not finite; {hint}")
+    return result
+
+
+def _simulate(spec: dict) -> dict[str, Any]:
     s = parse_spec(spec)
     _check_total_memory(s)
     runners_up: list[Evaluation] = []

@@ -3,7 +3,8 @@
 Some are set from measurements with a source (alpha latencies from the NCCL latency model; all-to-all vs all-reduce
 bandwidth from DeepEP vs nccl-tests on H800), the rest are fitted on ../shared/reference/published_runs.csv by
 ``workbench.perfmodel.calibration.fit`` and stored in ``calibration.json`` beside this file (with the fit's error).
-A spec may override any of them under ``"efficiency"``. Used by the simulator; documented in README.md here.
+A spec may override any of them under ``"efficiency"``, within ``RANGES`` (below; README.md lists them).
+Used by the simulator; documented in README.md here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,35 @@ from dataclasses import dataclass
 from importlib import resources
 
 from workbench.errors import ConfigError
+
+
+# Plausible range of each parameter: (low, high, low excluded). Wider than anything measured or fitted (the fit's
+# own bounds, calibration.FIT_PARAMS, lie inside), narrow enough that no value can overflow a step time to inf/NaN.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "gemm_eff_max": (0.0, 1.2, True), "attn_eff": (0.0, 1.2, True), "mem_eff": (0.0, 1.2, True),
+    "comm_eff_up": (0.0, 1.2, True), "comm_eff_out": (0.0, 1.2, True), "a2a_eff": (0.0, 1.2, True),
+    "gemm_d0": (0.0, 4096.0, False),
+    "elementwise_factor": (0.0, 20.0, False),
+    "kernel_overhead_s": (0.0, 0.01, False), "kernels_per_layer": (0.0, 1e5, False),
+    "alpha_up_s": (0.0, 0.01, False), "alpha_out_s": (0.0, 0.01, False),
+    "tp_exposed": (0.0, 1.0, False), "ep_exposed": (0.0, 1.0, False), "dp_overlap": (0.0, 1.0, False),
+    "moe_imbalance": (1.0, 100.0, False),
+    "grad_reduce_bytes": (1.0, 8.0, False),
+    "step_overhead_s": (0.0, 3600.0, False),
+}
+RANGE_NOTES: dict[str, str] = {
+    **{k: "achieved / nominal; > 0" for k in ("gemm_eff_max", "attn_eff", "mem_eff", "comm_eff_up", "comm_eff_out",
+                                            "a2a_eff")},
+    "gemm_d0": "GEMM size scale: m = n = k = d0 runs at 1/4 of the rate; fitted within 16-512",
+    "elementwise_factor": "x the minimal elementwise bytes",
+    "kernel_overhead_s": "seconds per kernel launch; GPUs ~4e-6, CPUs up to ~1e-4",
+    "kernels_per_layer": "forward kernels per layer",
+    "alpha_up_s": "seconds per hop; NCCL ~1e-6-1e-5", "alpha_out_s": "seconds per hop; NCCL ~3e-6-2e-5",
+    "tp_exposed": "a fraction", "ep_exposed": "a fraction", "dp_overlap": "a fraction",
+    "moe_imbalance": "max expert load / mean load",
+    "grad_reduce_bytes": "bytes per gradient element: 1 (fp8) to 8 (fp64)",
+    "step_overhead_s": "seconds per optimizer step",
+}
 
 
 @dataclass(frozen=True)
@@ -45,21 +75,20 @@ class Efficiency:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"efficiency {f.name!r} = {value!r} must be a non-negative number")
-        for name in ("gemm_eff_max", "attn_eff", "mem_eff", "comm_eff_up", "comm_eff_out", "a2a_eff"):
-            if not 0 < getattr(self, name) <= 1.2:
-                raise ConfigError(f"efficiency {name!r} = {getattr(self, name)} must be in (0, 1.2]")
-        for name in ("tp_exposed", "ep_exposed", "dp_overlap"):
-            if getattr(self, name) > 1:
-                raise ConfigError(f"efficiency {name!r} = {getattr(self, name)} must be in [0, 1]")
-        if self.moe_imbalance < 1:
-            raise ConfigError(f"efficiency 'moe_imbalance' = {self.moe_imbalance} must be >= 1 (max load / mean)")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(f"efficiency {f.name!r} = {value!r} must be a number")
+            low, high, open_low = RANGES[f.name]
+            if value < low or value > high or (open_low and value == low):
+                raise ConfigError(f"efficiency {f.name!r} = {value!r} must be in {'(' if open_low else '['}{low:g}, "
+                                  f"{high:g}] ({RANGE_NOTES[f.name]})")
 
     def replace(self, **changes) -> "Efficiency":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise ConfigError(f"unknown efficiency parameter(s) {unknown}; known: {sorted(self.as_dict())}")
+        for name, value in changes.items():  # no float("0.5"), float(True): JSON strings and booleans are mistakes
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"efficiency {name!r} = {value!r} must be a number")
         return dataclasses.replace(self, **{k: float(v) for k, v in changes.items()})
 
     def as_dict(self) -> dict[str, float]:

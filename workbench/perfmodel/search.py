@@ -16,7 +16,16 @@ from workbench.perfmodel.spec import Layout, LayoutError, MemoryCapacityError, S
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of ``n`` in increasing order, in O(sqrt n) steps (chip counts and expert counts can be large)."""
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
 
 
 def _options(fixed: dict, key: str, default: list) -> list:

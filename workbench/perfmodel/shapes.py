@@ -22,12 +22,27 @@ from workbench.errors import ConfigError
 FFN_TYPES = ("gelu", "swiglu")
 
 
+MAX_DIM = 10**9  # no model dimension (layers, width, heads, vocab, experts, ...) is anywhere near this; bounding it
+# keeps every product of dims a finite float (10**200 would overflow float() into an OverflowError traceback)
+
+
 def _positive_int(where: str, name: str, value: Any, allow_zero: bool = False) -> int:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and float(value).is_integer()
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, int) and value > MAX_DIM:  # before float(), which overflows on 400-digit JSON ints
+        raise ConfigError(f"{where}: {name!r} = {value if value < 10**30 else f'~1e{int(value.bit_length() * 0.30103)}'} "
+                          f"is implausibly large (at most {MAX_DIM:,})")
+    ok = ok and math.isfinite(value) and float(value).is_integer()
     if not ok or value < 0 or (value == 0 and not allow_zero):
         need = "a non-negative integer" if allow_zero else "a positive integer"
         raise ConfigError(f"{where}: {name!r} = {value!r} must be {need}")
+    if value > MAX_DIM:
+        raise ConfigError(f"{where}: {name!r} = {value!r} is implausibly large (at most {MAX_DIM:,})")
     return int(value)
+
+
+def _bool(where: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {name!r} = {value!r} must be true or false")
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,13 @@ class IndexerShape:
     full_layers: int | None = None  # layers with their own indexer (others reuse the previous top-k); None = all
     trained: bool = False  # trained by a KL loss to the main attention (backward + the main scores it needs)
 
+    def __post_init__(self):
+        for name in ("heads", "head_dim", "topk"):
+            _positive_int("indexer", name, getattr(self, name))
+        if self.full_layers is not None:  # at least the first layer computes its own top-k
+            _positive_int("indexer", "full_layers", self.full_layers)
+        _bool("indexer", "trained", self.trained)
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -100,6 +122,13 @@ class ModelShape:
             _positive_int("model", name, getattr(self, name))
         _positive_int("model", "ffn", self.ffn, allow_zero=True)
         _positive_int("model", "mtp_layers", self.mtp_layers, allow_zero=True)
+        for name in ("tied_embeddings", "qkv_bias", "qk_norm"):
+            _bool("model", name, getattr(self, name))
+        if not isinstance(self.name, str):
+            raise ConfigError(f"model: 'name' = {self.name!r} must be a string")
+        if self.indexer is not None:
+            if self.indexer.full_layers is not None and self.indexer.full_layers > self.layers:
+                raise ConfigError(f"indexer: full_layers = {self.indexer.full_layers} exceeds layers = {self.layers}")
         if self.head_dim is not None:
             _positive_int("model", "head_dim", self.head_dim)
         if self.ffn_type not in FFN_TYPES:

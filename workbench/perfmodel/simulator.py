@@ -212,7 +212,10 @@ def _layer_forward(spec: Spec, L: Layout, mbs: int, r: dict, links: dict, moe_la
     if tp > 1:
         n = T * h * r["el_bytes"]
         one = (C.all_gather(n, tp, links["tp"]) + C.reduce_scatter(n, tp, links["tp"])) if L.sp else C.all_reduce(n, tp, links["tp"])
-        t["tp"] = 2 * one if L.sp else 2 * one
+        # two such exchanges per layer (attention and MLP) either way: SP changes which collective runs (a ring
+        # all-reduce is a reduce-scatter + all-gather, so the volume is the same, Korthikanti et al. 2022) and the
+        # memory/elementwise sharding above, not the number of exchanges
+        t["tp"] = 2 * one
     # context parallel: ring exchange of K and V, overlapped with the attention compute
     if L.cp > 1:
         kv_dims = (m.mla.kv_lora_rank + m.mla.qk_rope_dim) if m.mla else 2 * max(m.kv_heads / tp, 1) * m.d_head

@@ -26,6 +26,12 @@ SPEC_KEYS = {"model", "seq_len", "global_batch", "micro_batch", "precision", "cl
              "target_days", "pue", "efficiency", "search_top", "attention"}
 ATTENTION = ("flash", "unfused")
 CLUSTER_KEYS = {"chip", "count", "chips_per_node", "scale_up_domain"} | set(NUMERIC_FIELDS)
+# Sane maxima: far above any real run, low enough that the layout search (divisors of the chip count, of the global
+# batch) stays fast and no product of them overflows a float.
+MAX_CHIPS = 1_000_000  # the largest clusters built are ~10^5 accelerators
+MAX_SEQ_LEN = 100_000_000  # tokens per sequence
+MAX_GLOBAL_BATCH = 100_000_000  # sequences per step
+PUE_RANGE = (1.0, 10.0)  # facility power / IT power: 1 is the physical floor, real sites are ~1.1-2
 
 
 class InfeasibleError(WorkbenchError):
@@ -47,10 +53,14 @@ class LayoutError(InfeasibleError):
     limit = "layout / global batch"
 
 
-def _number(where: str, value: Any, integer: bool = False, positive: bool = True, allow_none: bool = False):
+def _number(where: str, value: Any, integer: bool = False, positive: bool = True, allow_none: bool = False,
+            maximum: float | None = None, minimum: float | None = None):
     if value is None and allow_none:
         return None
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value))
+    bad = isinstance(value, bool) or not isinstance(value, (int, float))
+    if not bad and isinstance(value, int) and abs(value) > 10**300:  # JSON allows 1000...0 (400 digits); float() overflows
+        raise ConfigError(f"{where} = an integer of ~{int(value.bit_length() * 0.30103) + 1} digits is implausibly large")
+    bad = bad or not math.isfinite(float(value))
     if not bad and integer and not float(value).is_integer():
         bad = True
     if bad:
@@ -58,6 +68,11 @@ def _number(where: str, value: Any, integer: bool = False, positive: bool = True
         raise ConfigError(f"{where} = {value!r} must be {kind}")
     if value < 0 or (positive and value == 0):
         raise ConfigError(f"{where} = {value!r} must be {'positive' if positive else 'non-negative'}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where} = {value!r} must be at least {minimum:g}")
+    if maximum is not None and value > maximum:
+        limit = f"{int(maximum):,}" if float(maximum).is_integer() else f"{maximum:g}"
+        raise ConfigError(f"{where} = {value!r} is implausibly large (at most {limit})")
     return int(value) if integer else float(value)
 
 
@@ -76,7 +91,9 @@ class Layout:
 
     def __post_init__(self):
         for name in ("tp", "pp", "dp", "ep", "cp", "vp", "etp"):
-            _number(f"layout.{name}", getattr(self, name), integer=True)
+            _number(f"layout.{name}", getattr(self, name), integer=True, maximum=MAX_CHIPS)
+        if not isinstance(self.sp, bool):  # "no" or 0 would be read as truthy/falsy, not as the user meant
+            raise ConfigError(f"layout.sp = {self.sp!r} must be true or false")
         _number("layout.zero", self.zero, integer=True, positive=False)
         if self.zero not in (0, 1, 2, 3):
             raise ConfigError(f"layout.zero = {self.zero!r} must be 0, 1, 2 or 3")
@@ -130,6 +147,22 @@ def parse_chip(value: Any) -> Chip:
     raise ConfigError(f"cluster.chip must be a catalog name or a dict of chip fields, got {value!r}")
 
 
+def _check_chip(chip: Chip, cluster: dict) -> None:
+    """Every number a chip gives must be > 0: the simulator divides by peaks and bandwidths (0 -> ZeroDivisionError)
+    and treats 0 as "absent" elsewhere (a 0 scale-up bandwidth would silently route over the network)."""
+    for name in NUMERIC_FIELDS:
+        value = getattr(chip, name)
+        if value is None:
+            continue
+        if name in cluster:
+            where = f"cluster.{name}"
+        elif isinstance(cluster.get("chip"), dict):
+            where = f"cluster.chip.{name}"
+        else:
+            where = f"chip {chip.chip!r}: {name}"
+        _number(where, value, integer=name == "scale_up_domain")
+
+
 def parse_model(value: Any) -> ModelShape:
     if isinstance(value, ModelShape):
         return value
@@ -141,6 +174,8 @@ def parse_model(value: Any) -> ModelShape:
         extra = set(value) - {"preset"}
         if extra:
             raise ConfigError(f"model: give either 'preset' or explicit dims, not both (extra keys {sorted(extra)})")
+        if not isinstance(value["preset"], str):
+            raise ConfigError(f"model.preset = {value['preset']!r} must be a preset name (a string)")
         return shape_from_preset(value["preset"])
     return shape_from_dims(value)
 
@@ -156,6 +191,8 @@ def parse_layout(value: Any) -> tuple[Layout | None, dict]:
         raise ConfigError(f"layout: unknown key(s) {unknown}; known: {list(LAYOUT_KEYS)} (+ 'auto': true to search "
                           "the rest)")
     fields = {k: v for k, v in value.items() if k in LAYOUT_KEYS and v is not None}
+    if not isinstance(value.get("auto", False), bool):
+        raise ConfigError(f"layout.auto = {value['auto']!r} must be true or false")
     if value.get("auto"):
         Layout(**fields)  # validate the fixed values now
         return None, fields
@@ -172,9 +209,10 @@ def parse_spec(spec: dict) -> Spec:
         if key not in spec:
             raise ConfigError(f"spec: {key!r} is missing (see `workbench simulate --help` for the schema)")
     model = parse_model(spec["model"])
-    seq_len = _number("seq_len", spec["seq_len"], integer=True)
-    global_batch = _number("global_batch", spec["global_batch"], integer=True)
-    micro_batch = _number("micro_batch", spec.get("micro_batch"), integer=True, allow_none=True)
+    seq_len = _number("seq_len", spec["seq_len"], integer=True, maximum=MAX_SEQ_LEN)
+    global_batch = _number("global_batch", spec["global_batch"], integer=True, maximum=MAX_GLOBAL_BATCH)
+    micro_batch = _number("micro_batch", spec.get("micro_batch"), integer=True, allow_none=True,
+                          maximum=MAX_GLOBAL_BATCH)
     precision = spec.get("precision", "bf16")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision = {precision!r} must be one of {PRECISIONS}")
@@ -187,19 +225,25 @@ def parse_spec(spec: dict) -> Spec:
         raise ConfigError(f"cluster: unknown key(s) {bad}; known: {sorted(CLUSTER_KEYS)}")
     if "chip" not in cluster or "count" not in cluster:
         raise ConfigError("cluster needs 'chip' and 'count', e.g. {'chip': 'H100', 'count': 64, 'chips_per_node': 8}")
+    if isinstance(cluster["chip"], dict) and cluster["chip"].get("scale_up_domain") is not None:
+        # checked before the catalog's chip_from_dict, which would truncate 2.5 to 2
+        _number("cluster.chip.scale_up_domain", cluster["chip"]["scale_up_domain"], integer=True, maximum=MAX_CHIPS)
     chip = parse_chip(cluster["chip"])
     overrides = {k: v for k, v in cluster.items() if k in NUMERIC_FIELDS}
     if overrides:  # e.g. a slower network for the same chip (notebook 05's interconnect slider)
         for k, v in overrides.items():
-            _number(f"cluster.{k}", v, positive=False)
+            # peaks, bandwidths, memory and power are divided by or compared with: 0 is never meaningful
+            # (scale_up_gb_s: 0 would silently route scale-up traffic over the network)
+            _number(f"cluster.{k}", v, integer=k == "scale_up_domain", maximum=MAX_CHIPS if k == "scale_up_domain" else None)
         chip = chip.with_overrides(**overrides)
-    count = _number("cluster.count", cluster["count"], integer=True)
+    _check_chip(chip, cluster)
+    count = _number("cluster.count", cluster["count"], integer=True, maximum=MAX_CHIPS)
     per_node = _number("cluster.chips_per_node", cluster.get("chips_per_node", min(chip.scale_up_domain or 8, 8, count)),
-                       integer=True)
+                       integer=True, maximum=MAX_CHIPS)
     if count % per_node and count > per_node:
         raise ConfigError(f"cluster.count = {count} is not a multiple of chips_per_node = {per_node}")
     domain = _number("cluster.scale_up_domain", cluster.get("scale_up_domain", max(chip.scale_up_domain or per_node, per_node)),
-                     integer=True)
+                     integer=True, maximum=MAX_CHIPS)
     if precision in ("bf16", "fp16") and chip.peak_flops("bf16") is None:
         raise ConfigError(f"{chip.chip} has no bf16 peak in the catalog; give cluster.bf16_dense_tflops or pick "
                           f"another precision")
@@ -213,7 +257,8 @@ def parse_spec(spec: dict) -> Spec:
 
     layout, fixed = parse_layout(spec.get("layout", "auto"))
     if isinstance(spec.get("layout"), dict) and "micro_batch" in spec["layout"]:
-        micro_batch = _number("layout.micro_batch", spec["layout"]["micro_batch"], integer=True)
+        micro_batch = _number("layout.micro_batch", spec["layout"]["micro_batch"], integer=True,
+                              maximum=MAX_GLOBAL_BATCH)
     if layout is not None and micro_batch is None:
         micro_batch = 1
 
@@ -221,9 +266,10 @@ def parse_spec(spec: dict) -> Spec:
     if attention not in ATTENTION:
         raise ConfigError(f"attention = {attention!r} must be one of {ATTENTION}")
     efficiency = default_efficiency()
-    if spec.get("efficiency"):
+    if spec.get("efficiency") is not None:  # null: no overrides; 0, [], "" are mistakes, not "no overrides"
         if not isinstance(spec["efficiency"], dict):
-            raise ConfigError("efficiency must be a dict of parameter overrides")
+            raise ConfigError(f"efficiency = {spec['efficiency']!r} must be a dict (JSON object) of parameter "
+                              f"overrides, e.g. {{\"mem_eff\": 0.7}}")
         efficiency = efficiency.replace(**spec["efficiency"])
     return Spec(
         model=model, seq_len=seq_len, global_batch=global_batch, micro_batch=micro_batch, precision=precision,
@@ -231,6 +277,6 @@ def parse_spec(spec: dict) -> Spec:
         layout=layout, fixed=fixed,
         train_tokens=_number("train_tokens", spec.get("train_tokens"), positive=False, allow_none=True),
         target_days=_number("target_days", spec.get("target_days"), allow_none=True),
-        pue=_number("pue", spec.get("pue", 1.2)), efficiency=efficiency,
+        pue=_number("pue", spec.get("pue", 1.2), minimum=PUE_RANGE[0], maximum=PUE_RANGE[1]), efficiency=efficiency,
         search_top=_number("search_top", spec.get("search_top", 5), integer=True), attention=attention,
     )
