@@ -351,6 +351,21 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = ckpt.verify_checkpoint(path)
+        self._refuse_another_run(state, path)
+        ckpt.load_checkpoint(path, self.raw_model, self.optimizer, self.device)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.total_steps = self.config.steps  # --steps may extend a finished run
+        ckpt.restore_rng_state(state["rng"], self.device)
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.checkpointed_step = self.step
+        self.metrics.truncate_after(self.step)
+        if self.metrics.path.exists():
+            self.history = read_metrics(self.metrics.path)
+        self.log(f"resumed from {path} at step {self.step}")
+
+    def _refuse_another_run(self, state: dict[str, Any], path: Path) -> None:
+        """Raise ``WorkbenchError`` unless resuming from this checkpoint continues the same run: the settings, the
+        corpus (by content), --steps, tokenizer, data loader, number of ranks and model it was written with."""
         saved = TrainConfig.from_dict(state["config"])
         different = self.config.trajectory_mismatch(saved)
         # The data setting is compared by content, not by its spelling: the same file given by another (relative)
@@ -385,16 +400,6 @@ class Trainer:
                              if saved_model.get(k) != current_model.get(k))
             raise WorkbenchError(f"--resume: the model differs from the checkpoint's in {changed} (the preset "
                                  f"changed since?); resume with the code and settings that wrote {path}")
-        ckpt.load_checkpoint(path, self.raw_model, self.optimizer, self.device)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scheduler.total_steps = self.config.steps  # --steps may extend a finished run
-        ckpt.restore_rng_state(state["rng"], self.device)
-        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        self.checkpointed_step = self.step
-        self.metrics.truncate_after(self.step)
-        if self.metrics.path.exists():
-            self.history = read_metrics(self.metrics.path)
-        self.log(f"resumed from {path} at step {self.step}")
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
