@@ -175,6 +175,14 @@ def test_slurm_values_cannot_inject_shell_lines(flag, capsys, tmp_path):
         SlurmConfig(account="a b")
 
 
+@pytest.mark.parametrize("flags", [["--partition", "gpu"], ["--time", "01:00:00"], ["--device-type", "npu"]])
+def test_slurm_options_without_slurm_are_refused(flags, capsys, tmp_path):
+    """They went into no script and changed nothing: a user who forgot --slurm ran locally without being told."""
+    assert main(["launch", "--nproc", "1", "--run-dir", str(tmp_path / "run"), *flags, "--", "models"]) == 2
+    _one_error_line(capsys, "launch", f"{flags[0]} only apply with --slurm")
+    assert not (tmp_path / "run").exists()
+
+
 # ---- minor comm-bench: duplicate ops and sizes that round to the same message --------------------------------
 def test_comm_bench_runs_each_op_and_message_size_once(tmp_path):
     assert comm_bench.message_bytes(4, 2) == comm_bench.message_bytes(8, 2) == 8

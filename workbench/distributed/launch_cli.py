@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="kill the run after this many seconds")
     parser.add_argument("--slurm", metavar="SCRIPT", default=None,
                         help="write an sbatch script to SCRIPT instead of running (uses --nnodes, --nproc)")
-    parser.add_argument("--device-type", default="cuda", choices=("cuda", "npu", "cpu"),
-                        help="accelerator the Slurm script asks for (with --slurm)")
-    parser.add_argument("--time", default="04:00:00", help="Slurm time limit (with --slurm)")
+    parser.add_argument("--device-type", default=None, choices=("cuda", "npu", "cpu"),
+                        help="accelerator the Slurm script asks for (with --slurm; default cuda)")
+    parser.add_argument("--time", default=None, help="Slurm time limit (with --slurm; default 04:00:00)")
     parser.add_argument("--partition", default=None, help="Slurm partition (with --slurm)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="after `--`: a workbench command (train ...), a script.py, or -m module")
@@ -47,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
         command = command[1:]
     if args.slurm is not None:
         return _write_slurm(args, command)
+    # the other way round: Slurm's options would silently do nothing in a local run
+    slurm_only = [flag for flag, value in (("--device-type", args.device_type), ("--time", args.time),
+                                           ("--partition", args.partition)) if value is not None]
+    if slurm_only:
+        raise ConfigError(f"{', '.join(slurm_only)} only apply with --slurm SCRIPT (they go into the sbatch script); "
+                          f"drop {'it' if len(slurm_only) == 1 else 'them'}, or add --slurm")
     timeout = check_timeout(args.timeout, "--timeout")
     config = LaunchConfig(nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank or 0,
                           rdzv_endpoint=args.rdzv_endpoint, max_restarts=args.max_restarts)
@@ -74,8 +80,9 @@ def _write_slurm(args: argparse.Namespace, command: list[str]) -> int:
         raise ConfigError(f"--slurm only writes a script, which ignores {', '.join(ignored)} (Slurm sets the node "
                           "ranks and the rendezvous; logs go to slurm-<job>.out): drop "
                           f"{'it' if len(ignored) == 1 else 'them'}, or run without --slurm")
-    config = SlurmConfig(nodes=args.nnodes, nproc_per_node=args.nproc, time=args.time,
-                         partition=args.partition, device_type=args.device_type, max_restarts=args.max_restarts)
+    config = SlurmConfig(nodes=args.nnodes, nproc_per_node=args.nproc, time=args.time or "04:00:00",
+                         partition=args.partition, device_type=args.device_type or "cuda",
+                         max_restarts=args.max_restarts)
     path = write_slurm_script(args.slurm, config, command)
     print(f"wrote {path}: submit it with `sbatch {path}`")
     return 0
