@@ -160,3 +160,15 @@ def test_this_machine_comes_from_the_device_probes(monkeypatch):
         assert r["feasible"] and r["step_time_s"] > 0
     finally:
         unregister_chip(chip.chip)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hbm_gb", 10**400, "non-negative number up to"),        # overflowed float() inside the simulator
+    ("bf16_dense_tflops", float("inf"), "non-negative number up to"),
+    ("scale_up_domain", 2.5, "whole number of chips"),  # was cut to 2 without a word
+])
+def test_custom_chip_figures_are_checked(field, value, message):
+    from workbench.hardware.catalog import chip_from_dict
+
+    with pytest.raises(WorkbenchError, match=message):
+        chip_from_dict({"chip": "lab-npu", "bf16_dense_tflops": 100, field: value})

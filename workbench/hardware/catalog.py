@@ -119,11 +119,25 @@ def _int(text: str) -> int | None:
     return None if value is None else int(value)
 
 
+# Above any real chip's figure in any unit used here (TFLOP/s, GB, GB/s, W, chips); a 400-digit integer in a chip
+# file overflowed float() deep inside the simulator.
+MAX_CHIP_FIGURE = 1e12
+
+
 def _check_number(name: str, value: Any) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise WorkbenchError(f"chip field {name!r} = {value!r} must be a non-negative number ({NUMERIC_FIELDS[name]})")
+    number = math.nan
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+    if not (math.isfinite(number) and 0 <= number <= MAX_CHIP_FIGURE):
+        raise WorkbenchError(f"chip field {name!r} = {str(value)[:40]!r} must be a non-negative number up to {MAX_CHIP_FIGURE:g} "
+                             f"({NUMERIC_FIELDS[name]})")
+    if name == "scale_up_domain" and not number.is_integer():
+        raise WorkbenchError(f"chip field 'scale_up_domain' = {value!r} must be a whole number of chips")
 
 
 def _read_package_csv(name: str) -> list[dict[str, str]]:
