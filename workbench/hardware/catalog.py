@@ -134,8 +134,8 @@ def _check_number(name: str, value: Any) -> None:
         except OverflowError:  # an int too large for a float
             number = math.inf
     if not (math.isfinite(number) and 0 <= number <= MAX_CHIP_FIGURE):
-        raise WorkbenchError(f"chip field {name!r} = {str(value)[:40]!r} must be a non-negative number up to {MAX_CHIP_FIGURE:g} "
-                             f"({NUMERIC_FIELDS[name]})")
+        raise WorkbenchError(f"chip field {name!r} = {str(value)[:40]!r} must be a non-negative number up to "
+                             f"{MAX_CHIP_FIGURE:g} ({NUMERIC_FIELDS[name]})")
     if name == "scale_up_domain" and not number.is_integer():
         raise WorkbenchError(f"chip field 'scale_up_domain' = {value!r} must be a whole number of chips")
 

@@ -88,8 +88,8 @@ class TrainConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                  f"{name} must be an integer >= 0, got {value!r}")
-        need(all(isinstance(v, (int, float)) and math.isfinite(v) for v in (self.lr, self.muon_lr))
-             and self.lr > 0 and self.muon_lr > 0, f"lr and muon_lr must be finite and > 0, got {self.lr}, {self.muon_lr}")
+        need(all(math.isfinite(v) and v > 0 for v in (self.lr, self.muon_lr)),
+             f"lr and muon_lr must be finite and > 0, got {self.lr}, {self.muon_lr}")
         need(not isinstance(self.seed, int) or self.seed < 2**63, f"seed must be below 2**63, got {self.seed}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")

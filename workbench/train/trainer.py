@@ -373,8 +373,8 @@ class Trainer:
         saved_corpus = state.get("data", {}).get("pack", {}).get("corpus_sha256")
         same_corpus = saved_corpus is None or saved_corpus == self.packed.meta.get("corpus_sha256")
         if not same_corpus:
-            raise WorkbenchError(f"--resume: the data ({self.corpus_source}) is not the corpus the checkpoint in {path} "
-                                 f"trained on (its content hash differs); restore that data or start a new --out")
+            raise WorkbenchError(f"--resume: the data ({self.corpus_source}) is not the corpus the checkpoint in "
+                                 f"{path} trained on (its content hash differs); restore that data or start a new --out")
         different = [name for name in different if not (name == "data" and same_corpus)]
         if different:
             raise WorkbenchError(f"--resume: settings {different} differ from the checkpoint in {path}; "
