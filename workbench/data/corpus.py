@@ -84,9 +84,11 @@ def _hash_documents(docs: list[str]) -> str:
     return h.hexdigest()
 
 
-def _read_utf8(path: Path) -> str:
+def _read_utf8(path: Path, allow_empty: bool = False) -> str:
     raw = path.read_bytes()
     if not raw.strip():
+        if allow_empty:
+            return ""
         raise WorkbenchError(f"data file {str(path)!r} is empty; give a file with some UTF-8 text")
     try:
         return raw.decode("utf-8-sig")  # "-sig": a leading byte-order mark (Windows editors write one) is dropped
@@ -95,8 +97,10 @@ def _read_utf8(path: Path) -> str:
                              f"convert it, e.g. `iconv -t UTF-8`") from None
 
 
-def _load_file(path: Path, text_field: str) -> list[str]:
-    text = _read_utf8(path)
+def _load_file(path: Path, text_field: str, allow_empty: bool = False) -> list[str]:
+    text = _read_utf8(path, allow_empty)
+    if not text:
+        return []
     if path.suffix.lower() in JSONL_SUFFIXES:
         return _parse_jsonl(text, path, text_field)
     if path.suffix.lower() == ".json":
@@ -152,9 +156,8 @@ def _load_folder(path: Path, text_field: str) -> list[str]:
     if not files:
         raise WorkbenchError(f"folder {str(path)!r} holds no {', '.join(suffixes)} files (hidden ones are skipped)")
     docs: list[str] = []
-    for f in files:
-        if f.read_bytes().strip():  # an empty file in a folder holds no documents; it is not an error there
-            docs.extend(_load_file(f, text_field))
+    for f in files:  # an empty file in a folder holds no documents; it is not an error there
+        docs.extend(_load_file(f, text_field, allow_empty=True))
     return docs
 
 

@@ -226,11 +226,10 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
 
 
 def _looks_complete(path: Path) -> bool:
-    """A cheap completeness check (manifest present, file sizes match it); ``verify_checkpoint`` also hashes."""
+    """A cheap completeness check (a sound manifest, every file at its size); ``verify_checkpoint`` also hashes."""
     try:
-        files = json.loads((path / MANIFEST_FILE).read_text())["files"]
-        return all((path / name).stat().st_size == meta["bytes"] for name, meta in files.items())
-    except (OSError, ValueError, KeyError, TypeError):
+        return _size_problem(path, _manifest_files(path)) is None
+    except (CorruptCheckpointError, OSError):
         return False
 
 
@@ -259,9 +258,8 @@ def prune_checkpoints(root: str | Path, keep_last: int, newest_step: int | None 
 # --------------------------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------------------------
-def verify_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Check ``path`` against its manifest; return its trainer_state. Raises CorruptCheckpointError saying why."""
-    path = Path(path)
+def _manifest_files(path: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's {file name: {"sha256", "bytes"}}; raises CorruptCheckpointError if it is missing or damaged."""
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.exists():
         raise CorruptCheckpointError(f"checkpoint {path} is partial: no {MANIFEST_FILE}")
@@ -279,14 +277,29 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     if not sound:
         raise CorruptCheckpointError(f"checkpoint {path} has a damaged manifest (it does not list "
                                      f"{MODEL_FILE}, {OPTIM_FILE} and {STATE_FILE} with their sha256 and size)")
+    return files
+
+
+def _size_problem(path: Path, files: dict[str, dict[str, Any]]) -> str | None:
+    """What is wrong with the files' presence and sizes ("partial: ...", "corrupt: ..."), or None."""
     for name, expected in files.items():
         f = path / name
         if not f.exists():
-            raise CorruptCheckpointError(f"checkpoint {path} is partial: {name} is missing")
+            return f"partial: {name} is missing"
         if f.stat().st_size != expected["bytes"]:
-            raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {name} has {f.stat().st_size} bytes, "
-                                         f"the manifest says {expected['bytes']}")
-        if _sha256(f) != expected["sha256"]:
+            return f"corrupt: {name} has {f.stat().st_size} bytes, the manifest says {expected['bytes']}"
+    return None
+
+
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Check ``path`` against its manifest; return its trainer_state. Raises CorruptCheckpointError saying why."""
+    path = Path(path)
+    files = _manifest_files(path)
+    problem = _size_problem(path, files)
+    if problem is not None:
+        raise CorruptCheckpointError(f"checkpoint {path} is {problem}")
+    for name, expected in files.items():
+        if _sha256(path / name) != expected["sha256"]:
             raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {name} does not match its sha256")
     try:
         return json.loads((path / STATE_FILE).read_text())
