@@ -207,3 +207,26 @@ def test_the_closing_line_survives_a_run_without_train_records():
     line = summary_line({"steps": 5, "first_train_loss": None, "final_train_loss": None, "final_val_loss": 1.5,
                          "tokens_per_s": 0.0, "mfu": None, "peak_source": "measured probe"})
     assert "train loss n/a -> n/a, val loss 1.500" in line
+
+
+def test_a_checkpoints_folder_that_cannot_be_written_fails_before_training(tmp_path, capsys):
+    """`run/checkpoints` as a file was found only at the first save, after the training time was spent."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("not a folder")
+    err = _one_line_error(capsys, ["train", "--steps", "3", "--ckpt-every", "2", "--out", str(run), "--no-progress",
+                                   *TINY])
+    assert "checkpoints" in err and "is a file" in err
+    assert not (run / "metrics.jsonl").exists() or "loss" not in (run / "metrics.jsonl").read_text()
+
+
+def test_checkpoint_folder_check_reports_an_unwritable_folder(tmp_path, monkeypatch):
+    from workbench.errors import WorkbenchError
+    from workbench.train import checkpoint as ckpt
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ckpt.tempfile, "mkstemp", read_only)
+    with pytest.raises(WorkbenchError, match="cannot write checkpoints to .*: Permission denied"):
+        ckpt.check_checkpoint_folder(tmp_path / "checkpoints")

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -172,6 +173,22 @@ def _fsync_dir(path: Path) -> None:
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
+
+
+def check_checkpoint_folder(root: str | Path) -> None:
+    """Create ``root`` and prove a file can be written there, so that a run folder whose checkpoints cannot be saved
+    (``checkpoints`` is a file, the disk is read-only) fails before training rather than at its first save."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise WorkbenchError(f"{root} is a file, but the run keeps its checkpoints in a folder of that name: move the "
+                             f"file away or choose another --out")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=root)  # a dot name: listing and pruning skip it
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise WorkbenchError(f"cannot write checkpoints to {root}: {error.strerror or error}") from None
 
 
 def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimizer: Any,

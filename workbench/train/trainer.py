@@ -177,6 +177,7 @@ class Trainer:
             model = build_model(model_config)
         if self.is_main_process:
             lock_run_folder(self.run_dir)  # creates a new run folder, now that the settings proved good
+            ckpt.check_checkpoint_folder(self.ckpt_dir)
         if self._tokenizer_is_new and self.is_main_process:
             self.tokenizer.save(self.run_dir)
         self.model_config = model_config
