@@ -121,6 +121,60 @@ def test_hf_source_says_install_datasets_when_only_a_datasets_folder_is_on_the_p
     monkeypatch.delitem(sys.modules, "datasets", raising=False)
 
 
+def _fake_hf_datasets(monkeypatch, calls: list):
+    """Stand in for HF `datasets` (not installed here, and tests never download): records load_dataset calls."""
+    import types
+
+    from workbench.data import corpus
+
+    class FakeDataset:
+        column_names = ["text"]
+
+        def __getitem__(self, column):
+            return ["one story", "another story"]
+
+    fake = types.SimpleNamespace(load_dataset=lambda name, split: calls.append((name, split)) or FakeDataset())
+    monkeypatch.setattr(corpus, "_import_hf_datasets", lambda: fake)
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    return corpus
+
+
+def test_hf_source_offline_fails_fast_and_says_how_to_use_the_cache(monkeypatch):
+    """Offline, load_dataset retried for ~25 s before its error; a short connect probe now says so at once."""
+    import socket
+
+    calls: list = []
+    corpus = _fake_hf_datasets(monkeypatch, calls)
+    probed = []
+
+    def no_network(address, timeout=None):
+        probed.append((address, timeout))
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org:8443")
+    with pytest.raises(WorkbenchError, match=r"hub\.example\.org:8443 is unreachable \(Network is unreachable\)"
+                                             r".*HF_DATASETS_OFFLINE=1"):
+        load_corpus("hf:roneneldan/TinyStories")
+    assert probed == [(("hub.example.org", 8443), corpus.HUB_PROBE_TIMEOUT_S)] and calls == []
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the user's cache: no probe, straight to load_dataset
+    assert load_corpus("hf:roneneldan/TinyStories:validation").documents == ["one story", "another story"]
+    assert calls == [("roneneldan/TinyStories", "validation")] and len(probed) == 1
+
+
+def test_hf_source_behind_a_proxy_is_not_probed(monkeypatch):
+    import socket
+
+    calls: list = []
+    _fake_hf_datasets(monkeypatch, calls)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed despite the proxy"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert load_corpus("hf:some/set").documents == ["one story", "another story"]
+    assert calls == [("some/set", "train")]
+
+
 # ---- tokenizers -----------------------------------------------------------------------------------------------
 def test_byte_tokenizer_round_trip():
     tok = ByteTokenizer()
