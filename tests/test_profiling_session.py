@@ -175,3 +175,36 @@ def test_cli_profile_toy_writes_trace_tables_and_figures(tmp_path, capsys):
     assert "at least 1 step" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["profile", "--kernels", "attention", "--out", str(out)])
+
+
+def test_profiling_two_choices_of_an_op_the_model_never_calls_warns(tmp_path):
+    """Notebook 04 with kernel_op="moe" on a dense preset profiled the same code twice and reported a 'speedup'."""
+    import warnings
+
+    from workbench.profiling.trainer_profile import profile_kernel_choices
+    from workbench.train import TrainConfig, Trainer
+
+    trainer = Trainer(TrainConfig(preset="glm4-tiny", steps=100, batch_size=2, seq_len=16, device="cpu",
+                                  out_dir=str(tmp_path / "run"), progress=False, warmup_steps=0, eval_every=0,
+                                  ckpt_every=0, model_overrides={"num_layers": 1, "hidden_size": 32,
+                                                                 "intermediate_size": 64}), log=lambda m: None)
+    config = ProfileConfig(wait=0, warmup=0, active=1, with_stack=False)
+    with pytest.warns(UserWarning, match=r"never called moe in the profiled steps"):
+        unused = profile_kernel_choices(trainer, {"reference": {"moe": "reference"}, "torch": {"moe": "torch"}},
+                                        config)
+    assert [report.info["kernel_calls"] for _, report in unused.values()] == [{"moe": 0}, {"moe": 0}]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*never called")
+        used = profile_kernel_choices(trainer, {"reference": {"attention": "reference"}}, config)
+    assert used["reference"][1].info["kernel_calls"]["attention"] == 1  # one layer, one step
+
+
+def test_cli_profile_notes_kernel_choices_the_model_never_used(tmp_path, capsys):
+    from workbench.cli import main
+
+    common = ["profile", "--preset", "toy", "--steps", "1", "--wait", "0", "--warmup", "0", "--seq-len", "16",
+              "--batch-size", "2", "--out", str(tmp_path / "prof")]
+    assert main([*common, "--kernels", "moe=reference"]) == 0
+    assert "note: toy never called moe, so --kernels changed nothing" in capsys.readouterr().out
+    assert main([*common, "--kernels", "attention=reference"]) == 0
+    assert "never called" not in capsys.readouterr().out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from workbench.kernels.registry import (
     availability_table,
+    call_counts,
     get_overrides,
     implementations,
     ops,

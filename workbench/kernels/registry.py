@@ -55,6 +55,7 @@ class KernelImpl:
 _REGISTRY: dict[str, dict[str, KernelImpl]] = {}
 _OVERRIDES: dict[str, str] = {}
 _RESOLVED: dict[tuple[str, str], Callable] = {}  # cache; cleared whenever overrides or registrations change
+_CALLS: dict[str, int] = {}  # op -> times the model asked for it (``call_counts``: "did this model use the op?")
 
 
 def register(op: str, name: str, *, devices: tuple[str, ...] = ALL_DEVICES, priority: int = 0,
@@ -184,6 +185,7 @@ def resolve_impl(op: str, device_type: str, impl: str | None = None) -> KernelIm
 
 def resolve(op: str, device_type: str, impl: str | None = None) -> Callable:
     """The function that runs ``op`` on ``device_type``; cached until registrations or overrides change."""
+    _CALLS[op] = _CALLS.get(op, 0) + 1
     if impl is None and not os.environ.get(ENV_VAR):
         key = (op, device_type)
         fn = _RESOLVED.get(key)
@@ -191,6 +193,13 @@ def resolve(op: str, device_type: str, impl: str | None = None) -> Callable:
             fn = _RESOLVED[key] = resolve_impl(op, device_type).fn
         return fn
     return resolve_impl(op, device_type, impl).fn
+
+
+def call_counts() -> dict[str, int]:
+    """How many times each op was dispatched through ``resolve`` in this process (under torch.compile: while
+    tracing). Comparing two snapshots tells whether some code used an op at all, e.g. before profiling two
+    implementations of an op the model never calls."""
+    return dict(_CALLS)
 
 
 def availability_table(device_type: str) -> list[dict]:

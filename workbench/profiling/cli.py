@@ -70,7 +70,7 @@ def _run_toy(args, config, out: Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.kernels import use_kernels
+    from workbench.kernels import call_counts, use_kernels
     from workbench.profiling.session import ProfileConfig
     from workbench.viz import text_table
 
@@ -83,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
                            memory_timeline=args.memory_timeline)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    calls_before = call_counts()
     with use_kernels(args.kernels) if args.kernels else contextlib.nullcontext():
         run_fn = _run_toy if args.preset == "toy" else _run_preset
         run_, report = run_fn(args, config, out)
+    unused = [op for op in args.kernels if call_counts().get(op, 0) == calls_before.get(op, 0)]
     written = report.save(out)
     summary = report.summary()
     print(f"profiled {summary['n_steps']} steps of {args.preset} on {run_.device_type} with {run_.backend}: "
@@ -97,4 +99,6 @@ def run(args: argparse.Namespace) -> int:
           f"(peak: {report.waterfall['peak_source']}; FLOPs: {report.waterfall['flops_source']})")
     print(f"trace: {run_.trace_path}  (open in https://ui.perfetto.dev)")
     print(f"tables and figures: {out}  ({len(written)} files)")
+    if unused:
+        print(f"note: {args.preset} never called {', '.join(unused)}, so --kernels changed nothing in this profile")
     return 0

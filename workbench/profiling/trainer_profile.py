@@ -6,6 +6,7 @@ MFU waterfall. Used by ``workbench profile`` and notebooks/04_profiling.ipynb.
 from __future__ import annotations
 
 import os
+import warnings
 
 from workbench.profiling.analysis import ProfileReport, analyze
 from workbench.profiling.session import ProfileConfig, ProfileRun, profile_steps
@@ -37,7 +38,7 @@ def profile_kernel_choices(trainer, choices: dict[str, dict[str, str]], config: 
     Unknown or unavailable implementations fail before anything runs (the registry says why)."""
     from pathlib import Path
 
-    from workbench.kernels import resolve_impl, use_kernels
+    from workbench.kernels import call_counts, resolve_impl, use_kernels
 
     device_type = trainer.device.type
     for label, chosen in choices.items():
@@ -46,9 +47,17 @@ def profile_kernel_choices(trainer, choices: dict[str, dict[str, str]], config: 
     results = {}
     for label, chosen in choices.items():
         target = Path(out_dir) / label if out_dir is not None else None
+        calls_before = call_counts()
         with use_kernels(chosen):
             run, report = profile_trainer(trainer, config, out_dir=target, top_n=top_n)
+        calls = call_counts()
         report.info["kernels"] = dict(chosen)
+        report.info["kernel_calls"] = {op: calls.get(op, 0) - calls_before.get(op, 0) for op in chosen}
+        unused = [op for op, n in report.info["kernel_calls"].items() if n == 0]
+        if unused:  # e.g. "attention" on a model whose attention is DSA's sparse_mqa_attention
+            warnings.warn(f"the model never called {', '.join(unused)} in the profiled steps, so the kernel choice "
+                          f"{label!r} profiled the same code as the others; pick an op this model uses "
+                          f"(`workbench kernels list`)", stacklevel=2)
         if target is not None:
             report.save(target)
         results[label] = (run, report)
