@@ -91,6 +91,66 @@ def test_folder_skips_hidden_paths_and_empty_files(tmp_path):
     assert load_corpus(tmp_path).documents == ["kept", "also kept"]
 
 
+def test_corpus_hash_tells_apart_documents_that_differ_only_in_where_they_split(tmp_path):
+    """["hello\\x00world"] and ["hello", "world"] hashed alike, and the second reused the first one's pack."""
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": "hello\x00world"}) + "\n")
+    two = tmp_path / "two.jsonl"
+    two.write_text(json.dumps({"text": "hello"}) + "\n" + json.dumps({"text": "world"}) + "\n")
+    first, second = load_corpus(one), load_corpus(two)
+    assert first.sha256 != second.sha256
+    tok = ByteTokenizer()
+    pack_corpus(first, tok, val_fraction=0.1, cache_dir=tmp_path / "cache")
+    packed = pack_corpus(second, tok, val_fraction=0.1, cache_dir=tmp_path / "cache")
+    stream = np.concatenate([packed.train, packed.val]).tolist()
+    assert stream == tok.encode("hello") + [tok.eos_id] + tok.encode("world") + [tok.eos_id]
+
+
+@pytest.mark.parametrize("separator", ["\n   \n", "\n\t\n", "\r\n \r\n", "\r\r", "\n\n\n"])
+def test_blank_lines_with_spaces_tabs_or_old_mac_line_ends_separate_documents(tmp_path, separator):
+    path = tmp_path / "stories.txt"
+    path.write_bytes(f"first story.{separator}second story.\n".encode())
+    assert load_corpus(path).documents == ["first story.", "second story."]
+
+
+def test_folder_reads_json_arrays_follows_linked_folders_and_skips_metadata_json(tmp_path):
+    import warnings
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir()
+    elsewhere.mkdir()
+    (data / "a.json").write_text(json.dumps(["from a json array"]))
+    (data / "dataset_info.json").write_text(json.dumps({"description": "metadata, not documents"}))
+    (elsewhere / "linked.txt").write_text("from a linked folder")
+    (data / "linkdir").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(data, target_is_directory=True)  # a link loop must end
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        docs = load_corpus(data).documents
+    assert docs == ["from a json array", "from a linked folder"]
+    assert any("dataset_info.json" in str(w.message) and "skipped" in str(w.message) for w in caught)
+
+
+def test_packing_memory_stays_at_one_piece_of_the_corpus(tmp_path):
+    """Packing held every token as int64 three times over (~17x the text in RAM): a 1 GB corpus needed ~17 GB."""
+    import tracemalloc
+
+    from workbench.data.corpus import Corpus
+
+    docs = [f"story {i}: " + "the cat sat on the mat. " * 8 for i in range(20_000)]  # 4.1 MB of text
+    corpus = Corpus(docs, "memory test", "0" * 64)
+    tracemalloc.start()
+    try:
+        packed = pack_corpus(corpus, ByteTokenizer(), cache_dir=tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    text_bytes = sum(len(d) for d in docs)
+    assert len(packed.train) + len(packed.val) == text_bytes + len(docs)
+    assert peak < text_bytes / 2, f"packing peaked at {peak / 1e6:.1f} MB for {text_bytes / 1e6:.1f} MB of text"
+    assert packed.train[: len(docs[0]) + 1].tolist() == ByteTokenizer().encode(docs[0]) + [256]
+
+
 def test_hf_source_without_datasets_package_is_a_clear_error(monkeypatch):
     import sys
 
@@ -204,6 +264,15 @@ def test_bpe_is_trained_locally_saved_and_reloaded(tmp_path):
 
 
 # ---- packing --------------------------------------------------------------------------------------------------
+def test_bpe_encodes_a_literal_end_of_text_marker_in_text_as_text():
+    """A document spelling "<|endoftext|>" got a real end-of-text token (a document boundary) inside it under BPE."""
+    docs = ["a story about the <|endoftext|> marker and more words"] * 30 + ["plain words here"] * 30
+    for tok in (build_tokenizer("bpe", docs, vocab_size=300), ByteTokenizer()):
+        stream = tok.encode_documents(docs[:1]).tolist()
+        assert stream.count(tok.eos_id) == 1 and stream[-1] == tok.eos_id, tok.kind
+        assert tok.decode(stream[:-1]) == docs[0]
+
+
 def test_pack_is_deterministic_cached_and_split(tmp_path):
     (tmp_path / "c.txt").write_text("\n\n".join(generate_stories(40)))
     corpus = load_corpus(tmp_path / "c.txt")

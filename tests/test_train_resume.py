@@ -119,6 +119,7 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     (["--model", "tie_embeddings=maybe"], "tie_embeddings must be true or false"),
     (["--lr", "inf"], "lr and muon_lr must be finite"),
     (["--out", "A_FILE"], "is a file"),
+    (["--tokenizer", "bpe", "--bpe-vocab-size", "18446744073709551616"], "bpe_vocab_size must be in [300, 16777216]"),
 ])
 def test_bad_values_get_one_clear_line(tmp_path, capsys, change, message):
     files = {"MISSING": tmp_path / "nope.txt", "EMPTY": tmp_path / "empty.txt", "LATIN1": tmp_path / "latin1.txt",

@@ -254,6 +254,20 @@ def test_resume_refuses_another_model_or_data_loader(tmp_path):
                            state["data"].update(loader="random-windows-v1")))
     with pytest.raises(ValueError, match="data loader 'random-windows-v1'"):
         Trainer(config.replace(resume=True), log=quiet)
+    from workbench.train.trainer import LOADER_VERSION
+
+    rewrite(lambda state: (state["data"].update(loader=LOADER_VERSION), state["data"]["pack"].pop("corpus_hash")))
+    with pytest.raises(ValueError, match="written by an earlier workbench, which hashed and packed the corpus"):
+        Trainer(config.replace(resume=True), log=quiet)
+
+
+def test_a_byte_run_resumes_whatever_bpe_vocab_size_says(tmp_path):
+    """--bpe-vocab-size does nothing in a byte-tokenizer run, yet a different value refused the resume."""
+    Trainer(tiny_config(tmp_path, steps=2), model=StandIn(), log=quiet).fit()
+    resumed = Trainer(tiny_config(tmp_path, steps=3, bpe_vocab_size=4096, resume=True), model=StandIn(), log=quiet)
+    assert resumed.step == 2
+    assert TrainConfig(tokenizer="bpe").trajectory_mismatch(TrainConfig(tokenizer="bpe", bpe_vocab_size=4096)) == \
+        ["bpe_vocab_size"]
 
 
 def test_a_damaged_tokenizer_file_is_named(tmp_path):

@@ -2,15 +2,17 @@
 
 Sources (the ``data`` setting of a run, the ``--data`` flag, the notebook's ``data`` parameter):
 - ``"default"`` (or None): the bundled synthetic stories, generated deterministically (workbench/data/stories.py);
-- a local UTF-8 text file (``.txt``, ``.md``, anything not ``.jsonl``/``.json``): documents split on blank lines;
+- a local UTF-8 text file (``.txt``, ``.md``, anything not ``.jsonl``/``.ndjson``/``.json``): documents split on
+  blank lines (a line of only spaces or tabs is blank);
 - a local JSONL file: one JSON object per line, text in the ``"text"`` field (or a plain JSON string per line);
 - a local ``.json`` file: a JSON array of such strings/objects (or one object);
-- a local folder: every ``*.txt``, ``*.md`` and ``*.jsonl`` file below it, in sorted path order, skipping hidden
-  paths (``.git/``, ``.ipynb_checkpoints/``, dotfiles) and empty files;
-A UTF-8 byte-order mark at the start of a file is dropped.
+- a local folder: every ``*.txt``, ``*.md``, ``*.text``, ``*.jsonl``, ``*.ndjson`` and ``*.json`` file below it
+  (symlinked folders followed), in sorted path order, skipping hidden paths (``.git/``, ``.ipynb_checkpoints/``,
+  dotfiles) and empty files; a ``.json`` object without the text field there is metadata, skipped with a warning;
 - ``"hf:NAME"`` or ``"hf:NAME:SPLIT"``: a Hugging Face ``datasets`` dataset (optional dependency, needs network the
   first time; never downloaded by tests). Offline, it fails in seconds instead of retrying for half a minute, and
   says how to use a copy already in the HF cache (``HF_DATASETS_OFFLINE=1``).
+A UTF-8 byte-order mark at the start of a file is dropped.
 Bad input (missing path, empty or non-UTF-8 file, no text found) raises ``WorkbenchError`` with a clear message.
 Used by the trainer, ``make demo`` and notebooks/01_training.ipynb.
 """
@@ -20,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,11 +83,18 @@ def load_corpus(data: str | Path | None = "default", text_field: str = "text") -
     return Corpus(docs, source, _hash_documents(docs))
 
 
+CORPUS_HASH = "sha256-length-prefixed"  # how Corpus.sha256 is computed; saved with packs and checkpoints
+
+
 def _hash_documents(docs: list[str]) -> str:
+    """sha256 over each document's UTF-8 bytes, each preceded by its length. The length prefix keeps the encoding
+    unambiguous: with a separator byte instead, ["a\x00b"] and ["a", "b"] hashed alike (JSON strings may hold NUL),
+    and the second corpus reused the first one's packed tokens."""
     h = hashlib.sha256()
     for d in docs:
-        h.update(d.encode("utf-8"))
-        h.update(b"\x00")
+        data = d.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
     return h.hexdigest()
 
 
@@ -108,8 +119,13 @@ def _load_file(path: Path, text_field: str, allow_empty: bool = False) -> list[s
         return _parse_jsonl(text, path, text_field)
     if path.suffix.lower() == ".json":
         return _parse_json(text, path, text_field)
-    # Plain text: documents are paragraphs separated by blank lines (a single-paragraph file is one document).
-    return [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
+    # Plain text: documents are paragraphs separated by blank lines (a single-paragraph file is one document). A
+    # line of only spaces or tabs is blank too, and old Mac "\r" line ends count as line ends.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return [p.strip() for p in _BLANK_LINE.split(text) if p.strip()]
+
+
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")  # a line holding nothing but whitespace other than newlines
 
 
 def _document(item, where: str, text_field: str) -> str:
@@ -152,14 +168,42 @@ def _is_hidden(file: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in file.relative_to(root).parts)
 
 
+def _files_below(root: Path) -> list[Path]:
+    """Every file below ``root``, following symlinked folders (each real folder once: a link loop ends)."""
+    seen, files = set(), []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        files.extend(Path(folder) / name for name in names)
+    return files
+
+
+def _is_metadata_json(path: Path, text_field: str) -> bool:
+    """A folder's ``.json`` file that is one object without ``text_field`` (a dataset_info.json next to the data)
+    rather than documents: warn and skip it instead of failing the whole folder."""
+    try:
+        item = json.loads(_read_utf8(path, allow_empty=True) or "[]")
+    except json.JSONDecodeError:
+        return False  # _load_file reports it with the file name
+    if isinstance(item, dict) and text_field not in item:
+        warnings.warn(f"{path}: a JSON object without a {text_field!r} field, not documents; skipped")
+        return True
+    return False
+
+
 def _load_folder(path: Path, text_field: str) -> list[str]:
-    suffixes = TEXT_SUFFIXES + JSONL_SUFFIXES
-    files = sorted(p for p in path.rglob("*")
+    suffixes = TEXT_SUFFIXES + JSONL_SUFFIXES + (".json",)
+    files = sorted(p for p in _files_below(path)
                    if p.is_file() and p.suffix.lower() in suffixes and not _is_hidden(p, path))
     if not files:
         raise WorkbenchError(f"folder {str(path)!r} holds no {', '.join(suffixes)} files (hidden ones are skipped)")
     docs: list[str] = []
     for f in files:  # an empty file in a folder holds no documents; it is not an error there
+        if f.suffix.lower() == ".json" and _is_metadata_json(f, text_field):
+            continue
         docs.extend(_load_file(f, text_field, allow_empty=True))
     return docs
 

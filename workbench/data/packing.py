@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.data.corpus import Corpus
+from workbench.data.corpus import CORPUS_HASH, Corpus
 from workbench.errors import WorkbenchError
 
-PACK_VERSION = "pack-v1"
+# v2: corpus hash with length prefixes, BPE encodes a literal "<|endoftext|>" in text as text (other ids than v1)
+PACK_VERSION = "pack-v2"
 
 
 @dataclass
@@ -72,26 +73,34 @@ def open_pack(directory: str | Path) -> PackedData:
 
 
 def _write_pack(directory: Path, corpus: Corpus, tokenizer, val_fraction: float) -> None:
-    tokens = tokenizer.encode_documents(corpus.documents)
+    """Tokenize into ``directory`` (atomically). The token stream goes to disk piece by piece, so memory stays at
+    one piece however large the corpus; then its last ``val_fraction`` moves from train.bin into val.bin."""
     dtype = token_dtype(tokenizer.vocab_size)
-    n_val = max(1, int(round(len(tokens) * val_fraction)))
-    n_train = len(tokens) - n_val
-    if n_train < 2:
-        raise WorkbenchError(f"corpus {corpus.source!r} is too small to train on ({len(tokens)} tokens)")
-    meta = {
-        "version": PACK_VERSION, "source": corpus.source, "corpus_sha256": corpus.sha256,
-        "tokenizer": tokenizer.identity, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
-        "dtype": dtype.name, "train_tokens": int(n_train), "val_tokens": int(n_val), "val_fraction": val_fraction,
-        "documents": len(corpus.documents),
-    }
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
-        for name, part in (("train.bin", tokens[:n_train]), ("val.bin", tokens[n_train:])):
-            with open(tmp / name, "wb") as f:
-                f.write(part.astype(dtype).tobytes())
+        total = 0
+        with open(tmp / "train.bin", "wb") as f:
+            for piece in tokenizer.iter_encoded(corpus.documents, dtype):
+                f.write(memoryview(piece))
+                total += len(piece)
+        n_val = max(1, int(round(total * val_fraction)))
+        n_train = total - n_val
+        if n_train < 2:
+            raise WorkbenchError(f"corpus {corpus.source!r} is too small to train on ({total} tokens)")
+        with open(tmp / "train.bin", "r+b") as train, open(tmp / "val.bin", "wb") as val:
+            train.seek(n_train * dtype.itemsize)
+            val.write(train.read())
+            train.truncate(n_train * dtype.itemsize)
+            for f in (train, val):
                 f.flush()
                 os.fsync(f.fileno())
+        meta = {
+            "version": PACK_VERSION, "source": corpus.source, "corpus_sha256": corpus.sha256,
+            "corpus_hash": CORPUS_HASH, "tokenizer": tokenizer.identity, "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id, "dtype": dtype.name, "train_tokens": int(n_train), "val_tokens": int(n_val),
+            "val_fraction": val_fraction, "documents": len(corpus.documents),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, directory)

@@ -3,7 +3,8 @@
 Why generated: the workbench must train offline on any machine, and a grammar gives text whose structure a tiny
 model learns visibly within minutes (names recur within a story, sentences follow templates, stories end with a
 moral). The output is deterministic: the same ``version`` and ``num_stories`` give byte-identical text on every
-machine and Python version (only ``random.Random`` with an integer seed and ``choice``/``randrange`` are used).
+machine and Python version (only ``random.Random`` with an integer seed and ``choice``/``randrange``/``sample`` are
+used).
 Written for this project; license: CC0 / public domain (see datasets/README.md). Used by ``make demo`` and
 notebooks/01_training.ipynb.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import random
 
 VERSION = "synthstories-v1"
-DEFAULT_NUM_STORIES = 12_000  # ~3.5 MB of text
+DEFAULT_NUM_STORIES = 12_000  # ~5.2 MB of text
 SEED = 1234
 
 NAMES = ["Lily", "Tom", "Mia", "Ben", "Sara", "Max", "Anna", "Leo", "Zoe", "Sam", "Nora", "Jack", "Ella", "Finn",

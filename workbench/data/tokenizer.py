@@ -1,8 +1,11 @@
 """Tokenizers: byte-level (the default: 256 bytes + an end-of-text token) and BPE trained locally (HF ``tokenizers``).
 
-Both have the same small interface: ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``encode_documents(docs)
--> np.ndarray`` (documents joined by ``eos_id``), ``vocab_size``, ``eos_id``, ``save(dir)``, and ``identity`` (a
-string that changes whenever the token ids would change; the packing cache keys on it). A run saves its tokenizer
+Both have the same small interface: ``encode(text) -> list[int]``, ``decode(ids) -> str``,
+``iter_encoded(docs, dtype)`` (the token stream of the documents, each followed by ``eos_id``, in pieces of bounded
+size, so packing a large corpus never holds all its tokens in memory at once), ``encode_documents(docs)`` (the same
+stream as one array), ``vocab_size``, ``eos_id``, ``save(dir)``, and ``identity`` (a string that changes whenever
+the token ids would change; the packing cache keys on it). Text that spells the end-of-text marker
+``<|endoftext|>`` is encoded as text by both: only the tokenizer inserts the end-of-text token, between documents. A run saves its tokenizer
 in its run folder (``tokenizer.json``) and ``load_tokenizer(run_dir)`` reads it back on resume.
 Used by the trainer and notebooks/01_training.ipynb.
 """
@@ -12,13 +15,30 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from workbench.errors import WorkbenchError
 
 EOS = "<|endoftext|>"
+ENCODE_BATCH_DOCS = 1024  # documents per piece of iter_encoded: bounds packing's memory, amortises the calls
+
+
+def _batches(docs: list[str], size: int = ENCODE_BATCH_DOCS) -> Iterator[list[str]]:
+    for start in range(0, len(docs), size):
+        yield docs[start:start + size]
+
+
+def _with_eos(pieces: list[np.ndarray], eos_id: int, dtype: np.dtype) -> np.ndarray:
+    """The pieces (one per document) joined into one array of ``dtype``, each followed by ``eos_id``."""
+    out = np.empty(sum(len(p) + 1 for p in pieces), dtype=dtype)
+    at = 0
+    for piece in pieces:
+        out[at:at + len(piece)] = piece
+        out[at + len(piece)] = eos_id
+        at += len(piece) + 1
+    return out
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_KINDS = ("byte", "bpe")
 
@@ -52,13 +72,12 @@ class ByteTokenizer:
         out.append(chunk.decode("utf-8", errors="replace"))
         return "".join(out)
 
-    def encode_documents(self, docs: list[str]) -> np.ndarray:
-        parts = []
-        eos = np.array([self.eos_id], dtype=np.int64)
-        for d in docs:
-            parts.append(np.frombuffer(d.encode("utf-8"), dtype=np.uint8).astype(np.int64))
-            parts.append(eos)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    def iter_encoded(self, docs: list[str], dtype=np.int64) -> Iterator[np.ndarray]:
+        for batch in _batches(docs):
+            yield _with_eos([np.frombuffer(d.encode("utf-8"), dtype=np.uint8) for d in batch], self.eos_id, dtype)
+
+    def encode_documents(self, docs: list[str], dtype=np.int64) -> np.ndarray:
+        return _concatenate(self.iter_encoded(docs, dtype), dtype)
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / TOKENIZER_FILE
@@ -77,6 +96,10 @@ class BPETokenizer:
         self.eos_id = tok.token_to_id(EOS)
         if self.eos_id is None:
             raise WorkbenchError(f"BPE tokenizer has no {EOS!r} token; was it trained by workbench?")
+        # A document or prompt that spells "<|endoftext|>" is text, as with the byte tokenizer: without this the
+        # tokenizer would match the special token inside it and put a document boundary in the middle. (A runtime
+        # switch, not saved in tokenizer.json, so it leaves ``identity`` unchanged.)
+        tok.encode_special_tokens = True
         self.vocab_size = tok.get_vocab_size()
 
     @classmethod
@@ -109,18 +132,24 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
-    def encode_documents(self, docs: list[str]) -> np.ndarray:
-        parts = []
-        for enc in self._tok.encode_batch(docs):
-            parts.append(np.asarray(enc.ids, dtype=np.int64))
-            parts.append(np.array([self.eos_id], dtype=np.int64))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    def iter_encoded(self, docs: list[str], dtype=np.int64) -> Iterator[np.ndarray]:
+        for batch in _batches(docs):
+            yield _with_eos([np.asarray(enc.ids, dtype=dtype) for enc in self._tok.encode_batch(batch)], self.eos_id,
+                            dtype)
+
+    def encode_documents(self, docs: list[str], dtype=np.int64) -> np.ndarray:
+        return _concatenate(self.iter_encoded(docs, dtype), dtype)
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / TOKENIZER_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(path))
         return path
+
+
+def _concatenate(pieces: Iterable[np.ndarray], dtype) -> np.ndarray:
+    pieces = list(pieces)
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
 
 
 Tokenizer = ByteTokenizer | BPETokenizer

@@ -20,6 +20,7 @@ OPTIMIZERS = ("adamw", "muon")
 TOKENIZERS = ("byte", "bpe")
 
 # Settings that must equal the checkpoint's on --resume (steps, eval/ckpt cadence, progress, out_dir may change).
+MIN_BPE_VOCAB, MAX_BPE_VOCAB = 300, 2**24  # 2**24: far above any LM vocabulary (GLM: 151,552), below overflow
 TRAJECTORY_FIELDS = ("preset", "model_overrides", "data", "tokenizer", "bpe_vocab_size", "val_fraction",
                      "batch_size", "seq_len", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
                      "beta1", "beta2", "grad_clip", "optimizer", "muon_lr", "seed", "expert_bias_rate")
@@ -97,6 +98,9 @@ class TrainConfig:
         need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.tokenizer in TOKENIZERS, f"tokenizer must be one of {list(TOKENIZERS)}, got {self.tokenizer!r}")
+        need(MIN_BPE_VOCAB <= self.bpe_vocab_size <= MAX_BPE_VOCAB,
+             f"bpe_vocab_size must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB}] (256 bytes + merges; ids are stored as "
+             f"uint32), got {self.bpe_vocab_size}")
         need(0.0 < self.val_fraction < 0.5, f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         need(isinstance(self.parallel, str), f"parallel must be a string like 'dp=1', got {self.parallel!r}")
         need(isinstance(self.model_overrides, dict), "model_overrides must be a dict of ModelConfig fields")
@@ -138,7 +142,9 @@ class TrainConfig:
 
     def trajectory_mismatch(self, other: "TrainConfig") -> list[str]:
         """Names of settings that differ from ``other`` and would change the loss trajectory."""
-        return [name for name in TRAJECTORY_FIELDS if getattr(self, name) != getattr(other, name)]
+        ignored = {"bpe_vocab_size"} if self.tokenizer == other.tokenizer == "byte" else set()  # unused by byte runs
+        return [name for name in TRAJECTORY_FIELDS
+                if name not in ignored and getattr(self, name) != getattr(other, name)]
 
 
 _WORDS = {"true": True, "false": False, "none": None, "null": None}

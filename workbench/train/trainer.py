@@ -371,7 +371,12 @@ class Trainer:
         different = self.config.trajectory_mismatch(saved)
         # The data setting is compared by content, not by its spelling: the same file given by another (relative)
         # path resumes; an edited file behind the same path does not (it would silently train on other tokens).
-        saved_corpus = state.get("data", {}).get("pack", {}).get("corpus_sha256")
+        saved_pack = state.get("data", {}).get("pack", {})
+        saved_corpus = saved_pack.get("corpus_sha256")
+        if saved_corpus is not None and saved_pack.get("corpus_hash") != self.packed.meta.get("corpus_hash"):
+            raise WorkbenchError(f"--resume: the checkpoint in {path} was written by an earlier workbench, which "
+                                 f"hashed and packed the corpus differently, so it cannot continue the same way; "
+                                 f"start a new --out")
         same_corpus = saved_corpus is None or saved_corpus == self.packed.meta.get("corpus_sha256")
         if not same_corpus:
             raise WorkbenchError(f"--resume: the data ({self.corpus_source}) is not the corpus the checkpoint in "
