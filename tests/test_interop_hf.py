@@ -128,3 +128,64 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(hf_config.to_dict()))
     with pytest.raises(WorkbenchError, match="cannot read"):
         from_hf(tmp_path)
+
+
+def test_transformers_fields_win_over_the_embedded_workbench_config(tmp_path):
+    """to_hf embeds a workbench_config, which transformers keeps when it re-saves; an edit of routed_scaling_factor
+    or rope_theta in transformers was then silently undone by the stale copy (logits differed by 0.06)."""
+    torch.manual_seed(0)
+    cfg = get_preset("glm45-tiny").replace(vocab_size=V, num_layers=2, mtp_layers=0, bias_update_rate=0.005,
+                                           mtp_loss_weight=0.5)
+    to_hf(build_model(cfg), tmp_path / "exported")
+    hf = transformers.Glm4MoeForCausalLM.from_pretrained(tmp_path / "exported", attn_implementation="eager").eval()
+    hf.config.routed_scaling_factor = 1.0
+    hf.config.rope_parameters["rope_theta"] = 500.0
+    hf.save_pretrained(tmp_path / "edited")
+    assert "workbench_config" in json.loads((tmp_path / "edited" / "config.json").read_text())
+    loaded = from_hf(tmp_path / "edited").eval()
+    assert (loaded.config.routed_scaling, loaded.config.rope_theta) == (1.0, 500.0)
+    assert (loaded.config.bias_update_rate, loaded.config.mtp_loss_weight, loaded.config.name) == \
+        (0.005, 0.5, cfg.name)  # what transformers cannot express still comes from the copy
+    edited = transformers.Glm4MoeForCausalLM.from_pretrained(tmp_path / "edited", attn_implementation="eager").eval()
+    x = torch.randint(0, V, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, edited(x).logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    (dict(index_topk_pattern="FSFS"), ("full", "shared", "full", "shared")),
+    (dict(index_topk_pattern=["full", "full", "shared", "full"]), ("full", "full", "shared", "full")),
+    (dict(index_topk_freq=2, index_skip_topk_offset=1), ("full", "shared", "full", "shared")),
+    (dict(index_topk_freq=3, index_skip_topk_offset=2), ("full", "full", "shared", "shared")),
+])
+def test_dsa_indexer_schedule_keys_are_read_like_transformers(schedule, expected):
+    """A config.json giving the schedule as index_topk_pattern / _freq + offset (no indexer_types list) was read
+    as "full" everywhere, and its weights then did not fit."""
+    from workbench.interop.hf import config_from_hf
+
+    d = _glm_dsa().config.to_dict()
+    del d["indexer_types"]
+    d.update(schedule)
+    assert tuple(transformers.GlmMoeDsaConfig(**d).indexer_types) == expected  # what transformers derives
+    assert config_from_hf(d).indexer_types == expected
+    with pytest.raises(ConfigError, match="index_topk_pattern"):
+        config_from_hf({**d, "index_topk_pattern": "FXS"})
+
+
+def test_to_hf_records_the_weights_dtype_and_reads_an_all_dense_trunk_with_a_moe_mtp_layer(tmp_path):
+    from workbench.model.glm import cast_model
+
+    cfg = get_preset("glm45-tiny").replace(vocab_size=V, num_layers=2, first_k_dense=2, mtp_layers=1)
+    model = build_model(cfg)
+    to_hf(cast_model(build_model(cfg), torch.bfloat16), tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"  # was float32
+    to_hf(model, tmp_path / "fp32")
+    config = json.loads((tmp_path / "fp32" / "config.json").read_text())
+    assert config["dtype"] == "float32"
+    del config["workbench_config"]  # as a folder written by other tools: only the transformers fields
+    (tmp_path / "fp32" / "config.json").write_text(json.dumps(config))
+    again = from_hf(tmp_path / "fp32")  # "does not fit": the MoE MTP layer's experts were dropped
+    assert again.config.num_experts == cfg.num_experts and again.config.first_k_dense == 2
+    x = torch.randint(0, V, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(again(x, labels=x).mtp_loss, model(x, labels=x).mtp_loss)

@@ -34,8 +34,34 @@ ARCHITECTURES = {"glm4_moe": "Glm4MoeForCausalLM", "glm_moe_dsa": "GlmMoeDsaForC
 
 
 # ------------------------------------------------------------------------------------------------ configs
-def config_from_hf(d: dict, mtp_layers: int = 0) -> ModelConfig:
-    """transformers config dict -> ModelConfig (raises ConfigError for features the workbench does not model)."""
+def config_from_hf(d: dict, mtp_layers: int = 0, mtp_is_moe: bool = False) -> ModelConfig:
+    """transformers config dict -> ModelConfig (raises ConfigError for features the workbench does not model).
+
+    ``mtp_is_moe``: the checkpoint's MTP layer has a router. It matters only when every trunk layer is dense, where
+    the experts would otherwise be dropped (``from_hf`` reads it from the weights)."""
+    return ModelConfig(**_fields_from_hf(d, mtp_layers, mtp_is_moe))
+
+
+def _indexer_types_from_hf(d: dict, layers: int) -> tuple[str, ...]:
+    """GLM-5's per-layer indexer schedule, derived as transformers' GlmMoeDsaConfig does: ``indexer_types``, else
+    ``index_topk_pattern`` ("FSFS..." or a list), else ``index_topk_freq`` / ``index_skip_topk_offset``."""
+    if d.get("indexer_types"):
+        return tuple(d["indexer_types"])
+    pattern = d.get("index_topk_pattern")
+    if pattern is not None:
+        if isinstance(pattern, str):
+            unknown = set(pattern) - {"F", "S"}
+            if unknown:
+                raise ConfigError(f"index_topk_pattern {pattern!r} may hold only 'F' (full) and 'S' (shared)")
+            return tuple({"F": "full", "S": "shared"}[c] for c in pattern)
+        return tuple(pattern)
+    freq = max(int(d.get("index_topk_freq", 1)), 1)
+    offset = int(d.get("index_skip_topk_offset", 2))
+    return tuple("full" if max(i - offset + 1, 0) % freq == 0 else "shared" for i in range(layers))
+
+
+def _fields_from_hf(d: dict, mtp_layers: int, mtp_is_moe: bool) -> dict:
+    """The ModelConfig fields a transformers config determines (see ``config_from_hf``)."""
     kind = d.get("model_type")
     if kind not in ARCHITECTURES:
         raise ConfigError(f"unsupported model_type {kind!r}; from_hf reads {sorted(ARCHITECTURES)}")
@@ -61,27 +87,29 @@ def config_from_hf(d: dict, mtp_layers: int = 0) -> ModelConfig:
         norm_eps=d.get("rms_norm_eps", 1e-5), tie_embeddings=d.get("tie_word_embeddings", False),
         max_position_embeddings=d.get("max_position_embeddings", 4096), init_std=d.get("initializer_range", 0.02),
         rope_theta=float(rope["rope_theta"]), attention_bias=d.get("attention_bias", False),
-        num_experts=d["n_routed_experts"] if first_k_dense < layers else 0,  # all-dense: no experts at all
+        # an all-dense trunk has no experts, unless its MTP layer (a later layer, so past first_k_dense) is MoE
+        num_experts=d["n_routed_experts"] if first_k_dense < layers or (mtp_layers and mtp_is_moe) else 0,
         num_experts_per_token=d["num_experts_per_tok"],
         num_shared_experts=d.get("n_shared_experts", 1), moe_intermediate_size=d["moe_intermediate_size"],
         first_k_dense=min(first_k_dense, layers), routed_scaling=d.get("routed_scaling_factor", 1.0),
         norm_topk_prob=d.get("norm_topk_prob", True), mtp_layers=mtp_layers)
     if kind == "glm4_moe":
-        return ModelConfig(
+        return dict(
             **common, attention_type="gqa", num_kv_heads=d["num_key_value_heads"],
             head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
             partial_rotary_factor=float(rope["partial_rotary_factor"]), use_qk_norm=d.get("use_qk_norm", False),
             rope_interleaved=False)
-    return ModelConfig(
+    return dict(
         **common, attention_type="mla", num_kv_heads=d["num_attention_heads"], q_lora_rank=d.get("q_lora_rank") or 0,
         kv_lora_rank=d["kv_lora_rank"], qk_nope_head_dim=d["qk_nope_head_dim"],
         qk_rope_head_dim=d["qk_rope_head_dim"], v_head_dim=d["v_head_dim"], rope_interleaved=True,
         latent_norm_eps=1e-6, index_n_heads=d["index_n_heads"], index_head_dim=d["index_head_dim"],
-        index_topk=d["index_topk"], indexer_types=tuple(d.get("indexer_types") or ("full",) * layers))
+        index_topk=d["index_topk"], indexer_types=_indexer_types_from_hf(d, layers))
 
 
-def config_to_hf(c: ModelConfig) -> dict:
-    """ModelConfig -> transformers config dict (raises ConfigError for what transformers cannot express)."""
+def config_to_hf(c: ModelConfig, dtype: str = "float32") -> dict:
+    """ModelConfig -> transformers config dict (raises ConfigError for what transformers cannot express).
+    ``dtype``: the weights' dtype name ("float32", "bfloat16"), which transformers loads them as."""
     problems = []
     if c.ffn_act != "swiglu":
         problems.append("ffn_act must be 'swiglu'")
@@ -103,7 +131,7 @@ def config_to_hf(c: ModelConfig) -> dict:
         n_routed_experts=max(c.num_experts, 1), num_experts_per_tok=c.num_experts_per_token if c.is_moe else 1,
         n_shared_experts=c.num_shared_experts, moe_intermediate_size=c.moe_intermediate_size,
         first_k_dense_replace=first_dense, routed_scaling_factor=c.routed_scaling, norm_topk_prob=c.norm_topk_prob,
-        n_group=1, topk_group=1, num_nextn_predict_layers=c.mtp_layers, dtype="float32",
+        n_group=1, topk_group=1, num_nextn_predict_layers=c.mtp_layers, dtype=dtype,
         rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
     if kind == "glm4_moe":
         d.update(num_key_value_heads=c.num_kv_heads, head_dim=c.attn_head_dim, use_qk_norm=c.use_qk_norm)
@@ -260,13 +288,15 @@ def from_hf(model_or_path, *, device: str | torch.device | None = None,
     n_mtp = int(d.get("num_nextn_predict_layers") or 0)
     layers = d["num_hidden_layers"]
     n_mtp = sum(f"model.layers.{layers + k}.eh_proj.weight" in state for k in range(n_mtp))  # only if present
-    config = config_from_hf(d, mtp_layers=n_mtp)
-    if "workbench_config" in d:  # written by to_hf: restore the training-only fields too
-        saved = ModelConfig.from_dict({**d["workbench_config"], "mtp_layers": n_mtp})
-        keys = ("vocab_size", "hidden_size", "num_layers", "attention_type", "num_heads", "tie_embeddings")
-        if any(getattr(saved, k) != getattr(config, k) for k in keys):
-            raise WorkbenchError(f"config.json: 'workbench_config' disagrees with the transformers fields {keys}")
-        config = saved
+    mtp_is_moe = f"model.layers.{layers}.mlp.gate.weight" in state
+    fields = _fields_from_hf(d, n_mtp, mtp_is_moe)
+    if "workbench_config" in d:  # written by to_hf: restore the training-only fields too (loss weights, rates, name)
+        # The transformers fields decide the architecture: they are what transformers runs, and what a user edits
+        # (an embedded copy, which transformers keeps when it re-saves, must not silently undo such an edit).
+        # Only the fields they cannot express come from the copy; MLA's num_kv_heads has no transformers meaning.
+        from_copy = {"name"} | ({"num_kv_heads"} if fields["attention_type"] == "mla" else set())
+        fields = {**d["workbench_config"], **{k: v for k, v in fields.items() if k not in from_copy}}
+    config = ModelConfig.from_dict(fields)
     ours = state_dict_from_hf(state, config)
     # Build on meta (no random init, no memory), then adopt the checkpoint's tensors as the parameters.
     model = build_model(config, device="meta")
@@ -291,7 +321,8 @@ def to_hf(model: GLMForCausalLM, path) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    d = config_to_hf(model.config)
+    weights_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    d = config_to_hf(model.config, dtype=str(weights_dtype).removeprefix("torch."))
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict_to_hf(model).items()}
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(d, indent=2))
