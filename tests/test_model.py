@@ -241,6 +241,13 @@ def test_dtype_keeps_balancing_state_fp32():
     (dict(num_experts=4, num_experts_per_token=5), "num_experts_per_token"),
     (dict(attention_type="sparse"), "attention_type"),
     (dict(ffn_act="relu"), "ffn_act"),
+    # NaN passed every "< 0" check: a nan loss, or (aux_loss_coef) a loss term silently off
+    (dict(norm_eps=float("nan")), "norm_eps must be a finite number"),
+    (dict(routed_scaling=float("inf")), "routed_scaling must be a finite number"),
+    (dict(aux_loss_coef=float("nan")), "aux_loss_coef must be a finite number"),
+    # DSA settings are checked with DSA off too: a typo would surface only once DSA is turned on
+    (dict(dsa_attention="bogus"), "dsa_attention must be"),
+    (dict(indexer_types=("full", "bogus", "full", "full")), "indexer_types entries"),
 ])
 def test_bad_gqa_configs(changes, match):
     with pytest.raises(ConfigError, match=match):
@@ -323,3 +330,11 @@ def test_model_config_checks_field_types(changes, message):
     assert message in str(err.value)
     assert ModelConfig(indexer_types=["full"], num_layers=1, attention_type="mla", q_lora_rank=16, index_n_heads=2,
                        index_head_dim=16).indexer_types == ("full",)  # JSON lists become tuples
+
+
+def test_a_sequence_longer_than_the_positions_is_refused():
+    """RoPE extrapolated silently past max_position_embeddings."""
+    model = build_model(_small("glm4-tiny", max_position_embeddings=8))
+    model(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="9 tokens is longer than the model's max_position_embeddings \\(8\\)"):
+        model(torch.zeros(1, 9, dtype=torch.long))

@@ -9,6 +9,7 @@ before any tensor is allocated. Used by every notebook that builds a model (01_t
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from workbench.errors import ConfigError
@@ -84,6 +85,11 @@ class ModelConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 p.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        # NaN passes every "< 0" check (nan < 0 is False) and then poisons the loss, or turns a loss term off
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                p.append(f"{f.name} must be a finite number (got {value})")
         if p:
             return p
         if self.ffn_act not in ("swiglu", "gelu"):
@@ -133,8 +139,6 @@ class ModelConfig:
                 p.append(f"index_topk must be >= 1 (got {self.index_topk})")
             if self.q_lora_rank < 1:
                 p.append("DSA's indexer reads the q latent: set q_lora_rank >= 1")
-            if self.dsa_attention not in ("auto", "gather", "mask"):
-                p.append(f"dsa_attention must be 'auto', 'gather' or 'mask' (got {self.dsa_attention!r})")
             if self.index_head_dim < self.qk_rope_head_dim:
                 p.append(f"index_head_dim ({self.index_head_dim}) must be >= qk_rope_head_dim "
                          f"({self.qk_rope_head_dim}): the indexer rotates that many channels")
@@ -146,6 +150,12 @@ class ModelConfig:
                 p.append(f"indexer_types entries must be 'full' or 'shared' (got {sorted(set(types))})")
             elif types[0] != "full":
                 p.append("indexer_types[0] must be 'full': a 'shared' layer reuses the previous layer's top-k")
+        # checked with DSA off too: a typo there would surface only when someone turns DSA on
+        if self.dsa_attention not in ("auto", "gather", "mask"):
+            p.append(f"dsa_attention must be 'auto', 'gather' or 'mask' (got {self.dsa_attention!r})")
+        if not self.use_dsa and self.indexer_types is not None and \
+                any(t not in ("full", "shared") for t in self.indexer_types):
+            p.append(f"indexer_types entries must be 'full' or 'shared' (got {sorted(set(self.indexer_types))})")
         if self.num_experts < 0:
             p.append(f"num_experts must be >= 0 (0 = dense; got {self.num_experts})")
         if self.num_experts > 0:

@@ -112,6 +112,9 @@ class GLMForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         B, S = input_ids.shape
+        if S > self.config.max_position_embeddings:  # RoPE would extrapolate silently past the trained positions
+            raise ValueError(f"sequence of {S} tokens is longer than the model's max_position_embeddings "
+                             f"({self.config.max_position_embeddings})")
         cos, sin = self.rotary(S, input_ids.device)  # [S, R/2], once per forward, shared by every layer
         for module in self.modules():  # per-forward side outputs of the layers
             if isinstance(module, MoE):
