@@ -406,3 +406,51 @@ def test_model_overrides_parse_and_progress_switch(monkeypatch):
     assert not progress_enabled(True)
     monkeypatch.setenv("WORKBENCH_NO_PROGRESS", "")
     assert progress_enabled(True) and not progress_enabled(False)
+
+
+def test_mfu_is_per_device_under_data_parallelism(tmp_path, monkeypatch):
+    """tokens/s counts every rank's tokens, but MFU divided it by one device's peak: N ranks reported N x the MFU."""
+    import workbench.train.trainer as trainer_module
+    from workbench.profiling.trainer_profile import trainer_tokens_per_step
+
+    monkeypatch.setattr(trainer_module, "dist_rank_world", lambda: (0, 2))  # rank 0 of 2, without a process group
+    trainer = Trainer(tiny_config(tmp_path, steps=1), model=StandIn(), log=quiet)
+    trainer.flops_per_token = 1e6
+    record = trainer.train_step()
+    assert record["tokens_per_s"] == pytest.approx(2 * 4 * 32 / record["step_time_s"])  # both ranks' tokens
+    assert record["mfu"] == pytest.approx(record["tokens_per_s"] * 1e6 / (2 * trainer.peak.value))
+    assert trainer_tokens_per_step(trainer) == 4 * 32  # a profile times one rank's step against one device
+
+
+def test_top_p_sampling_and_bad_sampling_settings(tmp_path):
+    """There was no top-p; context <= 0 fed the whole growing sequence (or dropped the prompt's first tokens)."""
+    from workbench.train.sampling import _keep_nucleus, generate
+
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.3, 0.15]]))
+    kept = lambda p: torch.isfinite(_keep_nucleus(logits, p)).squeeze(0).tolist()  # noqa: E731
+    assert kept(0.4) == [False, True, False, False]   # the most likely token alone reaches 0.4
+    assert kept(0.7) == [False, True, True, False]    # 0.5 + 0.3
+    assert kept(0.9) == [False, True, True, True]
+    assert kept(1.0) == [True, True, True, True]
+    trainer = Trainer(tiny_config(tmp_path), model=StandIn(), log=quiet)
+    model = trainer.raw_model
+    greedy = generate(model, [1, 2, 3], 6, context=8, temperature=0)
+    assert generate(model, [1, 2, 3], 6, context=8, temperature=1.0, top_k=None, top_p=1e-6, seed=5) == greedy
+    assert trainer.sample("ab", max_new_tokens=4, top_p=0.9, top_k=0).startswith("ab")
+    for bad, message in ((dict(context=0), "context must be a positive"), (dict(top_p=0.0), "top_p must be in"),
+                         (dict(top_p=1.5), "top_p must be in"), (dict(top_k=-1), "top_k must be an integer")):
+        with pytest.raises(ValueError, match=message):
+            generate(model, [1, 2], 2, **{"context": 8, **bad})
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_about_and_memory_names_its_source(tmp_path):
+    """--steps 5 with the default --warmup-steps 20 trained at 5-25% of --lr without a word."""
+    said = []
+    trainer = Trainer(tiny_config(tmp_path, steps=5, warmup_steps=20, eval_every=0, ckpt_every=0), model=StandIn(),
+                      log=said.append)
+    assert any("warmup_steps (20) >= steps (5): the lr rises to only 25% of --lr" in line for line in said)
+    summary = trainer.fit()
+    assert summary["memory_source"] == trainer.device.memory_stats()["source"]
+    said.clear()
+    Trainer(tiny_config(tmp_path / "b", steps=5, warmup_steps=2), model=StandIn(), log=said.append)
+    assert not any("warmup_steps" in line for line in said)

@@ -13,9 +13,10 @@ from workbench.profiling.session import ProfileConfig, ProfileRun, profile_steps
 
 
 def trainer_tokens_per_step(trainer) -> int:
-    """Tokens one ``train_step`` processes (all micro-batches, all data-parallel ranks)."""
+    """Tokens one ``train_step`` processes on this rank (all micro-batches): the profile times this rank's step on
+    this rank's device, so its FLOPs and its peak are this rank's too."""
     c = trainer.config
-    return int(c.batch_size * c.seq_len * c.grad_accum * getattr(trainer, "world_size", 1))
+    return int(c.batch_size * c.seq_len * c.grad_accum)
 
 
 def profile_trainer(trainer, config: ProfileConfig | None = None, out_dir: str | os.PathLike | None = None,
@@ -27,6 +28,7 @@ def profile_trainer(trainer, config: ProfileConfig | None = None, out_dir: str |
     report = analyze(run, flops_per_step=flops, peak=getattr(trainer, "peak", None), top_n=top_n,
                      flops_source="workbench.model.accounting.flops_per_token x tokens per step" if flops else "")
     report.info["tokens_per_step"] = trainer_tokens_per_step(trainer)
+    report.info["world_size"] = getattr(trainer, "world_size", 1)
     return run, report
 
 

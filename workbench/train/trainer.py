@@ -194,10 +194,17 @@ class Trainer:
                                          weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
                                          muon_lr=config.muon_lr, device=self.device)
         self.scheduler = WarmupCosine(self.optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
+        if config.warmup_steps >= config.steps and self.is_main_process:
+            self.log(f"warning: warmup_steps ({config.warmup_steps}) >= steps ({config.steps}): the lr rises to only "
+                     f"{self.scheduler.multiplier(config.steps - 1):.0%} of --lr and never decays; pass "
+                     f"--warmup-steps below --steps (e.g. {max(1, config.steps // 10)})")
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.num_params = sum(p.numel() for p in self.raw_model.parameters())
         self.flops_per_token = self._flops_per_token()
         self.peak = self.device.peak_flops(self.dtype)
+        # MFU is per device (PaLM, torchtitan): the tokens/s of all ranks against the peak of all their devices.
+        # On a CPU host the launcher gives each rank cores // nproc threads, and the probe measures that share.
+        self.peak_all_ranks = self.peak.value * self.world_size if self.peak.value else None
         self.step = 0
         self.tokens_seen = 0
         self.checkpointed_step: int | None = None  # the step of the checkpoint on disk that this state equals
@@ -288,7 +295,7 @@ class Trainer:
         record = {
             "kind": "train", "step": self.step, "loss": loss_mean, "lm_loss": lm_mean,
             "lr": lr, "grad_norm": float(grad_norm), "step_time_s": elapsed, "tokens_per_s": tok_s,
-            "mfu": mfu(tok_s, self.flops_per_token, self.peak.value), "peak_source": self.peak.source,
+            "mfu": mfu(tok_s, self.flops_per_token, self.peak_all_ranks), "peak_source": self.peak.source,
             "tokens_seen": self.tokens_seen,
         }
         if "muon" in getattr(self.optimizer, "optimizers", {}):
@@ -296,6 +303,7 @@ class Trainer:
         mem = self.device.memory_stats()
         record["memory_bytes"] = mem.get("allocated_bytes")
         record["peak_memory_bytes"] = mem.get("peak_bytes")
+        record["memory_source"] = mem.get("source")  # e.g. the CUDA caching allocator, or this process's RSS
         if expert:
             record["expert"] = expert
         if not math.isfinite(loss_mean):
@@ -323,13 +331,13 @@ class Trainer:
         return val
 
     def sample(self, prompt: str | None = None, max_new_tokens: int | None = None, seed: int | None = None,
-               temperature: float = 0.8) -> str:
+               temperature: float = 0.8, top_k: int | None = 40, top_p: float | None = None) -> str:
         prompt = self.config.sample_prompt if prompt is None else prompt
         # an empty prompt starts where every document starts: after an end-of-text token
         prompt_ids = self.tokenizer.encode(prompt) or [self.tokenizer.eos_id]
         new_tokens = self.config.sample_tokens if max_new_tokens is None else max_new_tokens  # 0 means none
         ids = generate(self.raw_model, prompt_ids, new_tokens,
-                       context=self.config.seq_len, temperature=temperature,
+                       context=self.config.seq_len, temperature=temperature, top_k=top_k, top_p=top_p,
                        seed=self.config.seed if seed is None else seed, device=self.device.torch_device,
                        stop_id=self.tokenizer.eos_id, autocast=lambda: self.device.autocast(self.dtype))
         return prompt + self.tokenizer.decode(ids)
@@ -486,9 +494,11 @@ class Trainer:
             "first_train_loss": train[0]["lm_loss"] if train else None,
             "final_train_loss": sum(r["lm_loss"] for r in tail) / len(tail) if tail else None,
             "final_val_loss": val_loss, "tokens_per_s": tok_s, "flops_per_token": self.flops_per_token,
-            "mfu": mfu(tok_s, self.flops_per_token, self.peak.value), "peak_flops": self.peak.value,
+            "mfu": mfu(tok_s, self.flops_per_token, self.peak_all_ranks), "peak_flops": self.peak.value,
+            "world_size": self.world_size,
             "peak_memory_bytes": max((r["peak_memory_bytes"] for r in train if r.get("peak_memory_bytes")),
                                      default=None),
+            "memory_source": next((r["memory_source"] for r in train if r.get("memory_source")), None),
             "peak_source": self.peak.source, "optimizer": getattr(self.optimizer, "implementation", ""),
             "tokenizer": self.tokenizer.identity, "vocab_size": self.tokenizer.vocab_size,
             "data": self.corpus_source, "run_dir": str(self.run_dir.resolve()),
