@@ -83,6 +83,12 @@ def test_bad_overrides_are_clear_errors(monkeypatch):
     monkeypatch.setenv(registry.ENV_VAR, "attention=npu")
     with pytest.raises(RuntimeError, match="cannot run on cpu"):
         K.resolve_impl("attention", "cpu")
+    # typos in the variable were ignored: the default kernel ran and nothing said so
+    for typo, message in (("atention=reference", "unknown op 'atention'"), ("attention=", "op=impl"),
+                          ("=reference", "op=impl"), ("attention=refrence", "has no implementation 'refrence'")):
+        monkeypatch.setenv(registry.ENV_VAR, typo)
+        with pytest.raises(registry.KernelChoiceError, match=message):
+            K.resolve_impl("attention", "cpu")
 
 
 def test_use_kernels_routes_the_public_functions():
@@ -239,6 +245,12 @@ def test_the_harness_catches_wrong_kernels():
     assert not run_case("rope", "bad", CASES["rope"][0], torch.float32, fn=wrong_rope_style).passed
     result = run_case("rms_norm", "bad", CASES["rms_norm"][0], torch.float32, fn=forward_only_norm)
     assert result.forward_error < 1e-6 and not result.passed
+    from workbench.kernels.correctness import _relative_error
+
+    nan, inf = float("nan"), float("inf")  # a nan in the golden output let any values elsewhere pass
+    assert _relative_error(torch.tensor([nan, 100.0, -5.0]), torch.tensor([nan, 1.0, 2.0])) > 1
+    assert _relative_error(torch.tensor([-inf, 7.0]), torch.tensor([inf, 1.0])) == inf
+    assert _relative_error(torch.tensor([nan, 1.0, inf]), torch.tensor([nan, 1.0, inf])) == 0.0
 
 
 def test_moe_grouped_mm_and_split_fallback_agree(monkeypatch):
@@ -342,6 +354,52 @@ def test_chunked_cross_entropy_all_ignored_is_nan_like_torch():
     labels = torch.full((3,), -100)
     assert math.isnan(torch_ops.cross_entropy(hidden, weight, labels, chunk_size=4096).item())
     assert math.isnan(reference.cross_entropy(hidden, weight, labels).item())
+    # ... but its gradient is zero, as F's is (it was 0/0 = nan in every weight: one padded micro-batch, all nan)
+    for loss_fn in (lambda h, w: torch_ops.cross_entropy(h, w, labels, chunk_size=4096),
+                    lambda h, w: reference.cross_entropy(h, w, labels)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss_fn(h, w).nan_to_num(0.0).backward()
+        assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(w.grad, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("bad_label", [11, 50, -1])
+def test_chunked_cross_entropy_refuses_labels_outside_the_vocabulary(bad_label):
+    """The chunked path returned a finite, wrong loss where F.cross_entropy raises."""
+    hidden, weight, labels = torch.randn(4, 8), torch.randn(11, 8), torch.tensor([0, 3, bad_label, 10])
+    with pytest.raises(IndexError):
+        reference.cross_entropy(hidden, weight, labels)
+    with pytest.raises(IndexError, match=r"outside \[0, 11\)"):
+        torch_ops.cross_entropy(hidden, weight, labels, chunk_size=3)
+
+
+@pytest.mark.parametrize("width, dtype", [(5, torch.float32), (7, torch.float32), (6, torch.bfloat16)])
+def test_moe_with_an_expert_width_off_the_16_byte_grid_trains(width, dtype):
+    """_grouped_mm's backward needs the [M, 2F] output rows 16-byte aligned: F=5 fp32 / F=6 bf16 crashed in
+    backward ("strides should be multiple of 16 bytes"); such sizes take the per-expert GEMMs instead."""
+    torch.manual_seed(0)
+    x = torch.randn(10, 8, dtype=dtype, requires_grad=True)
+    idx, wts = torch.randint(0, 4, (10, 2)), torch.rand(10, 2)
+    w_gate_up = (torch.randn(4, 2 * width, 8) * 0.1).to(dtype).requires_grad_()
+    w_down = (torch.randn(4, 8, width) * 0.1).to(dtype).requires_grad_()
+    out = torch_ops.moe(x, idx, wts, w_gate_up, w_down)
+    out.float().sum().backward()
+    expected = reference.moe(x.detach(), idx, wts, w_gate_up.detach(), w_down.detach())
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+    assert x.grad is not None and w_gate_up.grad is not None and w_down.grad is not None
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch", "csr"])
+def test_top_k_indices_beyond_the_keys_are_refused(impl):
+    """Out of range, the mask wrapped an index around to another key, and the gathered kernels read the next
+    sequence's keys: a silent wrong answer."""
+    q, kv = torch.randn(2, 3, 2, 16), torch.randn(2, 5, 16)
+    topk = torch.tensor([[[0, 1], [1, 2], [2, 5]]]).expand(2, 3, 2).contiguous()  # 5 = one past the last key
+    fn = registry.implementations("sparse_mqa_attention")[impl].fn
+    with pytest.raises(IndexError, match=r"top-k index 5 is outside \[-1, 5\)"):
+        fn(q, kv, topk, 0.25, 8)
+    with pytest.raises(IndexError, match="outside"):
+        reference.topk_to_mask(topk - 3, 5)  # -3 is neither a key nor the unused marker -1
+    fn(q, kv, topk.clamp(max=4), 0.25, 8)  # in range: fine
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -410,6 +468,18 @@ def test_attention_flops_count_only_visible_pairs():
     assert _visible_pairs(4, 4, True) == 10
     assert _visible_pairs(4, 4, False) == 16
     assert _visible_pairs(2, 5, True) == 4 + 5  # decode: bottom-right aligned
+
+
+def test_cli_check_and_bench_fail_when_nothing_they_were_asked_for_runs_here(tmp_path, capsys):
+    """`kernels check --impls npu` printed "0/0 checks passed" and exited 0; bench wrote an empty table."""
+    from workbench.cli import main
+
+    assert main(["kernels", "check", "--ops", "attention", "--impls", "npu", "--device", "cpu"]) == 2
+    assert "nothing to check on cpu" in capsys.readouterr().err
+    assert main(["kernels", "bench", "--ops", "attention", "--impls", "npu", "--device", "cpu", "--sizes", "tiny",
+                 "--no-probe", "--out", str(tmp_path)]) == 2
+    assert "nothing to benchmark on cpu" in capsys.readouterr().err
+    assert not (tmp_path / "kernels_bench.json").exists()
 
 
 def test_cli_list_and_check(capsys):

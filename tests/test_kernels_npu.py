@@ -36,6 +36,7 @@ class FakeTorchNpu(types.ModuleType):
     def npu_rms_norm(self, x, gamma, epsilon=1e-6):
         self.calls.append(("npu_rms_norm", {"shape": tuple(x.shape), "epsilon": epsilon}))
         assert gamma.shape == x.shape[-gamma.dim():], "gamma must match the trailing dims of x"
+        assert gamma.dtype == x.dtype, "gamma must have the dtype of x (Huawei's npu_rms_norm reference)"
         rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + epsilon)
         return (x.float() * rstd * gamma.float()).to(x.dtype), rstd
 
@@ -75,6 +76,8 @@ class FakeTorchNpu(types.ModuleType):
         assert query.shape[1] == head_num, "head_num must be the number of query heads"
         assert head_num % key.shape[1] == 0, "key/value heads must divide query heads"
         assert query.shape[-1] % 16 == 0 and query.shape[-1] <= 512, "head dim: multiple of 16, at most 512"
+        # not stated by torch_npu's reference; MindSpore documents the same op (FlashAttentionScore) so: be strict
+        assert value.shape[-1] == key.shape[-1] == query.shape[-1], "query, key and value share one head dim"
         assert keep_prob == 1.0, "the fake has no dropout"
         group = head_num // key.shape[1]
         key, value = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
@@ -205,3 +208,16 @@ def test_moe_with_more_experts_than_the_fused_limit_uses_the_torch_path(fake_npu
     idx = torch.randint(0, experts, (x.shape[0], 2))
     npu_ops.moe(x, idx, weights, torch.randn(experts, 16, 16), torch.randn(experts, 16, 8))
     assert not [c for c in fake_npu.calls if c[0] == "npu_grouped_matmul"]
+
+
+def test_npu_rms_norm_gets_gamma_in_the_input_dtype_and_attention_pads_mla_values(fake_npu):
+    """Under bf16 autocast MLA's latent norms get a bf16 x with an fp32 master weight: the fused op wants gamma in
+    x's dtype. MLA's v is narrower than q/k: padded to one head width, the output sliced back."""
+    x, weight = torch.randn(3, 32, dtype=torch.bfloat16), torch.randn(32) * 0.1 + 1
+    expected = K.implementations("rms_norm")["reference"].fn(x, weight, 1e-6)
+    torch.testing.assert_close(npu_ops.rms_norm(x, weight, 1e-6), expected, rtol=2e-2, atol=2e-2)
+    q, k, v = torch.randn(1, 4, 8, 48), torch.randn(1, 4, 8, 48), torch.randn(1, 4, 8, 32)
+    expected = K.implementations("attention")["reference"].fn(q, k, v, causal=True)
+    out = npu_ops.attention(q, k, v, causal=True)
+    assert out.shape == (1, 4, 8, 32)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)

@@ -81,3 +81,11 @@ def test_triton_rope_rejects_per_batch_angles_clearly():
     cos = torch.randn(2, 1, 4, 4).to(DEVICE)  # different angles per batch element
     with pytest.raises(ValueError, match="use the reference"):
         triton_ops.rope(x, cos, cos)
+
+
+def test_triton_rms_norm_reads_a_strided_weight_right():
+    """The kernel read W + cols: a weight that is a strided view (w[::2]) gave outputs off by ~8."""
+    x = torch.randn(3, 40, device=DEVICE)
+    w = (torch.randn(80, device=DEVICE) * 0.1 + 1)[::2]
+    expected = reference.rms_norm(x, w.contiguous(), 1e-6)
+    torch.testing.assert_close(triton_ops.rms_norm(x, w, 1e-6), expected, rtol=1e-4, atol=1e-5)

@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from workbench.errors import WorkbenchError
 from workbench.kernels import registry
 from workbench.kernels.correctness import _routing, _topk
 
@@ -271,8 +272,14 @@ def run_benchmark(device: str = "cpu", dtype: torch.dtype = torch.float32, sizes
     rows = []
     for problem in problems(sizes, dev.torch_device, dtype, ops):
         rows += _bench_problem(problem, dev, impls, train, repeats, peaks, factor)
+    if not rows:
+        raise WorkbenchError(f"nothing to benchmark on {dev.type}: none of the chosen implementations "
+                             f"({', '.join(impls or ['all'])}) of {', '.join(ops or ['any op'])} runs here "
+                             f"(`workbench kernels list` says why)")
     comparisons = []
-    if (ops is None or "moe" in ops) and moe_experts:
+    # the sweep compares the grouped path with the per-expert loop: it runs only when both were chosen
+    sweep = (ops is None or "moe" in ops) and (not impls or {"reference", "torch"} <= set(impls))
+    if sweep and moe_experts:
         for n_experts in moe_experts:  # grouped vs per-expert loop as experts grow (same total expert FLOPs)
             scaled = replace(sizes, experts=n_experts, top_k=min(sizes.top_k, n_experts))
             problem = moe_problem(scaled, dev.torch_device, dtype)

@@ -98,6 +98,10 @@ def _check(args) -> int:
     dev = get_device(args.device)
     dtypes = tuple(parse_dtype(d) for d in _csv(args.dtypes) or ["fp32"])
     results = check_all(str(dev.torch_device), _csv(args.ops), _csv(args.impls), dtypes)
+    if not results:  # "0/0 checks passed" and exit 0 read as a pass
+        raise WorkbenchError(f"nothing to check on {dev.type}: none of the chosen implementations "
+                             f"({args.impls or 'all'}) of {args.ops or 'any op'} runs here "
+                             f"(`workbench kernels list` says why)")
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:

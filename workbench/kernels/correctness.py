@@ -172,9 +172,17 @@ def _relative_error(actual: torch.Tensor, golden: torch.Tensor) -> float:
     actual, golden = actual.detach().double().cpu(), golden.detach().double().cpu()
     if actual.shape != golden.shape:
         return float("inf")
-    if not torch.isfinite(actual).all():
-        return float("inf") if torch.isfinite(golden).all() else float(
-            (torch.isnan(actual) != torch.isnan(golden)).any())
+    finite = torch.isfinite(golden)
+    if not torch.equal(torch.isfinite(actual), finite):
+        return float("inf")
+    # non-finite entries must match exactly (nan where nan, +inf where +inf); the finite ones are compared as usual.
+    # Comparing only where the nans were let [nan, 100, -5] pass as [nan, 1, 2].
+    a_bad, g_bad = actual[~finite], golden[~finite]
+    if not bool(((a_bad == g_bad) | (torch.isnan(a_bad) & torch.isnan(g_bad))).all()):
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    actual, golden = actual[finite], golden[finite]
     scale = golden.abs().max().item()
     return (actual - golden).abs().max().item() / max(scale, 1e-12)
 

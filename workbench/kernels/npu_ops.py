@@ -50,8 +50,9 @@ def _available() -> str | None:
 
 @register("rms_norm", "npu", devices=("npu",), priority=PRIORITY, available=_available)
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """torch_npu.npu_rms_norm (returns y and rstd; rstd is what its backward reuses)."""
-    y, _rstd = _torch_npu().npu_rms_norm(x, weight, epsilon=eps)
+    """torch_npu.npu_rms_norm (returns y and rstd; rstd is what its backward reuses). Its gamma must have x's dtype:
+    under bf16 autocast x is bf16 while the weight stays an fp32 master weight (MLA's latent norms)."""
+    y, _rstd = _torch_npu().npu_rms_norm(x, weight.to(x.dtype), epsilon=eps)
     return y
 
 
@@ -98,7 +99,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     elif causal:
         mask = torch.ones(CAUSAL_MASK_SIZE, CAUSAL_MASK_SIZE, dtype=torch.bool, device=q.device).triu(diagonal=1)
         kwargs.update(atten_mask=mask, sparse_mode=3)  # right-down causal, compressed mask
-    out = _torch_npu().npu_fusion_attention(q, k, v, q.shape[1], "BNSD", **kwargs)[0]
+    v_dim = v.shape[-1]
+    if v_dim != head_dim:
+        # MLA: v is narrower (or wider) than q/k. MindSpore documents the same fused op (FlashAttentionScore) with
+        # value shaped like key, and torch_npu's reference does not say otherwise, so until this has run on an
+        # Ascend host, pad every head to one width with zeros: zero q/k channels add nothing to the scores (the
+        # scale was fixed above from the real q/k width) and zero v channels are sliced off the output.
+        width = max(head_dim, v_dim)
+        if width % 16:
+            raise ValueError(f"npu_fusion_attention needs head dims that are multiples of 16, got q/k {head_dim} and "
+                             f"v {v_dim}")
+        q, k, v = (torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
+    out = _torch_npu().npu_fusion_attention(q, k, v, q.shape[1], "BNSD", **kwargs)[0][..., :v_dim]
     if topk_indices is not None:  # rows whose every key is masked: zeros, as the reference defines them
         empty = ~keep.any(dim=-1, keepdim=True)
         out = torch.where(empty, torch.zeros((), dtype=out.dtype, device=out.device), out)

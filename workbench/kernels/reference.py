@@ -66,8 +66,23 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def check_topk_indices(topk_indices: torch.Tensor, n_keys: int) -> None:
+    """Raise ``IndexError`` for a top-k index outside [-1, n_keys) (-1 = unused slot). Out of range, the mask
+    wrapped it around to another key and the gathered kernels read the next sequence's keys, silently.
+
+    On an accelerator reading the indices back waits for the device (a host sync per layer), so there the check
+    is skipped (the model's own top-k is always in range); on cpu it costs one min/max. Skipped under compile."""
+    if topk_indices.device.type != "cpu" or topk_indices.numel() == 0 or torch.compiler.is_compiling():
+        return
+    low, high = int(topk_indices.min()), int(topk_indices.max())
+    if low < -1 or high >= n_keys:
+        raise IndexError(f"top-k index {low if low < -1 else high} is outside [-1, {n_keys}) "
+                         f"({n_keys} keys; -1 marks an unused slot)")
+
+
 def topk_to_mask(topk_indices: torch.Tensor, seq_len: int) -> torch.Tensor:
     """[B, S, K] key indices (-1 = unused) -> boolean keep-mask [B, S, S_k]."""
+    check_topk_indices(topk_indices, seq_len)
     batch, queries, _ = topk_indices.shape
     mask = torch.zeros(batch, queries, seq_len + 1, dtype=torch.bool, device=topk_indices.device)
     # -1 goes to an extra trash column that is dropped afterwards.
@@ -101,6 +116,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 def sparse_mqa_attention(q: torch.Tensor, kv: torch.Tensor, topk_indices: torch.Tensor, scale: float,
                          v_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather each query's K selected rows of the shared kv head, then softmax attention over those K only."""
+    check_topk_indices(topk_indices, kv.shape[1])
     batch = torch.arange(q.shape[0], device=q.device)[:, None, None]
     picked = kv[batch, topk_indices.clamp(min=0)].float()                        # [B, S, K, D]
     scores = torch.einsum("bshd,bskd->bshk", q.float(), picked) * scale            # [B, S, H, K]

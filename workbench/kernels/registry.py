@@ -100,17 +100,24 @@ def parse_overrides(text: str, source: str = "kernel overrides") -> dict[str, st
     if "=" not in text:  # one implementation name for every op that has it (the rest keep their default)
         chosen = {op: text for op, impls in _REGISTRY.items() if text in impls}
         if not chosen:
-            raise ValueError(f"{source} {text!r}: no op has an implementation of that name; "
+            raise KernelChoiceError(f"{source} {text!r}: no op has an implementation of that name; "
                              f"names: {', '.join(sorted({n for impls in _REGISTRY.values() for n in impls}))}")
         return chosen
     pairs = {}
     for item in text.split(","):
         if not item.strip():
             continue
-        op, sep, name = item.partition("=")
-        if not sep:
-            raise ValueError(f"{source} {text!r}: expected 'op=impl' items separated by commas, got {item!r}")
-        pairs[op.strip()] = name.strip()
+        op, sep, name = (part.strip() for part in item.partition("="))
+        if not sep or not op or not name:
+            raise KernelChoiceError(f"{source} {text!r}: expected 'op=impl' items separated by commas, got "
+                                    f"{item.strip()!r}")
+        # checked here, not at use: a typo ("atention=reference") silently left the default kernel running
+        if op not in _REGISTRY:
+            raise KernelChoiceError(f"{source} {text!r}: unknown op {op!r}; ops: {', '.join(sorted(_REGISTRY))}")
+        if name not in _REGISTRY[op]:
+            raise KernelChoiceError(f"{source} {text!r}: op {op!r} has no implementation {name!r}; it has: "
+                                    f"{', '.join(_REGISTRY[op])}")
+        pairs[op] = name
     return pairs
 
 
@@ -146,6 +153,11 @@ def use_kernels(choices: dict[str, str]) -> Iterator[None]:
         yield
     finally:
         set_overrides(previous)
+
+
+class KernelChoiceError(WorkbenchError, ValueError):
+    """A kernel choice names an op or implementation that is not registered (one line in the CLI; a ValueError as
+    it was before)."""
 
 
 class KernelUnavailableError(WorkbenchError, RuntimeError):

@@ -31,6 +31,7 @@ import warnings
 
 import torch
 
+from workbench.kernels.reference import check_topk_indices
 from workbench.kernels.registry import register
 from workbench.kernels.torch_autograd_ops import slot_softmax, slot_softmax_backward
 from workbench.kernels.torch_autograd_ops import sparse_mqa_attention as gathered_sparse_mqa_attention
@@ -114,6 +115,7 @@ def sparse_mqa_attention(q: torch.Tensor, kv: torch.Tensor, topk_indices: torch.
     dtype = compute_dtype(q)
     if dtype not in SPARSE_DTYPES:  # e.g. bf16 autocast on a cpu with fast bf16: the gathered kernel handles it
         return gathered_sparse_mqa_attention(q, kv, topk_indices, scale, v_dim)
+    check_topk_indices(topk_indices, kv.shape[1])
     return _CsrSparseMQA.apply(q.to(dtype).contiguous(), kv.to(dtype).contiguous(), topk_indices, scale, v_dim)
 
 

@@ -205,6 +205,7 @@ class _SparseMQA(torch.autograd.Function):
 def sparse_mqa_attention(q: torch.Tensor, kv: torch.Tensor, topk_indices: torch.Tensor, scale: float,
                          v_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather once + batched GEMMs, hand-written backward (index_add_ instead of index_put accumulation)."""
+    reference.check_topk_indices(topk_indices, kv.shape[1])
     dtype = compute_dtype(q)  # autocast's dtype when it is on: the rule every torch kernel follows
     return _SparseMQA.apply(q.to(dtype), kv.to(dtype), topk_indices, scale, v_dim)
 

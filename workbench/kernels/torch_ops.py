@@ -138,9 +138,12 @@ def _grouped_mm_probe(device_type: str, dtype: torch.dtype) -> bool:
     return bool(torch.allclose(out.float(), expected.float(), rtol=0.05, atol=0.05))
 
 
-def _aligned16(*tensors: torch.Tensor) -> bool:
-    """``_grouped_mm`` needs every non-unit stride to be a multiple of 16 bytes (e.g. D, F multiples of 4 in fp32)."""
-    return all(stride * t.element_size() % 16 == 0 for t in tensors for stride in t.stride() if stride != 1)
+def _aligned16(x_sorted: torch.Tensor, weights_EKN: torch.Tensor) -> bool:
+    """``_grouped_mm`` needs every non-unit stride to be a multiple of 16 bytes (e.g. D, F multiples of 4 in fp32),
+    of its inputs and of the [M, N] output, whose gradient its backward multiplies (an odd N failed there only)."""
+    out_row_bytes = weights_EKN.shape[-1] * weights_EKN.element_size()
+    return out_row_bytes % 16 == 0 and all(stride * t.element_size() % 16 == 0 for t in (x_sorted, weights_EKN)
+                                           for stride in t.stride() if stride != 1)
 
 
 def grouped_matmul(x_sorted: torch.Tensor, weights_EKN: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -232,6 +235,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, labels, ignore_index, chunk_size):
         n_rows, vocab = hidden.shape[0], weight.shape[0]
         valid = labels != ignore_index
+        if bool((valid & ((labels < 0) | (labels >= vocab))).any()):  # as F.cross_entropy: never a silent wrong loss
+            raise IndexError(f"cross_entropy: a label is outside [0, {vocab}) (and is not ignore_index)")
         safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
         mm_dtype = compute_dtype(hidden)  # the backward recomputes the logits in this same dtype
         lse = hidden.new_full((n_rows,), float("-inf"), dtype=torch.float32)   # running logsumexp per row
@@ -254,7 +259,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         hidden, weight, labels, valid, lse, n_valid = ctx.saved_tensors
         chunk = ctx.chunk_size
-        row_scale = (valid.float() * grad_loss / n_valid)[:, None]  # [N, 1]; ignored rows get no gradient
+        # [N, 1]; ignored rows get no gradient. clamp: with every label ignored the loss is nan (0/0, like F), but its
+        # gradient is 0 as F's is, not 0/0 = nan in every weight
+        row_scale = (valid.float() * grad_loss / n_valid.clamp(min=1))[:, None]
         grad_hidden = torch.zeros_like(hidden, dtype=torch.float32)
         grad_weight = torch.empty_like(weight, dtype=torch.float32)
         rows = torch.arange(hidden.shape[0], device=hidden.device)

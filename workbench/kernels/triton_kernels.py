@@ -66,6 +66,7 @@ class RMSNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, eps):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
+        weight = weight.contiguous()  # the kernels read W + cols: a strided weight (w[::2]) gave wrong outputs
         n_rows, dim = x2.shape
         y = torch.empty_like(x2)
         rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
