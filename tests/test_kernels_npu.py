@@ -2,7 +2,7 @@
 
 THIS IS A TEST DOUBLE, NOT ASCEND HARDWARE. ``FakeTorchNpu`` implements the documented semantics of
 npu_fusion_attention, npu_rms_norm, npu_rotary_mul, npu_swiglu and npu_grouped_matmul in plain torch (see
-/work/shared/reference/torch_npu.md and Huawei's API reference), rejects arguments the documentation rules out
+Huawei's torch_npu API reference), rejects arguments the documentation rules out
 (wrong layout, mask dtype, head dims, group lists), and records every call. The device layer's guarded import is
 patched to return it, so the npu implementations are reached exactly as on an Ascend host. Passing here means
 "we call the documented API with the right layouts", not "it ran on an NPU": it never has, in this project.

@@ -2,7 +2,7 @@
 
     workbench launch --nproc 2 -- train --preset glm4-tiny --parallel dp=2
     workbench launch --nproc 8 --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29500 -- train ...
-    workbench launch --nproc 2 --max-restarts 1 -- train ... --resume auto
+    workbench launch --nproc 2 --max-restarts 1 -- train ... --resume
     workbench launch --slurm job.sbatch --nnodes 4 --nproc 8 -- train ...
 
 The backend comes from the device layer inside each worker (gloo on cpu, nccl on cuda, hccl on npu).

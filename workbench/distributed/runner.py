@@ -7,7 +7,7 @@ tokens (split over the data ranks), and records the global loss per step and the
 trains the same model alone on the whole batch (the reference) and reports the largest loss difference.
 
     python -m torch.distributed.run --nproc-per-node 2 -m workbench.distributed.runner \
-        --cases glm4-tiny:dp=2,glm4-tiny:tp=2 --tiny --steps 3
+        --cases "glm4-tiny:dp=2;glm4-tiny:tp=2" --tiny --steps 3
 
 Used by tests/test_distributed_parallel.py and notebooks/03_distributed.ipynb (through ``launch``).
 """

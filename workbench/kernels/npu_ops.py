@@ -1,7 +1,7 @@
 """``npu`` implementations: Ascend's fused operators from torch_npu, called with the layouts they document.
 
 torch_npu is reached only through the device layer's guarded import (``workbench.device.detect``), never imported
-here, so this module loads on any machine. What each wrapper does (see /work/shared/reference/torch_npu.md):
+here, so this module loads on any machine. What each wrapper does (see Huawei's torch_npu API reference for each operator):
 
 - rms_norm  -> ``npu_rms_norm(x, gamma, epsilon)``, which returns (y, rstd); we keep y;
 - rope      -> ``npu_rotary_mul(x, cos, sin, rotary_mode)`` on a 4-D tensor with full-width cos/sin

@@ -1,7 +1,7 @@
 """Named model configs: tiny ones that train on a CPU, and the released GLM shapes (built on meta, for accounting).
 
 Full-size shapes follow the released config.json files as mirrored by transformers' ``Glm4MoeConfig`` and
-``GlmMoeDsaConfig`` (see /work/shared/reference/glm_architectures.md). Used by ``workbench models``, the trainer
+``GlmMoeDsaConfig`` (GLM-4.5, GLM-4.5-Air, GLM-5). Used by ``workbench models``, the trainer
 (notebook 01_training), the distributed notebook and the performance model.
 """
 

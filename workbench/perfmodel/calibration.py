@@ -1,5 +1,5 @@
-"""Calibrate and validate the simulator on published training runs (``published_runs.csv``, a copy of
-../shared/reference/published_runs.csv shipped in this package).
+"""Calibrate and validate the simulator on published training runs (``published_runs.csv``, shipped in this
+package, each row with its source).
 
 Each row becomes a spec: its model dims, chip, count, and the layout fields the source states; fields it leaves
 empty are searched (``layout: {"auto": true, ...}``). The measured quantity is compared with the matching

@@ -1,4 +1,4 @@
-"""Alpha-beta costs of collectives (performance_model.md) and which link a parallel group uses.
+"""Alpha-beta costs of collectives (latency + bytes / bus bandwidth) and which link a parallel group uses.
 
 p ranks, n bytes, alpha = per-hop latency, B = bus bandwidth (nccl-tests convention, so the measured busbw of the
 catalog plugs in directly):

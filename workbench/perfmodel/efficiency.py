@@ -1,7 +1,7 @@
 """The simulator's efficiency parameters: what fraction of a chip's peaks real kernels and collectives reach.
 
 Some are set from measurements with a source (alpha latencies from the NCCL latency model; all-to-all vs all-reduce
-bandwidth from DeepEP vs nccl-tests on H800), the rest are fitted on ../shared/reference/published_runs.csv by
+bandwidth from DeepEP vs nccl-tests on H800), the rest are fitted on published_runs.csv (beside this file) by
 ``workbench.perfmodel.calibration.fit`` and stored in ``calibration.json`` beside this file (with the fit's error).
 A spec may override any of them under ``"efficiency"``, within ``RANGES`` (below; README.md lists them).
 Used by the simulator; documented in README.md here.

@@ -207,7 +207,7 @@ def parse_spec(spec: dict) -> Spec:
         raise ConfigError(f"spec: unknown key(s) {unknown}; known: {sorted(SPEC_KEYS)}")
     for key in ("model", "seq_len", "global_batch", "cluster"):
         if key not in spec:
-            raise ConfigError(f"spec: {key!r} is missing (see `workbench simulate --help` for the schema)")
+            raise ConfigError(f"spec: {key!r} is missing (the spec schema is in workbench/perfmodel/README.md)")
     model = parse_model(spec["model"])
     seq_len = _number("seq_len", spec["seq_len"], integer=True, maximum=MAX_SEQ_LEN)
     global_batch = _number("global_batch", spec["global_batch"], integer=True, maximum=MAX_GLOBAL_BATCH)

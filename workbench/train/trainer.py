@@ -196,8 +196,8 @@ class Trainer:
         self.scheduler = WarmupCosine(self.optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
         if config.warmup_steps >= config.steps and self.is_main_process:
             self.log(f"warning: warmup_steps ({config.warmup_steps}) >= steps ({config.steps}): the lr rises to only "
-                     f"{self.scheduler.multiplier(config.steps - 1):.0%} of --lr and never decays; pass "
-                     f"--warmup-steps below --steps (e.g. {max(1, config.steps // 10)})")
+                     f"{self.scheduler.multiplier(config.steps - 1):.0%} of --lr and never decays; "
+                     f"set warmup_steps (--warmup-steps) below steps, e.g. {max(1, config.steps // 10)}")
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.num_params = sum(p.numel() for p in self.raw_model.parameters())
         self.flops_per_token = self._flops_per_token()
