@@ -209,3 +209,53 @@ def test_cli_prints_json_and_one_line_errors(tmp_path, capsys):
         from workbench.hardware import unregister_chip
 
         unregister_chip("Lab NPU")
+
+
+@pytest.mark.parametrize("changes", [
+    dict(layout={"tp": 1, "pp": 1, "dp": 16, "ep": 1, "cp": 1, "vp": 1, "zero": 1, "recompute": "selective"}),
+    dict(layout={"tp": 1, "pp": 1, "dp": 16, "ep": 1, "cp": 1, "vp": 1, "zero": 1, "recompute": "full"}),
+    dict(seq_len=32768, global_batch=16,
+         layout={"tp": 8, "pp": 1, "dp": 2, "ep": 1, "cp": 1, "vp": 1, "zero": 1, "recompute": "full"}),
+])
+def test_hfu_is_never_below_mfu(changes):
+    """HFU counted causal attention at half (MFU's PaLM convention counts it in full) and fell below MFU."""
+    r = simulate(spec(**changes))
+    recompute = changes["layout"]["recompute"]
+    assert r["hfu"] == pytest.approx(r["mfu"] * (4 / 3 if recompute == "full" else 1.0))
+
+
+def test_moe_imbalance_slows_the_step_without_counting_as_work():
+    """The busiest expert's padding was counted as FLOPs: HFU rose as imbalance made the run slower."""
+    moe = {**spec(), "model": SMALL_MOE, "global_batch": 64,
+           "layout": {"tp": 1, "pp": 1, "dp": 16, "ep": 8, "cp": 1, "vp": 1, "zero": 1, "recompute": "selective"}}
+    results = [simulate({**moe, "efficiency": {"moe_imbalance": k}}) for k in (1.0, 1.6, 3.0)]
+    times = [r["step_time_s"] for r in results]
+    assert times == sorted(times) and times[0] < times[-1]
+    hfus = [r["hfu"] for r in results]
+    assert hfus == sorted(hfus, reverse=True)
+
+
+def test_the_last_pipeline_stage_carries_the_head_it_cannot_split():
+    """At pp = layers the last stage holds one layer or none plus the LM head and loss, which cannot be spread
+    over the other stages; it was priced at total / pp, under one layer's worth."""
+    model = {**LLAMA8B, "layers": 8, "vocab": 256000}  # a big head: ~1.3 layers of work
+    base = spec(model=model, global_batch=64, cluster={"chip": "H100-SXM", "count": 64, "chips_per_node": 8})
+    times = {}
+    for pp in (1, 4, 8):
+        layout = {"tp": 1, "pp": pp, "dp": 64 // pp, "ep": 1, "cp": 1, "vp": 1, "zero": 1, "recompute": "selective"}
+        times[pp] = simulate({**base, "layout": layout})["breakdown"]["compute"]
+    micro = {pp: 64 // (64 // pp) for pp in times}  # micro-batches per step on each data rank: 1, 4, 8
+    per_micro = {pp: times[pp] / micro[pp] for pp in times}
+    whole = per_micro[1]  # one micro-batch of the whole model: 8 layers + head
+    # pp=8: the slowest stage is the head plus at least... the best split of 8 whole layers with the head unsplit
+    assert per_micro[8] > whole / 8 * 1.5
+    assert per_micro[4] >= whole / 4 * 0.999
+
+
+def test_calibration_can_leave_rows_out():
+    from workbench.perfmodel import calibration
+
+    rows = calibration.validate()
+    first = rows[0]["id"]
+    rest = calibration.validate(exclude=frozenset({first}))
+    assert [r["id"] for r in rest] == [r["id"] for r in rows[1:]]

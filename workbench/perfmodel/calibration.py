@@ -10,7 +10,8 @@ they are listed in ``ASSUMPTIONS`` with their justification and printed with the
 
 ``fit()`` tunes the free efficiency parameters by coordinate descent on the mean |log(predicted/measured)| and
 writes ``calibration.json``; run ``python -m workbench.perfmodel.calibration --fit``. ``validate()`` returns the
-per-row errors (tests/test_perfmodel_calibration.py prints them and bounds the median).
+per-row errors (tests/test_perfmodel_calibration.py prints them and bounds the median). ``leave_one_out()``
+(``--leave-one-out``, ~1 minute) re-fits without each row in turn and predicts that row: the out-of-sample error.
 """
 
 from __future__ import annotations
@@ -131,11 +132,15 @@ def _simulate_row(row: dict[str, str], eff: Efficiency, layout_cache: dict | Non
     return out
 
 
-def validate(eff: Efficiency | None = None, layout_cache: dict | None = None) -> list[dict[str, Any]]:
-    """Per-row prediction vs measurement: id, kind, measured, predicted, error (predicted/measured - 1)."""
+def validate(eff: Efficiency | None = None, layout_cache: dict | None = None,
+             exclude: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """Per-row prediction vs measurement: id, kind, measured, predicted, error (predicted/measured - 1). Rows whose
+    id is in ``exclude`` are skipped."""
     eff = eff or default_efficiency()
     rows = []
     for row in load_runs():
+        if row["id"] in exclude:
+            continue
         result = _simulate_row(row, eff, layout_cache)
         pred = predicted_quantity(row, result)
         measured = float(row["measured"])
@@ -165,32 +170,42 @@ def error_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _loss(eff: Efficiency, cache: dict) -> float:
-    rows = validate(eff, cache)
+def _loss(eff: Efficiency, cache: dict, exclude: frozenset[str] = frozenset()) -> float:
+    rows = validate(eff, cache, exclude)
     return statistics.fmean(abs(math.log(1 + r["error"])) for r in rows)
 
 
 def fit(start: Efficiency | None = None, sweeps: int = 3, steps: int = 9, params: dict | None = None,
-        verbose: bool = False) -> tuple[Efficiency, list[dict[str, Any]]]:
+        verbose: bool = False, exclude: frozenset[str] = frozenset()) -> tuple[Efficiency, list[dict[str, Any]]]:
     """Coordinate descent over ``params`` (name -> (low, high)); layouts of searched rows are re-searched after
-    each sweep. Returns the fitted parameters and the per-row errors."""
+    each sweep. Rows in ``exclude`` take no part. Returns the fitted parameters and the per-row errors (all rows)."""
     eff = start or Efficiency()
     params = params or FIT_PARAMS
     for sweep in range(sweeps):
         cache: dict = {}
-        best = _loss(eff, cache)  # (re)search layouts under the current parameters
+        best = _loss(eff, cache, exclude)  # (re)search layouts under the current parameters
         for name, (low, high) in params.items():
             current = getattr(eff, name)
             span = (high - low) / (2 ** sweep)
             grid = {min(high, max(low, current + span * (i / (steps - 1) - 0.5))) for i in range(steps)}
             for value in sorted(grid):
                 trial = eff.replace(**{name: value})
-                loss = _loss(trial, cache)
+                loss = _loss(trial, cache, exclude)
                 if loss < best - 1e-9:
                     best, eff = loss, trial
             if verbose:
                 print(f"sweep {sweep} {name} = {getattr(eff, name):.4g}  loss {best:.4f}", flush=True)
     return eff, validate(eff)
+
+
+def leave_one_out(sweeps: int = 3) -> list[dict[str, Any]]:
+    """For each published run: fit on the other rows, then predict it. Rows as ``validate`` returns them, each
+    predicted by parameters that never saw it (the out-of-sample error; the in-sample one flatters the fit)."""
+    out = []
+    for row in load_runs():
+        eff, _ = fit(sweeps=sweeps, exclude=frozenset({row["id"]}))
+        out.extend(r for r in validate(eff) if r["id"] == row["id"])
+    return out
 
 
 def write_calibration(eff: Efficiency, rows: list[dict[str, Any]], path: Path | None = None) -> Path:
@@ -205,9 +220,13 @@ def write_calibration(eff: Efficiency, rows: list[dict[str, Any]], path: Path | 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="validate (default) or re-fit the simulator on published runs")
     parser.add_argument("--fit", action="store_true", help="re-fit the efficiency parameters and write calibration.json")
+    parser.add_argument("--leave-one-out", action="store_true",
+                        help="out-of-sample errors: re-fit without each row, then predict it (~1 minute)")
     parser.add_argument("--sweeps", type=int, default=3)
     args = parser.parse_args(argv)
-    if args.fit:
+    if args.leave_one_out:
+        rows = leave_one_out(sweeps=args.sweeps)
+    elif args.fit:
         eff, rows = fit(sweeps=args.sweeps, verbose=True)
         print(f"wrote {write_calibration(eff, rows)}")
     else:

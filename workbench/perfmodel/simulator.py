@@ -37,7 +37,6 @@ class Evaluation:
     links: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     breakdown_compute: dict = field(default_factory=dict)
-    hardware_flops_per_device: float = 0.0
 
     @property
     def feasible(self) -> bool:
@@ -396,15 +395,23 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
         n = T * m.hidden * r["el_bytes"] / (L.tp if (L.tp > 1 and L.sp) else 1)
         pp_t = 2 * C.p2p(n, links["pp"])  # send activations forward, gradients backward
     # Stages are balanced the way Llama 3 / Megatron's --decoder-last-pipeline-num-layers do it: the head and MTP
-    # layers count against the last stage's layers, so the slowest stage is the whole model / pp, but never less
-    # than ceil(layers / pp) whole layers.
+    # layers count against the last stage's layers. Layers are whole, and the head + loss + MTP work cannot be split
+    # across stages, so the slowest stage is the best integer partition: the last stage holds n layers + that extra
+    # work, the other pp - 1 stages share the remaining layers (when pp nears the layer count the extra alone can
+    # outweigh a layer several times: GLM-5's head + MTP are ~2.4 layers of work).
     whole = dict(stage_layers(m.layers))
     for key, value in last_extra.items():
         whole[key] = whole.get(key, 0.0) + value
     mb_whole = micro_batch_time(whole)
     total = sum(mb_whole.values())
     one_layer = sum(micro_batch_time(stage_layers(1.0)).values())
-    slowest_compute = max(total / L.pp, math.ceil(m.layers / L.pp) * one_layer) if L.pp > 1 else total
+    if L.pp > 1:
+        extra = max(0.0, total / one_layer - m.layers)  # the last stage's unsplittable work, in layers
+        stage_layers_max = min(max(n + extra, math.ceil((m.layers - n) / (L.pp - 1)))
+                               for n in range(0, math.ceil(m.layers / L.pp) + 1))
+        slowest_compute = stage_layers_max * one_layer
+    else:
+        slowest_compute = total
     mb = {k: v * slowest_compute / total for k, v in mb_whole.items()}
     slowest = slowest_compute + pp_t
     mean_stage = total / L.pp + pp_t
@@ -442,7 +449,4 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
     ev.breakdown = breakdown
     ev.breakdown_compute = {k: micro * mb[k] for k in ("gemm", "attention", "elementwise", "kernels", "recompute")}
     ev.step_time_s = sum(breakdown.values())
-    # hardware FLOPs actually executed per device (recomputation included), for HFU
-    per_device_fwd = (stage_layers(1.0)["flops"] * m.layers + last_extra["flops"]) / L.pp
-    ev.hardware_flops_per_device = micro * per_device_fwd * (4 if L.recompute == "full" else 3)
     return ev
