@@ -172,3 +172,27 @@ def test_custom_chip_figures_are_checked(field, value, message):
 
     with pytest.raises(WorkbenchError, match=message):
         chip_from_dict({"chip": "lab-npu", "bf16_dense_tflops": 100, field: value})
+
+
+@pytest.mark.parametrize("name, why", [
+    ("A100 40GB", "has 80 GB, not 40 GB"), ("A100 PCIe 40GB", "has 80 GB, not 40 GB"),
+    ("A800 40GB", "has 80 GB, not 40 GB"), ("H100 PCIe", "is not the PCIe part"), ("H800 PCIe", "is not the PCIe part"),
+    ("H100 94GB", "has 80 GB, not 94 GB"),
+])
+def test_another_memory_size_or_form_factor_is_not_the_catalogued_part(name, why):
+    """The loose match ignored memory size and form factor: 'A100 40GB' got the 80 GB part (a spec could 'fit' in
+    twice the real memory), 'H100 PCIe' the SXM part's 989 TFLOP/s and 3.35 TB/s."""
+    with pytest.raises(UnknownChipError, match=why + ".*custom chip"):
+        find_chip(name)
+
+
+@pytest.mark.parametrize("device_name, expected", [
+    ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 SXM 80GB"), ("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM"),
+    ("NVIDIA A100-SXM4-40GB", None), ("NVIDIA H100 PCIe", None), ("NVIDIA H100 NVL", None),
+    ("NVIDIA GH200 480GB", None),
+])
+def test_live_device_names_of_other_variants_are_not_catalogued(device_name, expected):
+    from workbench.hardware.catalog import match_device_name
+
+    chip = match_device_name(device_name)
+    assert (chip.chip if chip else None) == expected

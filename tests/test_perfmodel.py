@@ -259,3 +259,32 @@ def test_calibration_can_leave_rows_out():
     first = rows[0]["id"]
     rest = calibration.validate(exclude=frozenset({first}))
     assert [r["id"] for r in rest] == [r["id"] for r in rows[1:]]
+
+
+def test_chips_per_node_does_not_widen_the_scale_up_domain():
+    """16 H100s per node put TP=16 on one 16-way NVLink domain no H100 has; only scale_up_domain widens it."""
+    layout = {"tp": 16, "pp": 1, "dp": 1, "ep": 1, "cp": 1, "vp": 1, "zero": 1, "recompute": "selective"}
+    per_node = simulate(spec(layout=layout, global_batch=16, cluster={"chip": "H100", "count": 16,
+                                                                      "chips_per_node": 16}))
+    wide = simulate(spec(layout=layout, global_batch=16, cluster={"chip": "H100", "count": 16, "chips_per_node": 16,
+                                                                  "scale_up_domain": 16}))
+    assert per_node["breakdown"]["tp_comm"] > 2 * wide["breakdown"]["tp_comm"]
+
+
+def test_target_days_without_train_tokens_and_validate_with_a_spec_are_refused(tmp_path, capsys):
+    from workbench.cli import main
+
+    with pytest.raises(WorkbenchError, match="target_days needs train_tokens"):
+        simulate({k: v for k, v in spec(target_days=30).items() if k != "train_tokens"})
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec()))
+    assert main(["simulate", "--validate", str(path)]) == 2
+    assert "takes no spec" in capsys.readouterr().err
+
+
+def test_claim_summary_under_fp8_gives_mfu_against_both_peaks():
+    from workbench.perfmodel.compare import claim_study, claim_summary
+
+    rows = claim_study(["H800", "H100"], "glm4-tiny", 8, 1024, 64, 1e9, "H100", precision="fp8", unit=8)
+    last = claim_summary(rows, "glm4-tiny", 8, 1e9)[-1]
+    assert "against the FP8 peak" in last and "against the BF16 peak" in last

@@ -277,6 +277,22 @@ def _normalise(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", name)
 
 
+def _variant_conflict(name: str, chip: Chip) -> str | None:
+    """Why ``name`` names another product than ``chip`` although the loose match found it, or None.
+
+    Matching ignores memory sizes and form factors ('H100-SXM' = 'H100'), so 'A100 40GB' found the 80 GB part and
+    'H100 PCIe' the SXM one: another memory size or a PCIe / NVL part is a different chip (other HBM, bandwidth,
+    power). A remark in parentheses ('H100-SXM (96GB 500W)') is a note on the same part and is not read."""
+    core = re.sub(r"\(.*?\)", " ", name).lower()
+    memory = re.search(r"(\d+(?:\.\d+)?)\s?gb", core)
+    if memory and chip.hbm_gb and abs(float(memory.group(1)) - chip.hbm_gb) > 0.5:
+        return f"{chip.chip} has {chip.hbm_gb:g} GB, not {memory.group(1)} GB"
+    form = re.search(r"pcie|nvl(?!ink)", core)
+    if form and form.group(0) not in chip.chip.lower():
+        return f"{chip.chip} is not the {dict(pcie='PCIe', nvl='NVL')[form.group(0)]} part"
+    return None
+
+
 def find_chip(name: str | Chip) -> Chip:
     """The chip named ``name`` (loosely: case, spaces, vendor and 'SXM' don't matter), registered chips included.
 
@@ -286,6 +302,15 @@ def find_chip(name: str | Chip) -> Chip:
         return name
     if not isinstance(name, str) or not name.strip():
         raise UnknownChipError(f"a chip name must be a non-empty string, got {name!r}")
+    chip = _find_loosely(name)
+    conflict = _variant_conflict(name, chip)
+    if conflict:
+        raise UnknownChipError(f"chip {name!r} is not in the catalog ({conflict}); describe it as a custom chip "
+                               f"(--chips / register_chip, e.g. {{'base': {chip.chip!r}, 'hbm_gb': ...}})")
+    return chip
+
+
+def _find_loosely(name: str) -> Chip:
     wanted = _normalise(name)
     chips = all_chips()
     by_key = {_normalise(c.chip): c for c in chips}
@@ -301,7 +326,7 @@ def find_chip(name: str | Chip) -> Chip:
         return suffixed[0]
     if "(" in name:  # 'H100-SXM (96GB 500W)', 'Ascend 910B (Atlas 900 A2)': retry without the remark
         try:
-            return find_chip(re.sub(r"\(.*?\)", " ", name))
+            return _find_loosely(re.sub(r"\(.*?\)", " ", name))
         except UnknownChipError:
             pass
     close = difflib.get_close_matches(wanted, list(by_key), n=4, cutoff=0.5)
@@ -318,6 +343,8 @@ def match_device_name(device_name: str) -> Chip | None:
         for pattern in chip.device_name_patterns:
             if pattern.replace(" ", "") in lowered and len(pattern) > best_len:
                 best, best_len = chip, len(pattern)
+    if best is not None and _variant_conflict(device_name, best):  # 'A100-SXM4-40GB', 'H100 PCIe', 'GH200 480GB'
+        return None
     return best
 
 

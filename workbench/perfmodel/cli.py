@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         for chip in load_chip_file(path):
             register_chip(chip)
     if args.validate:
+        if args.spec:  # it printed the calibration table and silently ignored the spec
+            raise WorkbenchError("--validate checks the simulator on the published runs and takes no spec; run "
+                                 "`workbench simulate SPEC` for a spec")
         from workbench.perfmodel.calibration import error_table, validate
 
         print(error_table(validate()))

@@ -199,7 +199,8 @@ def claim_study(chips: list[str], model: dict | str, count: int, seq_len: int, g
                "days": result["train"]["days"], "energy_mwh": result["train"]["energy_mwh"],
                "power_w_per_chip": result["train"]["power_w_per_chip"],
                "memory_gb_per_chip": result["memory_gb_per_chip"], "layout": result["layout"],
-               "breakdown": result["breakdown"], "bf16_tflops": find_chip(name).bf16_dense_tflops}
+               "breakdown": result["breakdown"], "bf16_tflops": find_chip(name).bf16_dense_tflops,
+               "mfu_vs_bf16_peak": result.get("mfu_vs_bf16_peak", result["mfu"])}
         if is_ref:
             ref_days = row["days"]
             row.update(chips_needed=count, chips_ratio=1.0, days_at_chips_needed=ref_days, reached=True, why_not=None,
@@ -252,8 +253,13 @@ def claim_summary(rows: list[dict[str, Any]], model: str, count: int, train_toke
             else:
                 lines.append(f"{r['chip']}: {per_chip}; the reference time is not reached: {r['why_not']}")
     mfus = [r["mfu"] for r in rows if "mfu" in r]
-    lines.append(f"Predicted MFU across chips: {min(mfus):.0%}-{max(mfus):.0%} (the seed says 30-60%; large MoE models "
-                 "with EP all-to-all and recomputation sit at the low end in this model).")
+    bf16 = [r.get("mfu_vs_bf16_peak", r["mfu"]) for r in rows if "mfu" in r]
+    if bf16 != mfus:  # FP8: MFU against the FP8 peak is not the seed's (BF16) convention; give both
+        lines.append(f"Predicted MFU across chips: {min(mfus):.0%}-{max(mfus):.0%} against the FP8 peak, "
+                     f"{min(bf16):.0%}-{max(bf16):.0%} against the BF16 peak (the seed's 30-60% counts BF16).")
+    else:
+        lines.append(f"Predicted MFU across chips: {min(mfus):.0%}-{max(mfus):.0%} (the seed says 30-60%; large MoE "
+                     "models with EP all-to-all and recomputation sit at the low end in this model).")
     return lines
 
 

@@ -242,7 +242,8 @@ def parse_spec(spec: dict) -> Spec:
                        integer=True, maximum=MAX_CHIPS)
     if count % per_node and count > per_node:
         raise ConfigError(f"cluster.count = {count} is not a multiple of chips_per_node = {per_node}")
-    domain = _number("cluster.scale_up_domain", cluster.get("scale_up_domain", max(chip.scale_up_domain or per_node, per_node)),
+    # only an explicit scale_up_domain widens the catalog's: 16 chips in a node are not one 16-way NVLink domain
+    domain = _number("cluster.scale_up_domain", cluster.get("scale_up_domain", chip.scale_up_domain or per_node),
                      integer=True, maximum=MAX_CHIPS)
     if precision in ("bf16", "fp16") and chip.peak_flops("bf16") is None:
         raise ConfigError(f"{chip.chip} has no bf16 peak in the catalog; give cluster.bf16_dense_tflops or pick "
@@ -271,6 +272,9 @@ def parse_spec(spec: dict) -> Spec:
             raise ConfigError(f"efficiency = {spec['efficiency']!r} must be a dict (JSON object) of parameter "
                               f"overrides, e.g. {{\"mem_eff\": 0.7}}")
         efficiency = efficiency.replace(**spec["efficiency"])
+    if spec.get("target_days") is not None and spec.get("train_tokens") is None:
+        raise ConfigError("target_days needs train_tokens: the chips needed are those that train that many tokens "
+                          "in that time")
     return Spec(
         model=model, seq_len=seq_len, global_batch=global_batch, micro_batch=micro_batch, precision=precision,
         cluster=Cluster(chip=chip, count=count, chips_per_node=per_node, scale_up_domain=domain),
