@@ -589,3 +589,16 @@ def test_torch_rope_and_autograd_rms_norm_work_under_torch_compile():
     expected = reference.rope(reference.rms_norm(x, w), angles.cos(), angles.sin(), True)
     assert torch.allclose(out, expected, atol=1e-5)
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch"])
+def test_moe_on_no_tokens_is_empty_and_still_in_the_graph(impl):
+    """An expert-parallel rank may receive no rows: the torch path crashed on a -1 view of 0 elements, and the
+    reference returned a tensor outside the graph (its backward, with the all-to-all in it, would never run)."""
+    x = torch.randn(0, 8, requires_grad=True)
+    w_gate_up, w_down = torch.randn(4, 8, 8, requires_grad=True), torch.randn(4, 8, 4, requires_grad=True)
+    y = registry.implementations("moe")[impl].fn(x, torch.zeros(0, 2, dtype=torch.long), torch.rand(0, 2),
+                                                 w_gate_up, w_down)
+    assert y.shape == (0, 8) and y.requires_grad
+    y.sum().backward()
+    assert x.grad.shape == (0, 8)

@@ -1,7 +1,8 @@
 """``npu`` implementations: Ascend's fused operators from torch_npu, called with the layouts they document.
 
 torch_npu is reached only through the device layer's guarded import (``workbench.device.detect``), never imported
-here, so this module loads on any machine. What each wrapper does (see Huawei's torch_npu API reference for each operator):
+here, so this module loads on any machine. What each wrapper does (see Huawei's torch_npu API reference of each
+operator):
 
 - rms_norm  -> ``npu_rms_norm(x, gamma, epsilon)``, which returns (y, rstd); we keep y;
 - rope      -> ``npu_rotary_mul(x, cos, sin, rotary_mode)`` on a 4-D tensor with full-width cos/sin
@@ -137,6 +138,6 @@ def moe(x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Ten
         return npu.npu_grouped_matmul([rows], weight_list, group_list=group_list, split_item=2, group_type=0)[0]
 
     hidden = npu.npu_swiglu(grouped(x_sorted, w_gate_up), dim=-1)
-    y = grouped(hidden, w_down)[torch.argsort(order)].view(n_tokens, top_k, -1)
+    y = grouped(hidden, w_down)[torch.argsort(order)].view(n_tokens, top_k, w_down.shape[1])  # -1 fails on 0 rows
     return (y * expert_weights.to(y.dtype)[..., None]).sum(dim=1).to(x.dtype)
 

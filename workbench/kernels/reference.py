@@ -130,6 +130,8 @@ def sparse_mqa_attention(q: torch.Tensor, kv: torch.Tensor, topk_indices: torch.
 def moe(x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Tensor, w_gate_up: torch.Tensor,
         w_down: torch.Tensor) -> torch.Tensor:
     """Route each token to its top-k experts: a Python loop over experts (readable, slow at many experts)."""
+    if x.shape[0] == 0:  # no tokens (an expert-parallel rank nobody routed to): still part of the autograd graph,
+        return x * 0     # so its backward runs and the all-to-all collectives in it stay matched across ranks
     out = torch.zeros_like(x)
     for expert in range(w_gate_up.shape[0]):
         token_ids, slot = torch.where(expert_indices == expert)

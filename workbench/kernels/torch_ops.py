@@ -213,7 +213,7 @@ def moe(x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Ten
     hidden = activation(grouped_matmul(x_sorted, w_gate_up.to(dtype).transpose(1, 2), counts))  # [T*k, F]
     y_sorted = grouped_matmul(hidden, w_down.to(dtype).transpose(1, 2), counts)               # [T*k, D]
     # Unpermute with an inverse-permutation gather (deterministic, unlike a scatter-add), then weight the k slots.
-    y = _GatherRows.apply(y_sorted, inverse, order, 1).view(n_tokens, top_k, -1)
+    y = _GatherRows.apply(y_sorted, inverse, order, 1).view(n_tokens, top_k, y_sorted.shape[-1])  # -1 fails on 0 rows
     return (y * expert_weights.to(y.dtype)[..., None]).sum(dim=1).to(x.dtype)
 
 
