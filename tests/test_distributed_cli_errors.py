@@ -194,3 +194,46 @@ def test_comm_bench_runs_each_op_and_message_size_once(tmp_path):
     finally:
         dist.destroy_process_group()
     assert [(r["op"], r["size_bytes"]) for r in rows] == [("all_reduce", 4), ("all_reduce", 8)]
+
+
+def test_sigterm_to_the_launcher_stops_torchrun_and_every_worker(tmp_path):
+    """torchrun runs in its own session, so a SIGTERM (timeout, CI, a closed terminal) killed only the launcher and
+    left torchrun and the workers running; Ctrl-C already stopped them all."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    worker = tmp_path / "sleeper.py"
+    worker.write_text("import os, pathlib, time\n"
+                      "pathlib.Path(os.environ['PIDS'], os.environ['RANK']).write_text(str(os.getpid()))\n"
+                      "time.sleep(120)\n")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launcher = subprocess.Popen([sys.executable, "-m", "workbench", "launch", "--nproc", "2", "--run-dir",
+                                 str(tmp_path / "run"), "--", str(worker)], env={**env, "PIDS": str(pids)},
+                                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.read_text()) for p in pids.iterdir()]
+        assert len(workers) == 2, "the workers never started"
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=30)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    time.sleep(0.5)
+    alive = []
+    for pid in workers:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    assert not alive, f"workers still running: {alive}"

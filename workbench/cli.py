@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             message = f"{message}; free some space (a training run continues from its last checkpoint with --resume)"
         print(f"workbench {command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"workbench {command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP during a launch (launcher.Terminated)
+        signum = getattr(exc, "signum", 2)
+        print(f"workbench {command}: {'interrupted' if signum == 2 else exc}", file=sys.stderr)
+        return 128 + signum
     except (MemoryError, RuntimeError) as exc:
         from workbench.errors import out_of_memory_message
 

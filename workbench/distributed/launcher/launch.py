@@ -14,6 +14,7 @@ notebooks/03_distributed.ipynb.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -302,6 +303,39 @@ def write_rank_results(payload: dict[str, Any]) -> Path | None:
     return write_json_atomic(path, payload) if path else None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached the launcher while torchrun ran (``timeout``, a CI runner, a closed terminal).
+    torchrun runs in its own session, so the signal does not reach it: raising this lets ``launch`` stop torchrun
+    and its workers as it does on Ctrl-C. A KeyboardInterrupt, so callers that handle Ctrl-C handle it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_workers_on_termination():
+    """While the block runs, SIGTERM / SIGHUP raise ``Terminated`` (once; later ones are ignored while the workers
+    are being stopped). Python lets only the main thread install handlers: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum, _frame):
+        if not raised:
+            raised.append(signum)
+            raise Terminated(signum)
+
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, handler) for signum in wanted}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_dir: str | Path = "runs/launch",
            on_line: Callable[[str], None] | None = print, timeout_s: float | None = None,
            env: dict[str, str] | None = None) -> LaunchResult:
@@ -338,17 +372,18 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
         timer.daemon = True
         timer.start()
     try:
-        with open(run_dir / "launch.log", "w") as log_file:
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                log.append(line)
-                log_file.write(line + "\n")
-                if on_line is not None:
-                    on_line(line)
-        proc.wait()
-    except BaseException:  # KeyboardInterrupt in a notebook: take the workers down with us
-        _kill_group(proc)
-        raise
+        with _stop_workers_on_termination(), open(run_dir / "launch.log", "w") as log_file:
+            try:
+                for line in proc.stdout:
+                    line = line.rstrip("\n")
+                    log.append(line)
+                    log_file.write(line + "\n")
+                    if on_line is not None:
+                        on_line(line)
+                proc.wait()
+            except BaseException:  # Ctrl-C in a notebook, SIGTERM to the CLI: take the workers down with us
+                _kill_group(proc)
+                raise
     finally:
         if timer is not None:
             timer.cancel()
