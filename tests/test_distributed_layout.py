@@ -9,7 +9,7 @@ import pytest
 
 from workbench.distributed.comm_bench import bus_factor, parse_size, size_sweep
 from workbench.distributed.launcher import LaunchConfig, SlurmConfig, slurm_script, torchrun_argv, worker_argv
-from workbench.distributed.launcher.launch import LaunchResult, rank_errors, root_cause
+from workbench.distributed.launcher.launch import LaunchResult, launch, rank_errors, root_cause
 from workbench.distributed.layout import ParallelLayout, every_layout, parse_layout
 from workbench.errors import ConfigError
 
@@ -205,3 +205,43 @@ def test_failed_launch_puts_the_ranks_own_errors_first(tmp_path):
                          "  rank 0: RuntimeError: peer went away"]
     assert "ChildFailedError" in str(info.value)  # torchrun's report still follows
     assert LaunchResult(0, tmp_path).check().ok
+
+
+GLOO_LOST_PEER = ("Traceback (most recent call last):\n  File 'a'\nRuntimeError: [pair.cc:553] Connection closed by "
+                  "peer [127.0.0.1]:6019. This is typically caused by a remote worker crashing.\n")
+
+
+def test_a_rank_killed_by_a_signal_is_named_before_the_ranks_that_lost_it(tmp_path):
+    """A rank SIGKILLed (the OOM killer) writes no error: the summary blamed rank 0's 'connection closed by peer'
+    and never named rank 1."""
+    logs = tmp_path / "logs" / "workbench_1_abc"
+    _rank_log(logs, 0, 0, GLOO_LOST_PEER)
+    _rank_log(logs, 0, 1, "")
+    report = ["ChildFailedError:", "Failures:", "[1]:", "  rank      : 0 (local_rank: 0)",
+              "  exitcode  : -15 (pid: 11)  (SIGTERM)", "Root Cause (first observed failure):", "[0]:",
+              "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 12)  (SIGKILL)"]
+    errors = rank_errors([logs], report)
+    assert errors[0].startswith("rank 1: killed by SIGKILL (out of memory?")
+    assert errors[1].startswith("rank 0: RuntimeError: [pair.cc:553] Connection closed by peer")
+
+
+def test_lost_peer_errors_come_after_the_real_one_and_a_bare_exit_message_is_kept(tmp_path):
+    logs = tmp_path / "logs" / "workbench_1_abc"
+    _rank_log(logs, 0, 0, GLOO_LOST_PEER)
+    _rank_log(logs, 0, 1, "Traceback (most recent call last):\n  File 'a'\nRuntimeError: boom on rank 1\n")
+    report = ["Root Cause (first observed failure):", "[0]:", "  rank      : 0 (local_rank: 0)", "  exitcode  : 1"]
+    assert [e.split(":")[0] for e in rank_errors([logs], report)] == ["rank 1", "rank 0"]  # torchrun named rank 0
+    _rank_log(logs, 0, 0, "starting\n")
+    _rank_log(logs, 0, 1, "[rank1]: rank 1: bad config value\n")  # raise SystemExit("..."): no traceback
+    report = ["Root Cause (first observed failure):", "[0]:", "  rank      : 1 (local_rank: 1)", "  exitcode  : 1"]
+    assert rank_errors([logs], report) == ["rank 1: rank 1: bad config value"]
+
+
+def test_launch_results_are_indexed_by_rank_on_one_node(tmp_path):
+    """Only rank 1 wrote results: they came back as [rank 1's, None], and notebook 03 read results[0] as rank 0."""
+    script = tmp_path / "only_rank1.py"
+    script.write_text("import json, os\nif os.environ['RANK'] == '1':\n"
+                      "    json.dump({'rank': 1}, open(os.path.join(os.environ['WORKBENCH_RESULTS_DIR'], 'rank1.json'),"
+                      " 'w'))\n")
+    result = launch([str(script)], LaunchConfig(nproc=2), run_dir=tmp_path / "run", on_line=None, timeout_s=120)
+    assert result.check().results == [None, {"rank": 1}]

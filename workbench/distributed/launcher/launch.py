@@ -195,24 +195,70 @@ def root_cause(stderr: str, max_chars: int = 500) -> str | None:
 
 
 def rank_errors(log_dirs: Sequence[Path], log: Sequence[str] = ()) -> list[str]:
-    """"rank R: error line" for each rank whose stderr.log (under torchrun's ``--log-dir`` subfolders, last attempt
-    only) ends in an error; ranks with the same error share a line; torchrun's first observed failure comes first."""
+    """"rank R: error line" for each failed rank; ranks with the same error share a line. The error is the last one
+    in the rank's stderr.log (under torchrun's ``--log-dir`` subfolders, last attempt only); a rank torchrun reports
+    killed by a signal is "killed by SIGKILL" (the out-of-memory killer's signal); one that exited non-zero without
+    an error line gets its stderr's last line (``raise SystemExit("...")``). Order: torchrun's first observed failure,
+    then the rest; "connection closed by peer" errors (ranks that lost a crashed peer) come after all others."""
     by_rank: dict[int, str] = {}
+    last_line: dict[int, str] = {}
     for log_dir in log_dirs:
         attempts = sorted(log_dir.glob("attempt_[0-9]*"), key=lambda p: int(p.name[len("attempt_"):]))
         for rank_dir in attempts[-1].iterdir() if attempts else ():  # named by local rank (= rank on one node)
             stderr = rank_dir / "stderr.log"
             if rank_dir.name.isdigit() and stderr.is_file():
-                cause = root_cause(stderr.read_text(errors="replace"))
+                text = stderr.read_text(errors="replace")
+                cause = root_cause(text)
                 if cause:
                     by_rank[int(rank_dir.name)] = cause
+                lines = [_RANK_PREFIX.sub("", line).strip() for line in text.splitlines() if line.strip()]
+                if lines:
+                    last_line[int(rank_dir.name)] = lines[-1][:500]
     first = _first_failure(log)
-    order = sorted(by_rank, key=lambda r: (r != first, r))
+    for rank, code in _reported_failures(log).items():
+        if rank in by_rank:
+            continue
+        if code < 0:
+            name = _signal_name(-code)
+            if name != "SIGTERM" or rank == first:  # SIGTERM: torchrun stopping the survivors, not a cause
+                by_rank[rank] = f"killed by {name}" + (" (out of memory? the kernel's OOM killer sends SIGKILL)"
+                                                       if name == "SIGKILL" else "")
+        elif code > 0 and rank in last_line:
+            by_rank[rank] = last_line[rank]
+    # a lost peer is a consequence even when torchrun saw that rank fail first (both died in one poll)
+    order = sorted(by_rank, key=lambda r: (bool(_LOST_PEER.search(by_rank[r])), r != first, r))
     grouped: dict[str, list[int]] = {}
     for rank in order:
         grouped.setdefault(by_rank[rank], []).append(rank)
     return [f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, sorted(ranks)))}: {cause}"
             for cause, ranks in grouped.items()]
+
+
+# A rank whose peer crashed fails too, with one of these; it is a consequence, so it is listed after the cause.
+_LOST_PEER = re.compile(r"(closed|reset) by peer|broken pipe|connection refused", re.IGNORECASE)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _reported_failures(log: Sequence[str]) -> dict[int, int]:
+    """local rank -> exit code, from torchrun's ChildFailedError report ("rank : 1 (local_rank: 1)" followed by
+    "exitcode : -9 (pid: ...)"); empty when there is no report."""
+    failures, rank = {}, None
+    for line in log:
+        match = re.search(r"local_rank: (\d+)\)", line)
+        if match and re.match(r"^\s*rank\s*:", line):
+            rank = int(match.group(1))
+            continue
+        match = re.match(r"^\s*exitcode\s*:\s*(-?\d+)", line)
+        if match and rank is not None:
+            failures[rank] = int(match.group(1))
+            rank = None
+    return failures
 
 
 def _first_failure(log: Sequence[str]) -> int | None:
@@ -390,9 +436,13 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
     code = 124 if timed_out.is_set() else proc.returncode
     # With a c10d rendezvous torchrun gives out global ranks in join order, not by --node-rank, so collect the
     # rank files this node's workers actually wrote (sorted by rank); None fills in for ranks that wrote none.
-    written = sorted(results_dir.glob("rank*.json"), key=lambda p: int(p.stem[len("rank"):]))
-    results = [_read_json(p) for p in written]
-    results += [None] * (config.nproc - len(results))
+    if config.nnodes == 1:  # ranks 0..nproc-1 all live here: results[r] is rank r's (None where it wrote none)
+        results = [_read_json(results_dir / f"rank{r}.json") if (results_dir / f"rank{r}.json").exists() else None
+                   for r in range(config.nproc)]
+    else:
+        written = sorted(results_dir.glob("rank*.json"), key=lambda p: int(p.stem[len("rank"):]))
+        results = [_read_json(p) for p in written]
+        results += [None] * (config.nproc - len(results))
     errors = rank_errors(sorted(set((run_dir / "logs").glob("*")) - old_logs), log) if code else []
     return LaunchResult(code, run_dir, results, log, time.perf_counter() - start, errors)
 
