@@ -237,3 +237,15 @@ def test_sigterm_to_the_launcher_stops_torchrun_and_every_worker(tmp_path):
         except ProcessLookupError:
             pass
     assert not alive, f"workers still running: {alive}"
+
+
+def test_a_rendezvous_port_in_use_on_one_node_is_one_line(capsys):
+    """torchrun waited silently (90 s in the report) for whoever held the port to let go."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["launch", "--nproc", "2", "--rdzv-endpoint", f"127.0.0.1:{port}", "--", "-c", "pass"]) == 2
+    _one_error_line(capsys, "launch", f"rendezvous port {port} on 127.0.0.1 is in use")

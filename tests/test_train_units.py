@@ -454,3 +454,15 @@ def test_a_warmup_as_long_as_the_run_is_warned_about_and_memory_names_its_source
     said.clear()
     Trainer(tiny_config(tmp_path / "b", steps=5, warmup_steps=2), model=StandIn(), log=said.append)
     assert not any("warmup_steps" in line for line in said)
+
+
+def test_only_rank_zero_speaks(tmp_path, monkeypatch):
+    """Under data parallelism every rank printed each step, with its own tokens/s, and the 'done' line."""
+    import workbench.train.trainer as trainer_module
+
+    said = {0: [], 1: []}
+    for rank in (0, 1):
+        monkeypatch.setattr(trainer_module, "dist_rank_world", lambda rank=rank: (rank, 2))
+        Trainer(tiny_config(tmp_path / str(rank), steps=2, warmup_steps=5, log_every=1), model=StandIn(),
+                log=said[rank].append).fit()
+    assert said[1] == [] and any("warmup_steps" in line for line in said[0]) and len(said[0]) > 2

@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from workbench.distributed.layout import ParallelLayout, parse_layout
+from workbench.errors import ConfigError
 from workbench.distributed.mesh import build_mesh, submesh
 
 
@@ -106,7 +107,7 @@ def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = N
     if config is not None:
         layout.check_model(config)
         if layout.tp > 1 and getattr(config, "num_experts", 0):
-            raise ValueError(f"layout {layout}: tensor parallel covers dense layers only; for MoE models use ep")
+            raise ConfigError(f"layout {layout}: tensor parallel covers dense layers only; for MoE models use ep")
     if world == 1:  # nothing to split; mesh stays None unless given (global_loss then needs no collective)
         return ParallelModel(layout, mesh, model, model)
     mesh = mesh if mesh is not None else build_mesh(layout)

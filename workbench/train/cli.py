@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     # Under torchrun (`workbench launch -- train ...`): join the process group and apply --parallel; {} otherwise.
     summary = train(config, **distributed_train_kwargs(config))
     finish_distributed(summary)
-    print(summary_line(summary))
-    print(f"run folder: {summary['run_dir']}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under `workbench launch`, rank 0 speaks for the run
+        print(summary_line(summary))
+        print(f"run folder: {summary['run_dir']}")
     return 0

@@ -149,11 +149,13 @@ class Trainer:
                  parallelize: Callable | None = None, callbacks: Iterable[Callable[[dict], None]] = (),
                  log: Callable[[str], None] | None = None) -> None:
         self.config = config
-        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-        self.callbacks = list(callbacks)
-        self.device = get_device(config.device)
         self.rank, self.world_size = dist_rank_world()
         self.is_main_process = self.rank == 0
+        # one voice per run: under data parallelism every rank would print each step (with its own tokens/s)
+        say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.log = say if self.is_main_process else (lambda message: None)
+        self.callbacks = list(callbacks)
+        self.device = get_device(config.device)
         self.run_dir = Path(config.out_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise WorkbenchError(f"--out {str(self.run_dir)!r} is a file; the run folder must be a folder (new or "

@@ -382,6 +382,29 @@ def _stop_workers_on_termination():
             signal.signal(signum, old)
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
+
+
+def check_rendezvous_port(config: LaunchConfig) -> None:
+    """On one node with a given --rdzv-endpoint on this machine, fail now if its port is taken: torchrun waited
+    silently for the holder to go away (another launch on the same endpoint, or any other program)."""
+    if config.nnodes != 1 or not config.rdzv_endpoint:
+        return
+    host, _, port = config.rdzv_endpoint.rpartition(":")
+    host = host.strip("[]")
+    if host not in LOCAL_HOSTS and host != socket.gethostname():
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the rendezvous store binds: TIME_WAIT is ok
+        try:
+            probe.bind(("" if host == "0.0.0.0" else host, int(port)))
+        except OSError as error:
+            raise ConfigError(f"rendezvous port {port} on {host} is in use ({error.strerror or error}): another "
+                              f"launch or program holds it; pick another port, or leave --rdzv-endpoint out on one "
+                              f"node (a free port is chosen)") from None
+
+
 def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_dir: str | Path = "runs/launch",
            on_line: Callable[[str], None] | None = print, timeout_s: float | None = None,
            env: dict[str, str] | None = None) -> LaunchResult:
@@ -391,6 +414,7 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
     """
     config = config or LaunchConfig()
     timeout_s = check_timeout(timeout_s, "timeout_s")
+    check_rendezvous_port(config)
     run_dir = Path(run_dir)
     results_dir = run_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
