@@ -26,8 +26,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# as root (containers, workshop VMs) Jupyter refuses to start without --allow-root
 lab: $(STAMP)
-	$(ALLOC) $(VENV)/bin/jupyter lab notebooks/
+	$(ALLOC) $(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 info: $(STAMP)
 	$(VENV)/bin/workbench info

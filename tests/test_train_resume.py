@@ -193,7 +193,7 @@ def test_a_second_process_cannot_train_in_a_run_folder_in_use(tmp_path):
     second = subprocess.run([sys.executable, "-m", "workbench", *_args(run, "--resume")], env=_env(), cwd=REPO,
                             capture_output=True, text=True, timeout=170)
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
-    assert f"another process (pid {os.getpid()}) is training in {run}" in second.stderr
+    assert f"another process (pid {os.getpid()}) is using the run folder {run}" in second.stderr
     unlock_run_folder(run)
     probe = subprocess.run([sys.executable, "-c", "from workbench.train.run_lock import lock_run_folder; "
                             f"lock_run_folder({str(run)!r}); print('locked')"], env=_env(), cwd=REPO,

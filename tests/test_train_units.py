@@ -466,3 +466,57 @@ def test_only_rank_zero_speaks(tmp_path, monkeypatch):
         Trainer(tiny_config(tmp_path / str(rank), steps=2, warmup_steps=5, log_every=1), model=StandIn(),
                 log=said[rank].append).fit()
     assert said[1] == [] and any("warmup_steps" in line for line in said[0]) and len(said[0]) > 2
+
+
+def test_a_notebook_restart_cannot_delete_a_run_another_process_trains_in(tmp_path):
+    """Notebook 01 deleted its run folder when it held checkpoints, even while another kernel trained there, then
+    took a fresh lock beside the live run. clear_run_folder takes the lock first, and keeps it for the Trainer."""
+    import subprocess
+    import sys
+
+    from workbench.train.run_lock import clear_run_folder, unlock_run_folder
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.train.run_lock import "
+                               "lock_run_folder; lock_run_folder(sys.argv[1]); print('locked', flush=True); "
+                               "time.sleep(60)", str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match="is using the run folder"):
+            clear_run_folder(run)
+        assert (run / "metrics.jsonl").exists() and (run / "checkpoints").is_dir()  # nothing deleted
+    finally:
+        holder.kill()
+        holder.wait()
+    clear_run_folder(run)
+    assert [p.name for p in run.iterdir()] == [".lock"]
+    unlock_run_folder(run)
+
+
+def test_fit_takes_the_lock_again_and_close_releases_it(tmp_path):
+    """After an interrupted fit() released the lock, calling fit() again trained without it; a Trainer that never
+    fit() (notebook 04 profiles with one) held the folder for the kernel's whole life."""
+    from workbench.train import run_lock
+
+    trainer = Trainer(tiny_config(tmp_path, steps=2), model=StandIn(), log=quiet)
+    key = str((tmp_path / "run").resolve())
+    assert key in run_lock._held
+    trainer.close()
+    assert key not in run_lock._held
+    taken = []
+    original = run_lock.lock_run_folder
+
+    def spy(path):
+        taken.append(str(path))
+        original(path)
+
+    import workbench.train.trainer as trainer_module
+
+    trainer_module.lock_run_folder = spy
+    try:
+        trainer.fit()
+    finally:
+        trainer_module.lock_run_folder = original
+    assert taken and key not in run_lock._held

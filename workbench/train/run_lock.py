@@ -38,11 +38,29 @@ def lock_run_folder(run_dir: str | Path) -> None:
     except OSError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise WorkbenchError(f"another process (pid {holder}) is training in {run_dir}; wait for it to finish, "
-                             f"or choose another --out") from None
+        raise WorkbenchError(f"another process (pid {holder}) is using the run folder {run_dir}; wait for it to "
+                             f"finish (a notebook kernel holds it until it restarts or calls trainer.close()), or "
+                             f"choose another --out / out_dir") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = fd
+
+
+def clear_run_folder(run_dir: str | Path) -> None:
+    """Empty ``run_dir`` for a fresh run while holding its lock (a notebook starting its run over): raises
+    ``WorkbenchError`` if another process trains there, instead of deleting that run from under it. The lock file
+    itself stays, so this process keeps the lock through the Trainer that follows."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    lock_run_folder(run_dir)
+    for child in run_dir.iterdir():
+        if child.name == LOCK_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def unlock_run_folder(run_dir: str | Path) -> None:

@@ -419,13 +419,21 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train to ``config.steps``: log, evaluate, checkpoint, sample; write summary.json. Returns the summary."""
+        """Train to ``config.steps``: log, evaluate, checkpoint, sample; write summary.json. Returns the summary.
+        Called again after an interruption (Ctrl-C in a notebook), it continues from where training stopped."""
+        if self.is_main_process:  # again: the previous fit() released it when it was interrupted
+            lock_run_folder(self.run_dir)
         try:
             return self._fit()
         finally:  # also after an error (a NaN loss, Ctrl-C in a notebook): the folder's checkpoints stay resumable
-            self.metrics.close()
-            if self.is_main_process:
-                unlock_run_folder(self.run_dir)
+            self.close()
+
+    def close(self) -> None:
+        """Release the run folder (its lock, the metrics file) without training: a Trainer built only to profile
+        or inspect (notebook 04) held the folder for the kernel's whole life. ``fit()`` takes it again."""
+        self.metrics.close()
+        if self.is_main_process:
+            unlock_run_folder(self.run_dir)
 
     def _fit(self) -> dict[str, Any]:
         c = self.config
