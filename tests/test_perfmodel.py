@@ -288,3 +288,19 @@ def test_claim_summary_under_fp8_gives_mfu_against_both_peaks():
     rows = claim_study(["H800", "H100"], "glm4-tiny", 8, 1024, 64, 1e9, "H100", precision="fp8", unit=8)
     last = claim_summary(rows, "glm4-tiny", 8, 1e9)[-1]
     assert "against the FP8 peak" in last and "against the BF16 peak" in last
+
+
+def test_a_scale_up_bus_bandwidth_above_the_link_rate_is_capped_at_it():
+    """H200's catalog figure (475 GB/s, an NVLS measurement) beat its 450 GB/s one-way NVLink, so H200 and H100 (ring
+    figure, same NVLink4) got different collective speeds; a ring cannot exceed the one-way rate."""
+    from types import SimpleNamespace
+
+    from workbench.hardware import find_chip
+    from workbench.perfmodel.collectives import choose_link
+    from workbench.perfmodel.efficiency import Efficiency
+
+    h100 = find_chip("H100")
+    assert find_chip("H200").scale_up_busbw_gb_s == h100.scale_up_busbw_gb_s
+    fast = h100.with_overrides(scale_up_busbw_gb_s=600.0)
+    link = choose_link(SimpleNamespace(chip=fast, scale_up_domain=8), Efficiency(), 8)
+    assert link.busbw == pytest.approx(450e9)

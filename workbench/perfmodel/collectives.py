@@ -51,7 +51,10 @@ def choose_link(cluster, eff, span: int) -> Link:
         return Link("none", float("inf"), 0.0)
     if span <= cluster.scale_up_domain:
         if chip.scale_up_busbw_gb_s:
-            return Link("scale-up", chip.scale_up_busbw_gb_s * 1e9, eff.alpha_up_s)
+            busbw = chip.scale_up_busbw_gb_s
+            if chip.scale_up_gb_s:  # a ring cannot beat the one-way link rate; above it a figure is NVLS in-switch
+                busbw = min(busbw, chip.scale_up_gb_s / 2)  # reduction, which this model does not price
+            return Link("scale-up", busbw * 1e9, eff.alpha_up_s)
         if chip.scale_up_gb_s:  # catalog figures are bidirectional totals: half per direction
             return Link("scale-up", chip.scale_up_gb_s / 2 * 1e9 * eff.comm_eff_up, eff.alpha_up_s)
         if chip.scale_out_gb_s_per_chip:
