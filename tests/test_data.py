@@ -121,6 +121,7 @@ def test_folder_reads_json_arrays_follows_linked_folders_and_skips_metadata_json
     elsewhere.mkdir()
     (data / "a.json").write_text(json.dumps(["from a json array"]))
     (data / "dataset_info.json").write_text(json.dumps({"description": "metadata, not documents"}))
+    (data / "scores.json").write_text(json.dumps([1, 2, 3]))  # an array of non-documents: skipped too
     (elsewhere / "linked.txt").write_text("from a linked folder")
     (data / "linkdir").symlink_to(elsewhere, target_is_directory=True)
     (elsewhere / "loop").symlink_to(data, target_is_directory=True)  # a link loop must end
@@ -129,6 +130,7 @@ def test_folder_reads_json_arrays_follows_linked_folders_and_skips_metadata_json
         docs = load_corpus(data).documents
     assert docs == ["from a json array", "from a linked folder"]
     assert any("dataset_info.json" in str(w.message) and "skipped" in str(w.message) for w in caught)
+    assert any("scores.json" in str(w.message) and "skipped" in str(w.message) for w in caught)
 
 
 def test_packing_memory_stays_at_one_piece_of_the_corpus(tmp_path):
@@ -181,8 +183,10 @@ def test_hf_source_says_install_datasets_when_only_a_datasets_folder_is_on_the_p
     monkeypatch.delitem(sys.modules, "datasets", raising=False)
 
 
-def _fake_hf_datasets(monkeypatch, calls: list):
-    """Stand in for HF `datasets` (not installed here, and tests never download): records load_dataset calls."""
+def _fake_hf_datasets(monkeypatch, calls: list, fail: bool = False):
+    """Stand in for HF `datasets` (not installed here, and tests never download): records each load_dataset call
+    with the offline settings it saw, and fails like a missing cached copy when ``fail``."""
+    import os
     import types
 
     from workbench.data import corpus
@@ -193,19 +197,29 @@ def _fake_hf_datasets(monkeypatch, calls: list):
         def __getitem__(self, column):
             return ["one story", "another story"]
 
-    fake = types.SimpleNamespace(load_dataset=lambda name, split: calls.append((name, split)) or FakeDataset())
+    config = types.SimpleNamespace(HF_HUB_OFFLINE=False, HF_DATASETS_OFFLINE=False)
+
+    def load_dataset(name, split):
+        calls.append((name, split, os.environ.get("HF_DATASETS_OFFLINE"), config.HF_HUB_OFFLINE))
+        if fail:
+            raise ConnectionError("Couldn't reach the Hub and no cached copy")
+        return FakeDataset()
+
+    fake = types.SimpleNamespace(load_dataset=load_dataset, config=config)
     monkeypatch.setattr(corpus, "_import_hf_datasets", lambda: fake)
     for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    return corpus
+    return corpus, config
 
 
-def test_hf_source_offline_fails_fast_and_says_how_to_use_the_cache(monkeypatch):
-    """Offline, load_dataset retried for ~25 s before its error; a short connect probe now says so at once."""
+def test_hf_source_offline_reads_the_cache_at_once_or_fails_fast(monkeypatch):
+    """Offline, load_dataset retried for ~25 s before falling back to the cached copy; a short connect probe now
+    sends it straight to HF's offline mode, and without a cached copy the error comes at once."""
+    import os
     import socket
 
     calls: list = []
-    corpus = _fake_hf_datasets(monkeypatch, calls)
+    corpus, config = _fake_hf_datasets(monkeypatch, calls)
     probed = []
 
     def no_network(address, timeout=None):
@@ -214,14 +228,21 @@ def test_hf_source_offline_fails_fast_and_says_how_to_use_the_cache(monkeypatch)
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org:8443")
-    with pytest.raises(WorkbenchError, match=r"hub\.example\.org:8443 is unreachable \(Network is unreachable\)"
-                                             r".*HF_DATASETS_OFFLINE=1"):
-        load_corpus("hf:roneneldan/TinyStories")
-    assert probed == [(("hub.example.org", 8443), corpus.HUB_PROBE_TIMEOUT_S)] and calls == []
-
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the user's cache: no probe, straight to load_dataset
     assert load_corpus("hf:roneneldan/TinyStories:validation").documents == ["one story", "another story"]
-    assert calls == [("roneneldan/TinyStories", "validation")] and len(probed) == 1
+    assert probed == [(("hub.example.org", 8443), corpus.HUB_PROBE_TIMEOUT_S)]
+    assert calls == [("roneneldan/TinyStories", "validation", "1", True)]  # offline mode during the call...
+    assert os.environ.get("HF_DATASETS_OFFLINE") is None and config.HF_HUB_OFFLINE is False  # ...and only then
+
+    corpus, _ = _fake_hf_datasets(monkeypatch, calls, fail=True)
+    with pytest.raises(WorkbenchError, match=r"hub\.example\.org:8443 is unreachable \(Network is unreachable\), "
+                                             r"and your Hugging Face cache has no copy"):
+        load_corpus("hf:roneneldan/TinyStories")
+
+    calls.clear()
+    corpus, _ = _fake_hf_datasets(monkeypatch, calls)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the user chose offline mode: no probe
+    load_corpus("hf:some/set")
+    assert len(probed) == 2 and calls == [("some/set", "train", "1", False)]
 
 
 def test_hf_source_behind_a_proxy_is_not_probed(monkeypatch):
@@ -232,7 +253,7 @@ def test_hf_source_behind_a_proxy_is_not_probed(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed despite the proxy"))
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
     assert load_corpus("hf:some/set").documents == ["one story", "another story"]
-    assert calls == [("some/set", "train")]
+    assert calls == [("some/set", "train", None, False)]
 
 
 # ---- tokenizers -----------------------------------------------------------------------------------------------

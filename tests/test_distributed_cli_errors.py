@@ -225,7 +225,14 @@ def test_sigterm_to_the_launcher_stops_torchrun_and_every_worker(tmp_path):
         assert len(workers) == 2, "the workers never started"
         launcher.send_signal(signal.SIGTERM)
         _, err = launcher.communicate(timeout=30)
-    finally:
+    finally:  # on a failure, take torchrun and the workers (in their own session) down too
+        from workbench.distributed.launcher.launch import _descendants
+
+        for pid in _descendants(launcher.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         launcher.kill()
     assert launcher.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
     time.sleep(0.5)

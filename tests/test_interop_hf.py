@@ -189,3 +189,13 @@ def test_to_hf_records_the_weights_dtype_and_reads_an_all_dense_trunk_with_a_moe
     x = torch.randint(0, V, (1, 10))
     with torch.no_grad():
         assert torch.equal(again(x, labels=x).mtp_loss, model(x, labels=x).mtp_loss)
+
+
+@pytest.mark.parametrize("name", ["glm45-tiny", "glm5-tiny"])
+def test_a_dense_model_round_trips_its_config(name, tmp_path):
+    """to_hf writes placeholders for a dense model's MoE-only fields (top-1, first_k_dense = layers); once the
+    transformers fields won, they came back as num_experts_per_token 1 and first_k_dense 4."""
+    changes = {"indexer_types": ("full", "shared", "full", "shared")} if name == "glm5-tiny" else {}
+    cfg = get_preset(name).replace(vocab_size=V, num_experts=0, mtp_layers=0, **changes)
+    to_hf(build_model(cfg), tmp_path)
+    assert from_hf(tmp_path).config == cfg

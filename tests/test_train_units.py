@@ -256,9 +256,25 @@ def test_resume_refuses_another_model_or_data_loader(tmp_path):
         Trainer(config.replace(resume=True), log=quiet)
     from workbench.train.trainer import LOADER_VERSION
 
-    rewrite(lambda state: (state["data"].update(loader=LOADER_VERSION), state["data"]["pack"].pop("corpus_hash")))
-    with pytest.raises(ValueError, match="written by an earlier workbench, which hashed and packed the corpus"):
+    # a checkpoint from before the length-prefixed corpus hash: the same data (by the old hash) resumes, other
+    # data is refused
+    from workbench.data import load_corpus
+    from workbench.data.corpus import pre_v2_hash
+
+    old_sha = pre_v2_hash(load_corpus(config.data).documents, "byte")
+
+    def as_before(state, sha):
+        state["data"].update(loader=LOADER_VERSION)
+        state["data"]["pack"].pop("corpus_hash", None)
+        state["data"]["pack"]["corpus_sha256"] = sha
+
+    rewrite(lambda state: as_before(state, old_sha))
+    assert Trainer(config.replace(resume=True), log=quiet).step == 4
+    rewrite(lambda state: as_before(state, "0" * 64))
+    with pytest.raises(ValueError, match="written by an earlier workbench and its data does not give the same"):
         Trainer(config.replace(resume=True), log=quiet)
+    assert pre_v2_hash(["a\x00b"], "byte") is None and pre_v2_hash(["<|endoftext|> x"], "bpe") is None
+    assert pre_v2_hash(["<|endoftext|> x"], "byte") is not None
 
 
 def test_a_byte_run_resumes_whatever_bpe_vocab_size_says(tmp_path):
@@ -448,7 +464,7 @@ def test_a_warmup_as_long_as_the_run_is_warned_about_and_memory_names_its_source
     said = []
     trainer = Trainer(tiny_config(tmp_path, steps=5, warmup_steps=20, eval_every=0, ckpt_every=0), model=StandIn(),
                       log=said.append)
-    assert any("warmup_steps (20) >= steps (5): the lr rises to only 25% of --lr" in line for line in said)
+    assert any("warmup_steps (20) >= steps (5): the lr rises to 25% of --lr at the last step" in line for line in said)
     summary = trainer.fit()
     assert summary["memory_source"] == trainer.device.memory_stats()["source"]
     said.clear()
@@ -495,7 +511,7 @@ def test_a_notebook_restart_cannot_delete_a_run_another_process_trains_in(tmp_pa
     unlock_run_folder(run)
 
 
-def test_fit_takes_the_lock_again_and_close_releases_it(tmp_path):
+def test_fit_takes_the_lock_again_and_close_releases_it(tmp_path, monkeypatch):
     """After an interrupted fit() released the lock, calling fit() again trained without it; a Trainer that never
     fit() (notebook 04 profiles with one) held the folder for the kernel's whole life."""
     from workbench.train import run_lock
@@ -514,9 +530,6 @@ def test_fit_takes_the_lock_again_and_close_releases_it(tmp_path):
 
     import workbench.train.trainer as trainer_module
 
-    trainer_module.lock_run_folder = spy
-    try:
-        trainer.fit()
-    finally:
-        trainer_module.lock_run_folder = original
+    monkeypatch.setattr(trainer_module, "lock_run_folder", spy)
+    trainer.fit()
     assert taken and key not in run_lock._held

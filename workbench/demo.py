@@ -2,9 +2,9 @@
 
 It picks the device (NPU, CUDA, ... or CPU), trains ``glm4-tiny`` (byte-level tokens, the bundled synthetic stories)
 for a few minutes with a progress bar, then prints the loss it reached, tokens/s and MFU, two samples, and where the
-run folder and the loss figure are. On 2 CPU cores the loss falls from ~5.6 to well under 2 within its default 3 minutes; on an
-accelerator the same run takes seconds, so it trains longer there. Options: ``--steps``, ``--minutes``, ``--out``,
-``--device``, ``--batch-size``, ``--seq-len``.
+run folder and the loss figure are. On 2 CPU cores the loss falls from ~5.6 to well under 2 within its default 3
+minutes; on an accelerator the same run takes seconds, so it trains longer there. Options: ``--steps``,
+``--minutes``, ``--out``, ``--device``, ``--batch-size``, ``--seq-len``.
 """
 
 from __future__ import annotations

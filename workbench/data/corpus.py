@@ -8,10 +8,10 @@ Sources (the ``data`` setting of a run, the ``--data`` flag, the notebook's ``da
 - a local ``.json`` file: a JSON array of such strings/objects (or one object);
 - a local folder: every ``*.txt``, ``*.md``, ``*.text``, ``*.jsonl``, ``*.ndjson`` and ``*.json`` file below it
   (symlinked folders followed), in sorted path order, skipping hidden paths (``.git/``, ``.ipynb_checkpoints/``,
-  dotfiles) and empty files; a ``.json`` object without the text field there is metadata, skipped with a warning;
+  dotfiles) and empty files; a ``.json`` there that is not documents (metadata, scores) is skipped with a warning;
 - ``"hf:NAME"`` or ``"hf:NAME:SPLIT"``: a Hugging Face ``datasets`` dataset (optional dependency, needs network the
-  first time; never downloaded by tests). Offline, it fails in seconds instead of retrying for half a minute, and
-  says how to use a copy already in the HF cache (``HF_DATASETS_OFFLINE=1``).
+  first time; never downloaded by tests). Offline (the Hub does not answer a 3 s connect), the copy in the HF cache
+  is read in HF's offline mode at once, instead of after half a minute of retries; with no copy, a clear error.
 A UTF-8 byte-order mark at the start of a file is dropped.
 Bad input (missing path, empty or non-UTF-8 file, no text found) raises ``WorkbenchError`` with a clear message.
 Used by the trainer, ``make demo`` and notebooks/01_training.ipynb.
@@ -19,6 +19,7 @@ Used by the trainer, ``make demo`` and notebooks/01_training.ipynb.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -95,6 +96,22 @@ def _hash_documents(docs: list[str]) -> str:
         data = d.encode("utf-8")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
+    return h.hexdigest()
+
+
+def pre_v2_hash(docs: list[str], tokenizer_kind: str) -> str | None:
+    """The corpus hash an earlier workbench (before ``CORPUS_HASH``) saved in its checkpoints: sha256 over the
+    documents, each followed by a NUL byte. None when that version would have packed these documents into other
+    tokens (a NUL inside a document, or, with BPE, a literal end-of-text marker it split out as the special
+    token), so such a checkpoint cannot continue; otherwise an old checkpoint of the same data resumes."""
+    from workbench.data.tokenizer import EOS
+
+    if any("\x00" in d for d in docs) or (tokenizer_kind == "bpe" and any(EOS in d for d in docs)):
+        return None
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.encode("utf-8"))
+        h.update(b"\x00")
     return h.hexdigest()
 
 
@@ -177,21 +194,27 @@ def _files_below(root: Path) -> list[Path]:
             subfolders[:] = []
             continue
         seen.add(real)
+        subfolders.sort()  # listing order decides which path of a twice-reachable folder is kept: make it fixed
         files.extend(Path(folder) / name for name in names)
     return files
 
 
-def _is_metadata_json(path: Path, text_field: str) -> bool:
-    """A folder's ``.json`` file that is one object without ``text_field`` (a dataset_info.json next to the data)
-    rather than documents: warn and skip it instead of failing the whole folder."""
+def _folder_json_documents(path: Path, text_field: str) -> list[str]:
+    """The documents of a ``.json`` file met in a folder. A file given directly must be documents; in a folder a
+    .json that is not (dataset_info.json, scores.json: an object without ``text_field``, an array of numbers) sits
+    next to the data, so it is skipped with a warning instead of failing the whole folder."""
+    text = _read_utf8(path, allow_empty=True)
+    if not text:
+        return []
     try:
-        item = json.loads(_read_utf8(path, allow_empty=True) or "[]")
+        items = json.loads(text)
     except json.JSONDecodeError:
-        return False  # _load_file reports it with the file name
-    if isinstance(item, dict) and text_field not in item:
-        warnings.warn(f"{path}: a JSON object without a {text_field!r} field, not documents; skipped")
-        return True
-    return False
+        return _parse_json(text, path, text_field)  # reports it with the file name
+    items = items if isinstance(items, list) else [items]
+    if all(isinstance(i, str) or (isinstance(i, dict) and isinstance(i.get(text_field), str)) for i in items):
+        return [i if isinstance(i, str) else i[text_field] for i in items]
+    warnings.warn(f"{path}: not documents (strings or objects with a string {text_field!r} field); skipped")
+    return []
 
 
 def _load_folder(path: Path, text_field: str) -> list[str]:
@@ -202,9 +225,10 @@ def _load_folder(path: Path, text_field: str) -> list[str]:
         raise WorkbenchError(f"folder {str(path)!r} holds no {', '.join(suffixes)} files (hidden ones are skipped)")
     docs: list[str] = []
     for f in files:  # an empty file in a folder holds no documents; it is not an error there
-        if f.suffix.lower() == ".json" and _is_metadata_json(f, text_field):
-            continue
-        docs.extend(_load_file(f, text_field, allow_empty=True))
+        if f.suffix.lower() == ".json":
+            docs.extend(_folder_json_documents(f, text_field))
+        else:
+            docs.extend(_load_file(f, text_field, allow_empty=True))
     return docs
 
 
@@ -250,19 +274,56 @@ def _hub_unreachable() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _hub_offline(datasets):
+    """HF's offline mode for one call. ``datasets`` and ``huggingface_hub`` read HF_HUB_OFFLINE /
+    HF_DATASETS_OFFLINE when they are imported, so besides the environment their module-level copies are set too,
+    and everything is restored afterwards."""
+    import importlib
+
+    targets = [(module, attr) for module in (getattr(datasets, "config", None),
+                                             _optional_module(importlib, "huggingface_hub.constants"))
+               if module is not None for attr in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(module, attr)]
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    saved_attrs = [(module, attr, getattr(module, attr)) for module, attr in targets]
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    for module, attr in targets:
+        setattr(module, attr, True)
+    try:
+        yield
+    finally:
+        for module, attr, value in saved_attrs:
+            setattr(module, attr, value)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _optional_module(importlib, name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
 def _load_hf(spec: str, text_field: str) -> list[str]:
     name, _, split = spec.partition(":")
     datasets = _import_hf_datasets()  # optional: pip install -e '.[hf-datasets]'
     if datasets is None:
         raise WorkbenchError("data 'hf:...' needs the optional `datasets` package: pip install -e '.[hf-datasets]'")
     unreachable = _hub_unreachable()
-    if unreachable:
-        raise WorkbenchError(f"could not load Hugging Face dataset {name!r}: {unreachable}. Offline, a dataset "
-                             f"already in your Hugging Face cache loads with HF_DATASETS_OFFLINE=1 set; or use a "
-                             f"local file / 'default'")
     try:
-        ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as exc:  # offline, unknown name, gated dataset, ...
+        # Offline, read the copy in the HF cache without asking the Hub (asking retried for ~25 s before falling
+        # back to that same copy); with no copy there, the error below comes at once.
+        with _hub_offline(datasets) if unreachable else contextlib.nullcontext():
+            ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:  # offline without a cached copy, unknown name, gated dataset, ...
+        if unreachable:
+            raise WorkbenchError(f"could not load Hugging Face dataset {name!r}: {unreachable}, and your Hugging "
+                                 f"Face cache has no copy of it; go online once, or use a local file / "
+                                 f"'default'") from None
         raise WorkbenchError(f"could not load Hugging Face dataset {name!r} ({type(exc).__name__}: {exc}); "
                              f"are you online? Or use a local file / 'default'") from None
     if text_field not in ds.column_names:

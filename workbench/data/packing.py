@@ -90,7 +90,7 @@ def _write_pack(directory: Path, corpus: Corpus, tokenizer, val_fraction: float)
             raise WorkbenchError(f"corpus {corpus.source!r} is too small to train on ({total} tokens)")
         with open(tmp / "train.bin", "r+b") as train, open(tmp / "val.bin", "wb") as val:
             train.seek(n_train * dtype.itemsize)
-            val.write(train.read())
+            shutil.copyfileobj(train, val, 1 << 20)  # in 1 MiB pieces: the tail may be up to half the stream
             train.truncate(n_train * dtype.itemsize)
             for f in (train, val):
                 f.flush()

@@ -5,8 +5,9 @@ Both have the same small interface: ``encode(text) -> list[int]``, ``decode(ids)
 size, so packing a large corpus never holds all its tokens in memory at once), ``encode_documents(docs)`` (the same
 stream as one array), ``vocab_size``, ``eos_id``, ``save(dir)``, and ``identity`` (a string that changes whenever
 the token ids would change; the packing cache keys on it). Text that spells the end-of-text marker
-``<|endoftext|>`` is encoded as text by both: only the tokenizer inserts the end-of-text token, between documents. A run saves its tokenizer
-in its run folder (``tokenizer.json``) and ``load_tokenizer(run_dir)`` reads it back on resume.
+``<|endoftext|>`` is encoded as text by both: only the tokenizer inserts the end-of-text token, between documents.
+A run saves its tokenizer in its run folder (``tokenizer.json``) and ``load_tokenizer(run_dir)`` reads it back on
+resume.
 Used by the trainer and notebooks/01_training.ipynb.
 """
 
@@ -23,6 +24,8 @@ from workbench.errors import WorkbenchError
 
 EOS = "<|endoftext|>"
 ENCODE_BATCH_DOCS = 1024  # documents per piece of iter_encoded: bounds packing's memory, amortises the calls
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_KINDS = ("byte", "bpe")
 
 
 def _batches(docs: list[str], size: int = ENCODE_BATCH_DOCS) -> Iterator[list[str]]:
@@ -39,8 +42,6 @@ def _with_eos(pieces: list[np.ndarray], eos_id: int, dtype: np.dtype) -> np.ndar
         out[at + len(piece)] = eos_id
         at += len(piece) + 1
     return out
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_KINDS = ("byte", "bpe")
 
 
 class ByteTokenizer:

@@ -21,8 +21,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from workbench.distributed.layout import ParallelLayout, parse_layout
-from workbench.errors import ConfigError
 from workbench.distributed.mesh import build_mesh, submesh
+from workbench.errors import ConfigError
 
 
 @dataclass

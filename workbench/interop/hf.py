@@ -31,6 +31,9 @@ from workbench.model.config import ModelConfig
 from workbench.model.glm import GLMForCausalLM, build_model, cast_model
 
 ARCHITECTURES = {"glm4_moe": "Glm4MoeForCausalLM", "glm_moe_dsa": "GlmMoeDsaForCausalLM"}
+# ModelConfig fields that mean nothing without experts (a dense model's transformers config holds placeholders)
+MOE_ONLY_FIELDS = {"num_experts_per_token", "first_k_dense", "moe_intermediate_size", "num_shared_experts",
+                   "routed_scaling", "norm_topk_prob"}
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -295,6 +298,8 @@ def from_hf(model_or_path, *, device: str | torch.device | None = None,
         # (an embedded copy, which transformers keeps when it re-saves, must not silently undo such an edit).
         # Only the fields they cannot express come from the copy; MLA's num_kv_heads has no transformers meaning.
         from_copy = {"name"} | ({"num_kv_heads"} if fields["attention_type"] == "mla" else set())
+        if fields["num_experts"] == 0:  # a dense model: to_hf wrote placeholders for the MoE-only fields
+            from_copy |= MOE_ONLY_FIELDS
         fields = {**d["workbench_config"], **{k: v for k, v in fields.items() if k not in from_copy}}
     config = ModelConfig.from_dict(fields)
     ours = state_dict_from_hf(state, config)

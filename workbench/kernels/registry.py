@@ -100,8 +100,8 @@ def parse_overrides(text: str, source: str = "kernel overrides") -> dict[str, st
     if "=" not in text:  # one implementation name for every op that has it (the rest keep their default)
         chosen = {op: text for op, impls in _REGISTRY.items() if text in impls}
         if not chosen:
-            raise KernelChoiceError(f"{source} {text!r}: no op has an implementation of that name; "
-                             f"names: {', '.join(sorted({n for impls in _REGISTRY.values() for n in impls}))}")
+            names = ", ".join(sorted({n for impls in _REGISTRY.values() for n in impls}))
+            raise KernelChoiceError(f"{source} {text!r}: no op has an implementation of that name; names: {names}")
         return chosen
     pairs = {}
     for item in text.split(","):

@@ -235,7 +235,10 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, labels, ignore_index, chunk_size):
         n_rows, vocab = hidden.shape[0], weight.shape[0]
         valid = labels != ignore_index
-        if bool((valid & ((labels < 0) | (labels >= vocab))).any()):  # as F.cross_entropy: never a silent wrong loss
+        # as F.cross_entropy: never a silent wrong loss. Reading the answer back waits for the device (a host sync
+        # per micro-batch) and breaks a compiled graph, so, like check_topk_indices, only on cpu and in eager mode
+        if hidden.device.type == "cpu" and not torch.compiler.is_compiling() and \
+                bool((valid & ((labels < 0) | (labels >= vocab))).any()):
             raise IndexError(f"cross_entropy: a label is outside [0, {vocab}) (and is not ignore_index)")
         safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
         mm_dtype = compute_dtype(hidden)  # the backward recomputes the logits in this same dtype

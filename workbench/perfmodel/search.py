@@ -109,8 +109,8 @@ def search(spec: Spec) -> list[Evaluation]:
         raise MemoryCapacityError(
             f"impossible memory: no layout fits in the usable {spec.cluster.chip.hbm_gb * MEMORY_HEADROOM:.0f} of "
             f"{spec.cluster.chip.hbm_gb:g} GB per {spec.cluster.chip.chip}; the "
-            f"closest (tp={L.tp} cp={L.cp} pp={L.pp} vp={L.vp} dp={L.dp} ep={L.ep} zero={L.zero} recompute={L.recompute} "
-            f"micro_batch={closest.micro_batch}) needs {closest.memory['total_gb']:.1f} GB. Use more chips, a chip "
+            f"closest (tp={L.tp} cp={L.cp} pp={L.pp} vp={L.vp} dp={L.dp} ep={L.ep} zero={L.zero} "
+            f"recompute={L.recompute} micro_batch={closest.micro_batch}) needs {closest.memory['total_gb']:.1f} GB. Use more chips, a chip "
             f"with more memory, or a shorter sequence")
     feasible.sort(key=lambda e: e.step_time_s)
     return feasible[: max(spec.search_top, 1)]

@@ -5,8 +5,8 @@ ffn_type, vocab, moe, mla) plus a few optional extras that presets carry (tied e
 layers, the DSA indexer). It is built from a dict (``shape_from_dims``) or from a workbench preset's ModelConfig
 (``shape_from_preset``); tests check that its totals equal ``workbench.model.accounting`` for the presets.
 
-FLOPs follow the PaLM / torchtitan MFU convention (Chowdhery et al. 2022, appendix B): 6 x matmul parameters active per token
-(non-embedding; routed experts counted top_k of them) + attention 6 x L x H x (d_qk + d_v) x T, no causal discount.
+FLOPs follow the PaLM / torchtitan MFU convention (Chowdhery et al. 2022, appendix B): 6 x matmul parameters active
+per token (non-embedding; routed experts counted top_k of them) + attention 6 x L x H x (d_qk + d_v) x T, no causal discount.
 Used by ``workbench.perfmodel.simulator`` and notebooks/05_hardware_comparison.ipynb.
 """
 

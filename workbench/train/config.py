@@ -18,9 +18,9 @@ from workbench.typecheck import field_type_problems
 
 OPTIMIZERS = ("adamw", "muon")
 TOKENIZERS = ("byte", "bpe")
+MIN_BPE_VOCAB, MAX_BPE_VOCAB = 300, 2**24  # 2**24: far above any LM vocabulary (GLM: 151,552), below overflow
 
 # Settings that must equal the checkpoint's on --resume (steps, eval/ckpt cadence, progress, out_dir may change).
-MIN_BPE_VOCAB, MAX_BPE_VOCAB = 300, 2**24  # 2**24: far above any LM vocabulary (GLM: 151,552), below overflow
 TRAJECTORY_FIELDS = ("preset", "model_overrides", "data", "tokenizer", "bpe_vocab_size", "val_fraction",
                      "batch_size", "seq_len", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
                      "beta1", "beta2", "grad_clip", "optimizer", "muon_lr", "seed", "expert_bias_rate")
@@ -98,7 +98,7 @@ class TrainConfig:
         need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.tokenizer in TOKENIZERS, f"tokenizer must be one of {list(TOKENIZERS)}, got {self.tokenizer!r}")
-        need(MIN_BPE_VOCAB <= self.bpe_vocab_size <= MAX_BPE_VOCAB,
+        need(self.tokenizer != "bpe" or MIN_BPE_VOCAB <= self.bpe_vocab_size <= MAX_BPE_VOCAB,
              f"bpe_vocab_size must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB}] (256 bytes + merges; ids are stored as "
              f"uint32), got {self.bpe_vocab_size}")
         need(0.0 < self.val_fraction < 0.5, f"val_fraction must be in (0, 0.5), got {self.val_fraction}")

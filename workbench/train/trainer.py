@@ -32,6 +32,7 @@ import torch
 from torch.profiler import record_function
 
 from workbench.data import TokenLoader, build_tokenizer, load_corpus, load_tokenizer, pack_corpus
+from workbench.data.corpus import pre_v2_hash
 from workbench.device import get_device
 from workbench.errors import WorkbenchError
 from workbench.results import write_json_atomic
@@ -197,8 +198,8 @@ class Trainer:
                                          muon_lr=config.muon_lr, device=self.device)
         self.scheduler = WarmupCosine(self.optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
         if config.warmup_steps >= config.steps and self.is_main_process:
-            self.log(f"warning: warmup_steps ({config.warmup_steps}) >= steps ({config.steps}): the lr rises to only "
-                     f"{self.scheduler.multiplier(config.steps - 1):.0%} of --lr and never decays; "
+            self.log(f"warning: warmup_steps ({config.warmup_steps}) >= steps ({config.steps}): the lr rises to "
+                     f"{self.scheduler.multiplier(config.steps - 1):.0%} of --lr at the last step and never decays; "
                      f"set warmup_steps (--warmup-steps) below steps, e.g. {max(1, config.steps // 10)}")
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.num_params = sum(p.numel() for p in self.raw_model.parameters())
@@ -238,6 +239,8 @@ class Trainer:
             self.tokenizer = build_tokenizer(c.tokenizer, corpus.documents, c.bpe_vocab_size)
         self.packed = pack_corpus(corpus, self.tokenizer, c.val_fraction)
         self.corpus_source = corpus.source
+        # a checkpoint from before the length-prefixed corpus hash names the data by the old hash (see _load)
+        self._pre_v2_corpus_sha = pre_v2_hash(corpus.documents, self.tokenizer.kind) if resuming else None
         dev = self.device.torch_device
         self.train_loader = TokenLoader(self.packed.train, c.batch_size, c.seq_len, seed=c.seed, rank=self.rank,
                                         world_size=self.world_size, device=dev, name="train")
@@ -383,11 +386,14 @@ class Trainer:
         # path resumes; an edited file behind the same path does not (it would silently train on other tokens).
         saved_pack = state.get("data", {}).get("pack", {})
         saved_corpus = saved_pack.get("corpus_sha256")
-        if saved_corpus is not None and saved_pack.get("corpus_hash") != self.packed.meta.get("corpus_hash"):
-            raise WorkbenchError(f"--resume: the checkpoint in {path} was written by an earlier workbench, which "
-                                 f"hashed and packed the corpus differently, so it cannot continue the same way; "
-                                 f"start a new --out")
-        same_corpus = saved_corpus is None or saved_corpus == self.packed.meta.get("corpus_sha256")
+        current = self.packed.meta.get("corpus_sha256")
+        if saved_corpus is not None and "corpus_hash" not in saved_pack:  # written before the length-prefixed hash
+            if saved_corpus != self._pre_v2_corpus_sha:
+                raise WorkbenchError(f"--resume: the checkpoint in {path} was written by an earlier workbench and "
+                                     f"its data does not give the same tokens now (another corpus, or one this "
+                                     f"version splits or tokenizes differently); start a new --out")
+            current = saved_corpus
+        same_corpus = saved_corpus is None or saved_corpus == current
         if not same_corpus:
             raise WorkbenchError(f"--resume: the data ({self.corpus_source}) is not the corpus the checkpoint in "
                                  f"{path} trained on (its content hash differs); restore that data or start a new --out")
