@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 DEFAULT_OUT = "runs/demo"
+DEMO_MARKER = ".workbench-demo"  # marks a folder the demo made, which it may clear to start over
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,24 +45,40 @@ def main(argv: list[str] | None = None) -> int:
     from workbench.errors import WorkbenchError
     from workbench.train import TrainConfig, train
 
+    from workbench.train.cli import check_early
+    from workbench.train.run_lock import clear_run_folder
+
+    out = Path(args.out)
     try:
         device = get_device(args.device)
     except (WorkbenchError, ValueError, RuntimeError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
-    steps = args.steps or (300 if device.type == "cpu" else 2000)
-    out = Path(args.out)
-    if (out / "config.json").exists():  # a previous demo run: start over (only ever this demo's own folder)
-        shutil.rmtree(out)
-    print(f"workbench demo: training {args.preset} on the bundled stories on {device.type} ({device.name}), "
-          f"{dtype_name(device.training_dtype)}; up to {steps} steps or {args.minutes:g} minutes", flush=True)
-    config = TrainConfig(preset=args.preset, steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                         device=args.device, out_dir=str(out), lr=3e-3, warmup_steps=20, eval_every=50,
-                         ckpt_every=100, log_every=10, progress=not args.no_progress, sample_tokens=120,
-                         time_limit_s=60.0 * args.minutes)
     try:
+        if args.steps is not None and args.steps < 1:  # 0 meant "the default" by accident (args.steps or 300)
+            raise WorkbenchError(f"--steps must be >= 1, got {args.steps}")
+        if not (args.minutes > 0 and args.minutes < float("inf")):
+            raise WorkbenchError(f"--minutes must be a positive number, got {args.minutes}")
+        steps = args.steps if args.steps is not None else (300 if device.type == "cpu" else 2000)
+        config = TrainConfig(preset=args.preset, steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                             device=args.device, out_dir=str(out), lr=3e-3, warmup_steps=20, eval_every=50,
+                             ckpt_every=100, log_every=10, progress=not args.no_progress, sample_tokens=120,
+                             time_limit_s=60.0 * args.minutes)
+        check_early(config)  # the preset exists: checked before anything in --out is touched
+        # Start over in the demo's own folder only: under the lock (a run training there stops this with its pid),
+        # and never in a folder holding some other run (it deleted whatever --out named that had a config.json).
+        if out.exists() and any(out.iterdir()):
+            # the default folder is the demo's own even when an earlier version made it without the marker
+            if not (out / DEMO_MARKER).exists() and out.resolve() != Path(DEFAULT_OUT).resolve():
+                raise WorkbenchError(f"--out {str(out)!r} is not empty and not a demo run folder; choose another "
+                                     f"--out (the demo starts over in its own folder only)")
+            clear_run_folder(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_MARKER).write_text("written by python -m workbench.demo; it may start over here\n")
+        print(f"workbench demo: training {args.preset} on the bundled stories on {device.type} ({device.name}), "
+              f"{dtype_name(device.training_dtype)}; up to {steps} steps or {args.minutes:g} minutes", flush=True)
         s = train(config)
-    except WorkbenchError as exc:
+    except WorkbenchError as exc:  # bad flags, a busy or foreign --out, bad data: one line
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
     mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"

@@ -1,0 +1,57 @@
+"""``python -m workbench.demo`` (``make demo``): bad flags are one line, and it starts over only in its own folder.
+
+It deleted whatever --out named that held a config.json (another run, even one still training) before it had
+checked its flags; --steps 0 silently meant 300."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from workbench import demo
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "-5"], "--steps must be >= 1"), (["--steps", "0"], "--steps must be >= 1"),
+    (["--minutes", "0"], "--minutes must be a positive number"), (["--minutes", "nan"], "positive number"),
+    (["--batch-size", "0"], "batch_size must be a positive integer"), (["--seq-len", "0"], "seq_len must be"),
+    (["--preset", "glm99"], "unknown preset"),
+])
+def test_bad_flags_are_one_line_and_delete_nothing(tmp_path, capsys, flags, message):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / demo.DEMO_MARKER).write_text("")
+    (out / "config.json").write_text("{}")
+    assert demo.main([*flags, "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("demo: error: ") and message in err and "Traceback" not in err
+    assert (out / "config.json").exists()
+
+
+def test_a_folder_that_is_not_the_demos_is_never_cleared(tmp_path, capsys):
+    other = tmp_path / "my_run"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    assert demo.main(["--out", str(other), "--device", "cpu", "--steps", "1"]) == 2
+    assert "not a demo run folder" in capsys.readouterr().err
+    assert (other / "config.json").exists() and (other / "checkpoints").is_dir()
+
+
+def test_a_demo_folder_in_use_by_another_process_is_refused(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / demo.DEMO_MARKER).write_text("")
+    (out / "metrics.jsonl").write_text("{}\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.train.run_lock import "
+                               "lock_run_folder; lock_run_folder(sys.argv[1]); print('locked', flush=True); "
+                               "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert demo.main(["--out", str(out), "--device", "cpu", "--steps", "1"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "is using the run folder" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").exists()
