@@ -176,3 +176,35 @@ def test_auto_ignores_an_accelerator_type_that_does_not_work(monkeypatch):
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("cuda"))
     assert get_device("auto").type == "cpu"  # the cpu build has no working cuda, whatever is reported
+
+
+@pytest.mark.parametrize("content", ['[]', '"x"', 'null', '{"k": "a string"}', '{"k": {"value": 1.0}}',
+                                     '{"k": {"value": 0, "detail": "zero"}}', '{"k": {"value": true, "detail": "b"}}'])
+def test_a_damaged_probe_cache_costs_a_re_probe_not_a_crash(tmp_path, monkeypatch, content):
+    """Valid JSON that is not a dict of entries crashed info/profile/train with a TypeError (or a KeyError shown as
+    the message 'detail'); a cached 0 was used as the MFU peak."""
+    from workbench.device import probes
+
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
+    probes.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    probes.cache_path().write_text(content.replace('"k"', json.dumps("the-key")))
+    assert probes._cached("the-key", lambda: (2.0, "measured again")) == (2.0, "measured again")
+    assert probes._read_cache()["the-key"]["value"] == 2.0
+
+
+def test_the_bf16_probe_takes_the_best_of_interleaved_rounds(monkeypatch, tmp_path):
+    """One fp32 and one bf16 run decided the training dtype for good: a lucky bf16 sample under load (1 in 12 here)
+    made this CPU train in bf16, 2x slower than fp32."""
+    from workbench.device import probes
+
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
+    samples = {torch.float32: iter([100.0, 40.0, 90.0]), torch.bfloat16: iter([150.0, 60.0, 55.0])}
+    order = []
+
+    def fake_gemm(device, dtype, sizes, min_time_s):
+        order.append(dtype)
+        return next(samples[dtype]), "fake"
+
+    monkeypatch.setattr(probes, "measure_gemm_peak", fake_gemm)
+    ratio = probes.measure_bf16_speedup(get_device("cpu"))
+    assert order == [torch.float32, torch.bfloat16] * 3 and ratio == pytest.approx(150.0 / 100.0)
