@@ -344,3 +344,36 @@ def test_kernels_without_an_external_id_link_through_the_runtime_call():
     assert kernel.category == "attention"
     # the runtime call is nested (not counted as the op's self time twice) but is no op row of its own
     assert [r["op"] for r in op_table(trace)] == ["aten::_scaled_dot_product_flash_attention"]
+
+
+def test_shape_broadcasts_are_not_communication():
+    """aten::broadcast_tensors (in mse_loss) and broadcast_to matched 'broadcast_': a single process showed
+    communication time, exposed."""
+    assert categorize("aten::broadcast_tensors") != "communication"
+    assert categorize("aten::broadcast_to") != "communication"
+    assert categorize("c10d::broadcast_") == categorize("nccl:broadcast") == "communication"
+
+
+def test_device_side_step_annotations_are_not_counted_as_steps():
+    """On CUDA each ProfilerStep#N also appears as a gpu_user_annotation: 2 steps were counted as 4."""
+    trace = load_trace(trace_of(
+        X("ProfilerStep#1", 0, 100, cat="user_annotation"), X("ProfilerStep#2", 100, 100, cat="user_annotation"),
+        X("ProfilerStep#1", 5, 98, tid=7, cat="gpu_user_annotation"),
+        X("ProfilerStep#2", 105, 98, tid=7, cat="gpu_user_annotation")))
+    assert [e.ts for e in trace.steps] == [0, 100]
+
+
+def test_a_backward_op_takes_the_context_of_the_op_that_created_its_node():
+    """Ops that create no autograd node carry the next node's number earlier in time: the embedding's backward was
+    matched to the data loader's lift_fresh (sequence number 3 too) and counted as data."""
+    trace = load_trace(trace_of(
+        X("ProfilerStep#1", 0, 200, cat="user_annotation"),
+        X("workbench/data", 0, 10, cat="user_annotation"),
+        X("aten::lift_fresh", 2, 3, **{"Sequence number": 3}),
+        X("workbench/forward", 10, 90, cat="user_annotation"),
+        X("aten::embedding", 20, 10, **{"Sequence number": 3}),
+        X("workbench/backward", 100, 100, cat="user_annotation"),
+        X("autograd::engine::evaluate_function: EmbeddingBackward0", 110, 50, **{"Sequence number": 3}),
+        X("aten::embedding_dense_backward", 115, 40)))
+    backward = next(e for e in trace.events if e.name == "aten::embedding_dense_backward")
+    assert backward.category != "data"

@@ -208,3 +208,33 @@ def test_cli_profile_notes_kernel_choices_the_model_never_used(tmp_path, capsys)
     assert "note: toy never called moe, so --kernels changed nothing" in capsys.readouterr().out
     assert main([*common, "--kernels", "attention=reference"]) == 0
     assert "never called" not in capsys.readouterr().out
+
+
+def test_the_rss_timeline_covers_the_active_steps_not_the_trace_export(tmp_path, monkeypatch):
+    """The sampler stopped after the profiler exited, so the trace export (inside the last prof.step()) was sampled
+    too: a 37 ms profile had 572 ms of samples and a higher 'peak'. Here the export is made to take 0.5 s."""
+    import time as time_module
+
+    from workbench.profiling import session
+
+    real_handler = session._torch_trace_handler
+
+    def slow_handler(*args, **kwargs):
+        handler = real_handler(*args, **kwargs)
+
+        def export(prof):
+            time_module.sleep(0.5)
+            return handler(prof)
+        return export
+
+    monkeypatch.setattr(session, "_torch_trace_handler", slow_handler)
+    ends = []
+
+    def step():
+        torch.ones(64, 64) @ torch.ones(64, 64)
+        ends.append(time_module.perf_counter())
+
+    run = profile_steps(step, ProfileConfig(wait=0, warmup=1, active=2, memory_timeline="rss", rss_interval_ms=1),
+                        device=get_device("cpu"), out_dir=tmp_path)
+    assert run.rss_samples, "no RSS samples (Linux only)"
+    assert run.rss_samples[-1][0] < ends[-1] + 0.25  # nothing sampled while the trace was being written

@@ -20,7 +20,9 @@ CATEGORIES = ("matmul", "attention", "norm", "elementwise", "moe", "communicatio
 # still communication), attention before matmul ("flash_attention" must not read as a GEMM).
 _PATTERNS: list[tuple[str, re.Pattern]] = [
     ("communication", re.compile(
-        r"nccl|gloo|hccl|c10d|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|broadcast_|record_param_comms"
+        # broadcast_ but not aten::broadcast_tensors / broadcast_to (shape ops, e.g. in mse_loss): no communication
+        r"nccl|gloo|hccl|c10d|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|broadcast_(?!to\b|tensors\b)"
+        r"|record_param_comms"
         r"|^(aten::)?_?(send|recv|barrier)\b", re.I)),
     ("data", re.compile(r"dataloader|_next_data|collate|pin_memory|^workbench/data$", re.I)),
     ("optimizer", re.compile(

@@ -155,6 +155,7 @@ def profile_steps(step_fn: Callable[[], Any], config: ProfileConfig | None = Non
     sampler = RssSampler(config.rss_interval_ms) if config.wants_rss(device.type) else None
     step_wall_s: list[float] = []
     active_start = None
+    sampling = False
     device.reset_peak_memory()
     try:
         with prof_mod.profile(activities=backend.activities, schedule=schedule, on_trace_ready=on_trace_ready,
@@ -165,13 +166,18 @@ def profile_steps(step_fn: Callable[[], Any], config: ProfileConfig | None = Non
                     active_start = time.perf_counter()
                     if sampler is not None:
                         sampler.__enter__()  # sample RSS over the active steps only
+                        sampling = True
                 start = time.perf_counter()
                 step_fn()
                 device.synchronize()
                 step_wall_s.append(time.perf_counter() - start)
+                if step == config.total_steps - 1 and sampling:
+                    # before the last prof.step(): it exports the trace (seconds, memory) inside the window
+                    sampler.__exit__(None, None, None)
+                    sampling = False
                 prof.step()
     finally:
-        if sampler is not None:
+        if sampling:
             sampler.__exit__(None, None, None)  # never leave the sampling thread running, even if a step failed
     if backend.writes_trace_dir:
         _collect_npu_trace(out / "raw", trace_path)

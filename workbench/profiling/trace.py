@@ -93,9 +93,11 @@ class Trace:
 
     @property
     def steps(self) -> list[TraceEvent]:
-        """The ``ProfilerStep#N`` ranges (one per active step), oldest first."""
-        return sorted((e for e in self.events if e.name.startswith(STEP_PREFIX) and not e.is_device),
-                      key=lambda e: e.ts)
+        """The ``ProfilerStep#N`` ranges (one per active step), oldest first: the host's ranges only. On CUDA the
+        profiler also writes each step as a ``gpu_user_annotation`` on the device timeline; counting those too
+        doubled the step count and halved every per-step number."""
+        return sorted((e for e in self.events if e.name.startswith(STEP_PREFIX) and not e.is_device
+                       and not e.cat.startswith("gpu_")), key=lambda e: e.ts)
 
     @property
     def has_device_kernels(self) -> bool:
@@ -200,17 +202,32 @@ def _label(event: TraceEvent) -> str:
     return event.name
 
 
-def _forward_ops(events: list[TraceEvent]) -> dict[int, TraceEvent]:
-    """Sequence number -> the outermost forward op that created the autograd node with that number."""
-    forward: dict[int, TraceEvent] = {}
+def _forward_ops(events: list[TraceEvent]) -> dict[int, list[TraceEvent]]:
+    """Sequence number -> the outermost forward ops carrying it, oldest first.
+
+    An op records the autograd counter as it stands, and only an op that creates a node advances it: ops that
+    create none (a ``detach``, the data loader's ``lift_fresh``) carry the number of the next node, earlier in time.
+    So the op that created node N is the *last* outermost op with number N before its backward ran (taking the first
+    one counted the embedding's backward as data loading); ``_forward_op_of`` picks it."""
+    forward: dict[int, list[TraceEvent]] = {}
     for event in sorted(events, key=lambda e: e.ts):
         seq = event.args.get("Sequence number")
-        if event.cat == "cpu_op" and seq is not None and "evaluate_function" not in event.name:
-            forward.setdefault(seq, event)
+        if event.cat != "cpu_op" or seq is None or "evaluate_function" in event.name:
+            continue
+        parent = event.parent
+        if parent is not None and parent.args.get("Sequence number") == seq and "evaluate_function" not in parent.name:
+            continue  # nested in an op with the same number (aten::addmm inside aten::linear): the outer one counts
+        forward.setdefault(seq, []).append(event)
     return forward
 
 
-def _context(event: TraceEvent, forward_of: dict[int, TraceEvent]) -> list[str]:
+def _forward_op_of(backward_node: TraceEvent, forward_of: dict[int, list[TraceEvent]]) -> TraceEvent | None:
+    candidates = forward_of.get(backward_node.args.get("Sequence number"), [])
+    earlier = [e for e in candidates if e.ts <= backward_node.ts]
+    return earlier[-1] if earlier else None
+
+
+def _context(event: TraceEvent, forward_of: dict[int, list[TraceEvent]]) -> list[str]:
     """Names enclosing ``event``, innermost first. A backward op also gets its forward op's context (linked by the
     autograd sequence number), so the backward of a reference attention is attention time too."""
     names, backward_node = [], None
@@ -220,13 +237,13 @@ def _context(event: TraceEvent, forward_of: dict[int, TraceEvent]) -> list[str]:
             backward_node = parent
     if backward_node is None and "evaluate_function" in event.name:
         backward_node = event
-    fwd = forward_of.get(backward_node.args.get("Sequence number")) if backward_node is not None else None
+    fwd = _forward_op_of(backward_node, forward_of) if backward_node is not None else None
     if fwd is not None:
         names += [_label(fwd)] + [_label(a) for a in fwd.ancestors()]
     return names
 
 
-def _category_of(event: TraceEvent, forward_of: dict[int, TraceEvent]) -> str:
+def _category_of(event: TraceEvent, forward_of: dict[int, list[TraceEvent]]) -> str:
     if event.is_device and event.linked_op is not None:
         op = event.linked_op
         own = categorize(event.name)  # a kernel named nccl... is communication whoever launched it
