@@ -208,3 +208,11 @@ def test_the_bf16_probe_takes_the_best_of_interleaved_rounds(monkeypatch, tmp_pa
     monkeypatch.setattr(probes, "measure_gemm_peak", fake_gemm)
     ratio = probes.measure_bf16_speedup(get_device("cpu"))
     assert order == [torch.float32, torch.bfloat16] * 3 and ratio == pytest.approx(150.0 / 100.0)
+
+
+def test_info_names_a_dtype_the_user_forced(monkeypatch):
+    """With WORKBENCH_DTYPE=bf16, info printed 'training dtype bf16 [measured: ... < 1.25x needed to train in bf16]'
+    and never named the override."""
+    monkeypatch.setenv("WORKBENCH_DTYPE", "bf16")
+    info = get_device("cpu").describe()
+    assert info["training_dtype"] == "bf16" and info["training_dtype_source"].startswith("WORKBENCH_DTYPE=bf16")

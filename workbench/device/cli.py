@@ -68,7 +68,7 @@ def format_table(info: dict) -> str:
                      f"{row['training_dtype'] or '-':5} {detail}")
     sel = info["selected"]
     lines += ["", f"selected: {sel['torch_device']} ({sel['name']}), training dtype {sel['training_dtype']} "
-                  f"[{sel['fast_bf16_source']}]"]
+                  f"[{sel['training_dtype_source']}]"]
     peak = info["peak_flops"]
     value = "unknown" if peak["value"] is None else f"{peak['value'] / 1e9:,.1f} GFLOP/s"
     lines.append(f"peak {peak['dtype']} FLOP/s used for MFU: {value}  [{peak['source']}]")

@@ -364,6 +364,8 @@ class Device:
             "fast_bf16": fast,
             "fast_bf16_source": how,
             "training_dtype": dtype_name(self.training_dtype),
+            "training_dtype_source": (f"WORKBENCH_DTYPE={os.environ['WORKBENCH_DTYPE'].strip()} (your setting)"
+                                      if os.environ.get("WORKBENCH_DTYPE", "").strip() else how),
             "total_memory_gb": _gb(self.total_memory_bytes()),
             "cpu_threads": self.cpu_threads if self.type == "cpu" else None,
         }
