@@ -30,3 +30,24 @@ def _private_probe_cache(tmp_path_factory):
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def lock_in_another_process():
+    """``lock_in_another_process(folder)`` starts a process that holds ``folder``'s run lock (as a second training
+    run or notebook kernel would) until the test ends."""
+    import subprocess
+
+    holders = []
+
+    def hold(folder) -> None:
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.train.run_lock import "
+                                   "lock_run_folder; lock_run_folder(sys.argv[1]); print('locked', flush=True); "
+                                   "time.sleep(60)", str(folder)], stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "locked"
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()

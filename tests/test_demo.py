@@ -5,9 +5,6 @@ checked its flags; --steps 0 silently meant 300."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from workbench import demo
@@ -39,19 +36,12 @@ def test_a_folder_that_is_not_the_demos_is_never_cleared(tmp_path, capsys):
     assert (other / "config.json").exists() and (other / "checkpoints").is_dir()
 
 
-def test_a_demo_folder_in_use_by_another_process_is_refused(tmp_path, capsys):
+def test_a_demo_folder_in_use_by_another_process_is_refused(tmp_path, capsys, lock_in_another_process):
     out = tmp_path / "demo"
     out.mkdir()
     (out / demo.DEMO_MARKER).write_text("")
     (out / "metrics.jsonl").write_text("{}\n")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.train.run_lock import "
-                               "lock_run_folder; lock_run_folder(sys.argv[1]); print('locked', flush=True); "
-                               "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        assert demo.main(["--out", str(out), "--device", "cpu", "--steps", "1"]) == 2
-    finally:
-        holder.kill()
-        holder.wait()
+    lock_in_another_process(out)
+    assert demo.main(["--out", str(out), "--device", "cpu", "--steps", "1"]) == 2
     assert "is using the run folder" in capsys.readouterr().err
     assert (out / "metrics.jsonl").exists()

@@ -484,28 +484,21 @@ def test_only_rank_zero_speaks(tmp_path, monkeypatch):
     assert said[1] == [] and any("warmup_steps" in line for line in said[0]) and len(said[0]) > 2
 
 
-def test_a_notebook_restart_cannot_delete_a_run_another_process_trains_in(tmp_path):
+def test_a_notebook_restart_cannot_delete_a_run_another_process_trains_in(tmp_path, lock_in_another_process):
     """Notebook 01 deleted its run folder when it held checkpoints, even while another kernel trained there, then
     took a fresh lock beside the live run. clear_run_folder takes the lock first, and keeps it for the Trainer."""
-    import subprocess
-    import sys
-
     from workbench.train.run_lock import clear_run_folder, unlock_run_folder
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.jsonl").write_text("{}\n")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.train.run_lock import "
-                               "lock_run_folder; lock_run_folder(sys.argv[1]); print('locked', flush=True); "
-                               "time.sleep(60)", str(run)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ValueError, match="is using the run folder"):
-            clear_run_folder(run)
-        assert (run / "metrics.jsonl").exists() and (run / "checkpoints").is_dir()  # nothing deleted
-    finally:
-        holder.kill()
-        holder.wait()
+    lock_in_another_process(run)
+    with pytest.raises(ValueError, match="is using the run folder"):
+        clear_run_folder(run)
+    assert (run / "metrics.jsonl").exists() and (run / "checkpoints").is_dir()  # nothing deleted
+    run_2 = tmp_path / "run_2"  # a folder nobody holds: cleared, and the lock stays with this process
+    (run_2 / "checkpoints").mkdir(parents=True)
+    run = run_2
     clear_run_folder(run)
     assert [p.name for p in run.iterdir()] == [".lock"]
     unlock_run_folder(run)
