@@ -216,3 +216,18 @@ def test_info_names_a_dtype_the_user_forced(monkeypatch):
     monkeypatch.setenv("WORKBENCH_DTYPE", "bf16")
     info = get_device("cpu").describe()
     assert info["training_dtype"] == "bf16" and info["training_dtype_source"].startswith("WORKBENCH_DTYPE=bf16")
+
+
+def test_concurrent_probes_keep_every_entry(tmp_path, monkeypatch):
+    """The cache's read-modify-write had no lock: 4 concurrent `workbench info` runs kept 5 of 6 entries at times."""
+    import multiprocessing
+
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=probes._cached, args=(f"key-{i}", lambda i=i: (float(i + 1), "fake")))
+               for i in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(probes._read_cache()) == sorted(f"key-{i}" for i in range(8))

@@ -238,3 +238,10 @@ def test_the_rss_timeline_covers_the_active_steps_not_the_trace_export(tmp_path,
                         device=get_device("cpu"), out_dir=tmp_path)
     assert run.rss_samples, "no RSS samples (Linux only)"
     assert run.rss_samples[-1][0] < ends[-1] + 0.25  # nothing sampled while the trace was being written
+
+
+def test_cli_profile_unknown_preset_names_toy_and_makes_no_folder(tmp_path, capsys):
+    from workbench.cli import main
+
+    assert main(["profile", "--preset", "nope", "--out", str(tmp_path / "prof")]) == 2
+    assert "choose toy" in capsys.readouterr().err and not (tmp_path / "prof").exists()

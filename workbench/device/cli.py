@@ -87,7 +87,9 @@ def format_table(info: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="device to describe: auto, cpu, cuda, npu, xpu, mps")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--no-probe", action="store_true", help="skip the GEMM and bandwidth probes")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="skip the GEMM peak and bandwidth probes (a CPU with bf16 instructions still runs the "
+                             "short bf16-vs-fp32 check that picks its training dtype, once, cached)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ MFU, the kernel roofline (notebooks/02_kernels.ipynb) and the hardware compariso
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -76,10 +77,29 @@ def _cached(key: str, measure) -> tuple[float, str]:
         hit = entries[key]
         return float(hit["value"]), hit["detail"] + f" (cached {hit.get('when', '?')})"
     value, detail = measure()
-    entries = _read_cache()  # re-read: another process may have written meanwhile
-    entries[key] = {"value": value, "detail": detail, "when": time.strftime("%Y-%m-%d")}
-    _write_cache(entries)
+    with _cache_lock():  # read-modify-write under a lock: concurrent probes (ranks, notebooks) kept only their own
+        entries = _read_cache()  # re-read: another process may have written meanwhile
+        entries[key] = {"value": value, "detail": detail, "when": time.strftime("%Y-%m-%d")}
+        _write_cache(entries)
     return value, detail
+
+
+@contextlib.contextmanager
+def _cache_lock():
+    """An flock on ``probes.json.lock`` beside the cache; without fcntl (Windows) or a writable folder, no lock."""
+    try:
+        import fcntl
+
+        cache_path().parent.mkdir(parents=True, exist_ok=True)
+        handle = open(cache_path().with_suffix(".json.lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing drops the lock
 
 
 # --------------------------------------------------------------------------------------------------------------

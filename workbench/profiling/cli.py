@@ -51,7 +51,10 @@ def _run_preset(args, config, out: Path):
                             seq_len=args.seq_len, device=args.device, out_dir=str(out / "train"), progress=False,
                             warmup_steps=0, eval_every=0, ckpt_every=0)
     trainer = Trainer(train_cfg, log=lambda message: None)
-    return profile_trainer(trainer, config, out_dir=out, top_n=args.top)
+    try:
+        return profile_trainer(trainer, config, out_dir=out, top_n=args.top)
+    finally:
+        trainer.close()
 
 
 def _run_toy(args, config, out: Path):
@@ -81,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
             raise WorkbenchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     config = ProfileConfig(wait=args.wait, warmup=args.warmup, active=args.steps, with_stack=args.with_stack,
                            memory_timeline=args.memory_timeline)
+    from workbench.model import list_presets
+
+    if args.preset != "toy" and args.preset not in list_presets():  # before --out is made: no empty folder left
+        raise WorkbenchError(f"unknown preset {args.preset!r}; choose toy (a small stand-in LM) or one of: "
+                             f"{', '.join(list_presets())}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     calls_before = call_counts()
