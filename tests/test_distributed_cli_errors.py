@@ -256,3 +256,10 @@ def test_a_rendezvous_port_in_use_on_one_node_is_one_line(capsys):
         port = holder.getsockname()[1]
         assert main(["launch", "--nproc", "2", "--rdzv-endpoint", f"127.0.0.1:{port}", "--", "-c", "pass"]) == 2
     _one_error_line(capsys, "launch", f"rendezvous port {port} on 127.0.0.1 is in use")
+
+
+def test_comm_bench_refuses_a_max_size_this_machine_cannot_hold(capsys, no_launch, tmp_path, monkeypatch):
+    """--max-size 64G started the ranks, ran the small sizes, then a rank was OOM-killed."""
+    monkeypatch.setattr(comm_bench, "_available_host_bytes", lambda: 8 * 2**30)
+    assert main(["comm-bench", "--device", "cpu", "--max-size", "4G", "--nproc", "2", "--out", str(tmp_path)]) == 2
+    _one_error_line(capsys, "comm-bench", "this machine has 8.0 GiB available; use --max-size")

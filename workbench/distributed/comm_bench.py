@@ -202,6 +202,33 @@ def _note_rounded_sizes(sizes: Sequence[int], world: int) -> None:
               f"measuring {', '.join(map(str, dict.fromkeys(actual)))} B")
 
 
+# Per rank the largest message needs its input and output buffers, and gloo stages about one more copy.
+BUFFERS_PER_RANK = 3
+
+
+def _available_host_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_host_memory(max_size: int, nproc: int) -> None:
+    """On cpu every rank lives on this machine: a --max-size that cannot fit got a rank killed by the OOM killer
+    after the smaller sizes had run. Refuse it up front, naming what would fit."""
+    available = _available_host_bytes()
+    need = BUFFERS_PER_RANK * max_size * nproc
+    if available is not None and need > 0.8 * available:
+        fits = int(0.8 * available / (BUFFERS_PER_RANK * nproc))
+        raise ConfigError(f"--max-size {max_size / 2**20:,.0f} MiB: {nproc} ranks x {BUFFERS_PER_RANK} buffers need "
+                          f"~{need / 2**30:,.1f} GiB, but this machine has {available / 2**30:,.1f} GiB available; "
+                          f"use --max-size {fits // 2**20}M or less")
+
+
 def run(args: argparse.Namespace) -> int:
     from workbench.distributed.launcher import check_timeout
     from workbench.distributed.mesh import is_launched
@@ -217,8 +244,10 @@ def run(args: argparse.Namespace) -> int:
         check_timeout(args.timeout, "--timeout")
         from workbench.device import get_device
 
-        get_device(args.device)  # DeviceUnavailableError / ValueError: one line, exit 2
+        device = get_device(args.device)  # DeviceUnavailableError / ValueError: one line, exit 2
         _check_out(args.out)
+        if device.type == "cpu":
+            _check_host_memory(max(sizes), args.nproc)
         return _launch_self(args, ops)
     from workbench.distributed.launcher import write_rank_results
     from workbench.distributed.mesh import destroy_distributed, init_distributed
