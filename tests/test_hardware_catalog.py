@@ -196,3 +196,15 @@ def test_live_device_names_of_other_variants_are_not_catalogued(device_name, exp
 
     chip = match_device_name(device_name)
     assert (chip.chip if chip else None) == expected
+
+
+def test_gaudi_3_can_be_simulated_beyond_one_chip():
+    """Gaudi 3 had no scale-up or scale-out bandwidth: 8 chips failed with 'has no scale-up bandwidth'."""
+    from workbench.perfmodel import simulate
+
+    gaudi = find_chip("Gaudi 3")
+    assert (gaudi.scale_up_gb_s, gaudi.scale_out_gb_s_per_chip) == (1050.0, 75.0)
+    assert "habana" in gaudi.field_source("scale_up_gb_s").source
+    r = simulate({"model": {"preset": "glm4-tiny"}, "seq_len": 1024, "global_batch": 64,
+                  "cluster": {"chip": "Gaudi 3", "count": 16}, "layout": {"tp": 8, "dp": 2}})
+    assert r["links"] and r["step_time_s"] > 0
