@@ -231,3 +231,18 @@ def test_concurrent_probes_keep_every_entry(tmp_path, monkeypatch):
     for w in workers:
         w.join()
     assert sorted(probes._read_cache()) == sorted(f"key-{i}" for i in range(8))
+
+
+@pytest.mark.parametrize("supported, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_npu_bf16_follows_torch_npu_is_bf16_supported(monkeypatch, supported, dtype):
+    """bf16 was assumed on every NPU; a 910A runs fp16 only (torch_npu disables bf16 autocast there with a warning),
+    so training ran in fp32 while reporting bf16 and measuring MFU against a bf16 peak."""
+    detect._import_torch_npu.cache_clear()
+    fake_npu = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 1,
+                                     get_device_name=lambda i: "Ascend910PremiumA",
+                                     is_bf16_supported=lambda: supported)
+    monkeypatch.setattr(detect, "_import_torch_npu", lambda: (types.ModuleType("torch_npu"), None))
+    monkeypatch.setattr(torch, "npu", fake_npu, raising=False)
+    dev = get_device("npu")
+    assert dev.fast_bf16()[0] is supported and dev.training_dtype == dtype
+    assert "is_bf16_supported" in dev.fast_bf16()[1]

@@ -58,6 +58,7 @@ class FakeTorchNpu(types.ModuleType):
     # -- npu_swiglu(x, dim=-1) ------------------------------------------------------------------------------------
     def npu_swiglu(self, x, dim=-1):
         self.calls.append(("npu_swiglu", {"shape": tuple(x.shape), "dim": dim}))
+        assert x.numel() > 0 and x.is_contiguous(), "npu_swiglu rejects empty and non-contiguous tensors"
         a, b = x.chunk(2, dim=dim)
         return F.silu(a) * b
 
@@ -110,6 +111,12 @@ class FakeTorchNpu(types.ModuleType):
                                                   "group_list": [int(g) for g in group_list]}))
         assert isinstance(x, list) and isinstance(weight, list), "x and weight are lists of tensors"
         assert len(weight) <= 128, "at most 128 groups"
+        # the dtype table allows fp32 only for single x / weight / output tensors
+        assert not (len(weight) > 1 and weight[0].dtype == torch.float32), "fp32 needs single tensors"
+        return self._grouped_matmul(x, weight, group_list, split_item, group_type)
+
+    @torch.no_grad()  # as the real op: no backward is registered for it (op-plugin's derivatives.yaml)
+    def _grouped_matmul(self, x, weight, group_list, split_item, group_type):
         if group_type == 0:  # one x split along M by cumulative group_list
             assert len(x) == 1 and len(group_list) == len(weight)
             bounds = [int(g) for g in group_list]
@@ -152,7 +159,8 @@ def test_npu_wrappers_match_reference_through_the_fake(fake_npu, op, dtype):
     for case in CASES[op]:
         result = run_case(op, "npu", case, DTYPES[dtype], "cpu")
         assert result.passed, result
-    assert fake_npu.calls, "the fake torch_npu was never called"
+    # fp32 MoE takes the torch path (the fused op allows fp32 only for single tensors, not a list of experts)
+    assert fake_npu.calls or (op, dtype) == ("moe", "fp32"), "the fake torch_npu was never called"
 
 
 def test_attention_layouts_masks_and_modes(fake_npu):
@@ -190,9 +198,10 @@ def test_rope_is_4d_full_width_with_the_right_mode(fake_npu):
 
 
 def test_moe_grouped_matmul_arguments(fake_npu):
-    x = torch.randn(6, 8)
+    x = torch.randn(6, 8, dtype=torch.bfloat16)
     idx = torch.tensor([[0, 2], [2, 0], [0, 2], [2, 3], [3, 0], [0, 2]])
-    npu_ops.moe(x, idx, torch.rand(6, 2), torch.randn(4, 10, 8), torch.randn(4, 8, 5))
+    npu_ops.moe(x, idx, torch.rand(6, 2), torch.randn(4, 10, 8, dtype=torch.bfloat16),
+                torch.randn(4, 8, 5, dtype=torch.bfloat16))
     grouped = [c[1] for c in fake_npu.calls if c[0] == "npu_grouped_matmul"]
     assert len(grouped) == 2
     for call in grouped:
@@ -221,3 +230,35 @@ def test_npu_rms_norm_gets_gamma_in_the_input_dtype_and_attention_pads_mla_value
     out = npu_ops.attention(q, k, v, causal=True)
     assert out.shape == (1, 4, 8, 32)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_npu_moe_trains_through_its_own_backward_and_avoids_what_the_op_rejects(fake_npu):
+    """npu_grouped_matmul has no registered backward (the fake, like the op, is not differentiable): training
+    through it gave the experts no gradient. fp32 with a list of expert weights and empty inputs are outside the
+    op's documented support: those take the torch path."""
+    torch.manual_seed(0)
+    x = torch.randn(12, 16, dtype=torch.bfloat16, requires_grad=True)
+    idx, wts = torch.randint(0, 4, (12, 2)), torch.rand(12, 2)
+    w_gate_up = (torch.randn(4, 32, 16) * 0.2).requires_grad_()
+    w_down = (torch.randn(4, 16, 16) * 0.2).requires_grad_()
+    npu_ops.moe(x, idx, wts, w_gate_up, w_down).float().sum().backward()
+    assert [c[0] for c in fake_npu.calls].count("npu_grouped_matmul") == 4  # 2 forward + 2 for d rows
+    ref = [t.detach().clone().requires_grad_() for t in (x, w_gate_up, w_down)]
+    K.implementations("moe")["reference"].fn(ref[0], idx, wts, ref[1].to(torch.bfloat16),
+                                              ref[2].to(torch.bfloat16)).float().sum().backward()
+    for ours, theirs in zip((x, w_gate_up, w_down), ref):
+        torch.testing.assert_close(ours.grad.float(), theirs.grad.float(), rtol=5e-2, atol=5e-2)
+    fake_npu.calls.clear()
+    npu_ops.moe(torch.randn(12, 16), idx, wts, w_gate_up.detach(), w_down.detach())  # fp32
+    npu_ops.moe(torch.randn(0, 16, dtype=torch.bfloat16), idx[:0], wts[:0], w_gate_up, w_down)  # no tokens
+    assert not fake_npu.calls
+
+
+def test_npu_rope_beyond_the_documented_limits_uses_the_torch_rope(fake_npu):
+    """interleave mode requires B x N < 1000: GLM-5's 64 heads pass it at a batch of 16."""
+    x, cos, sin = torch.randn(16, 64, 4, 8), torch.randn(4, 4), torch.randn(4, 4)
+    expected = K.implementations("rope")["reference"].fn(x, cos, sin, True)
+    torch.testing.assert_close(npu_ops.rope(x, cos, sin, interleaved=True), expected)
+    assert not [c for c in fake_npu.calls if c[0] == "npu_rotary_mul"]
+    npu_ops.rope(x[:2], cos, sin, interleaved=True)
+    assert [c for c in fake_npu.calls if c[0] == "npu_rotary_mul"]

@@ -428,7 +428,13 @@ def _fast_bf16(device: Device) -> tuple[bool, str]:
         fast = major >= 8  # Ampere and newer have bf16 tensor cores
         return fast, f"known: compute capability {major}.x {'>=' if fast else '<'} 8.0"
     if device.type == "npu":
-        return True, "known: Ascend 910-series cube units run bf16/fp16"
+        # torch_npu's own rule (Ascend910B1 and newer: A2/A3); a 910A runs fp16 only, and autocast to bf16 there
+        # is switched off with a warning, so a fixed True trained in fp32 while reporting bf16
+        check = getattr(device.backend, "is_bf16_supported", None)
+        if check is None:
+            return True, "assumed: torch_npu has no is_bf16_supported (Ascend 910B and newer run bf16)"
+        fast = bool(check())
+        return fast, f"torch.npu.is_bf16_supported() = {fast} (bf16 needs Ascend 910B or newer)"
     if device.type in ("xpu", "mps"):
         return True, f"assumed for {device.type}"
     # CPU: without AMX / AVX512-BF16 (or ARM BF16) bf16 matmuls are emulated, ~100x slower than fp32. With them

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from workbench.kernels import torch_ops
+from workbench.kernels import torch_autograd_ops, torch_ops
 from workbench.kernels.registry import register
 
 PRIORITY = 30  # the fused Ascend operators are the reason to be on an NPU: preferred there
@@ -65,11 +65,16 @@ def full_width(cos: torch.Tensor, interleaved: bool) -> torch.Tensor:
 
 @register("rope", "npu", devices=("npu",), priority=PRIORITY, available=_available)
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
-    """torch_npu.npu_rotary_mul on the rotary slice, as a 4-D tensor; the rest of the channels pass through."""
+    """torch_npu.npu_rotary_mul on the rotary slice, as a 4-D tensor; the rest of the channels pass through.
+    Outside the op's documented limits (interleave: B x N < 1000; half: B, N < 1000 and D < 896) the torch rope
+    runs instead: GLM-5's 64 interleaved heads pass B x N = 1000 at a batch of 16."""
     rotary = 2 * cos.shape[-1]
     rot, rest = x[..., :rotary], x[..., rotary:]
     shape = rot.shape
     rot4 = rot.reshape((-1,) + shape[-3:]) if rot.dim() >= 4 else rot.reshape((1,) * (4 - rot.dim()) + shape)
+    batch, heads, dim = rot4.shape[0], rot4.shape[1], rot4.shape[-1]
+    if (batch * heads >= 1000) if interleaved else (batch >= 1000 or heads >= 1000 or dim >= 896):
+        return torch_autograd_ops.rope(x, cos, sin, interleaved)
     cos4, sin4 = (full_width(t.to(x.dtype), interleaved) for t in (cos, sin))
     cos4 = cos4.reshape((1,) * (4 - cos4.dim()) + cos4.shape) if cos4.dim() < 4 else cos4
     sin4 = sin4.reshape((1,) * (4 - sin4.dim()) + sin4.shape) if sin4.dim() < 4 else sin4
@@ -96,7 +101,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     kwargs = {"scale": scale}
     if topk_indices is not None:
         keep = torch_ops.attention_keep_mask(q.shape[2], k.shape[2], causal, topk_indices, q.device)
-        kwargs.update(atten_mask=~keep, sparse_mode=0)  # [B, 1, Sq, Sk], True = masked out
+        # [B, 1, Sq, Sk], True = masked out. inner_precise=2: the op's documented handling of rows whose every key
+        # is masked (a top-k mask can make them; the op only detects them itself in its own causal modes)
+        kwargs.update(atten_mask=~keep, sparse_mode=0, inner_precise=2)
     elif causal:
         mask = torch.ones(CAUSAL_MASK_SIZE, CAUSAL_MASK_SIZE, dtype=torch.bool, device=q.device).triu(diagonal=1)
         kwargs.update(atten_mask=mask, sparse_mode=3)  # right-down causal, compressed mask
@@ -121,23 +128,51 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 @register("moe", "npu", devices=("npu",), priority=PRIORITY, available=_available)
 def moe(x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Tensor, w_gate_up: torch.Tensor,
         w_down: torch.Tensor) -> torch.Tensor:
-    """Sort by expert -> npu_grouped_matmul (gate_up) -> npu_swiglu -> npu_grouped_matmul (down) -> unpermute."""
+    """Sort by expert -> npu_grouped_matmul (gate_up) -> npu_swiglu -> npu_grouped_matmul (down) -> unpermute.
+
+    The torch path instead when the fused op cannot serve: more than 128 experts, fp32 (its dtype table allows fp32
+    only for single x / weight / output tensors, not a list of expert weights), or no tokens (an expert-parallel rank
+    nobody routed to: npu_swiglu rejects empty tensors)."""
     n_experts = w_gate_up.shape[0]
-    if n_experts > MAX_GROUPS:  # the fused op's limit; the torch grouped path has none
+    dtype = torch_ops.compute_dtype(x)  # the fused op is not autocast-aware: cast as autocast would
+    if n_experts > MAX_GROUPS or dtype == torch.float32 or x.shape[0] == 0:
         return torch_ops.moe(x, expert_indices, expert_weights, w_gate_up, w_down)
     npu = _torch_npu()
     n_tokens, top_k = expert_indices.shape
     flat_experts = expert_indices.reshape(-1)
     order = torch.argsort(flat_experts, stable=True)
     group_list = torch.bincount(flat_experts, minlength=n_experts).cumsum(0)  # cumulative rows per expert
-    dtype = torch_ops.compute_dtype(x)  # the fused op is not autocast-aware: cast as autocast would
     x_sorted = x[order // top_k].to(dtype)
-
-    def grouped(rows: torch.Tensor, weights_ENK: torch.Tensor) -> torch.Tensor:
-        weight_list = [weights_ENK[e].t().to(dtype) for e in range(n_experts)]  # [K, N] per expert
-        return npu.npu_grouped_matmul([rows], weight_list, group_list=group_list, split_item=2, group_type=0)[0]
-
-    hidden = npu.npu_swiglu(grouped(x_sorted, w_gate_up), dim=-1)
-    y = grouped(hidden, w_down)[torch.argsort(order)].view(n_tokens, top_k, w_down.shape[1])  # -1 fails on 0 rows
+    hidden = npu.npu_swiglu(_NpuGroupedMatmul.apply(x_sorted, w_gate_up.to(dtype), group_list), dim=-1)
+    y = _NpuGroupedMatmul.apply(hidden, w_down.to(dtype), group_list)[torch.argsort(order)]
+    y = y.view(n_tokens, top_k, w_down.shape[1])  # not -1: that fails on 0 rows
     return (y * expert_weights.to(y.dtype)[..., None]).sum(dim=1).to(x.dtype)
+
+
+class _NpuGroupedMatmul(torch.autograd.Function):
+    """rows [M, K] grouped by expert (cumulative ``group_list``) times each expert's weights [E, N, K]^T -> [M, N].
+
+    torch_npu registers no backward for npu_grouped_matmul (op-plugin's derivatives.yaml lists none; Huawei's
+    MindSpeed wraps it in an autograd Function too), so training through the bare op would fail or leave the
+    experts without gradients. Backward: d rows = the same grouped op against the untransposed weights; d weights
+    = one [N, M_e] x [M_e, K] product per expert over its rows."""
+
+    @staticmethod
+    def forward(ctx, rows, weights_ENK, group_list):
+        ctx.save_for_backward(rows, weights_ENK, group_list)
+        return _grouped(rows, [w.t() for w in weights_ENK.unbind(0)], group_list)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, weights_ENK, group_list = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_rows = _grouped(grad_out, list(weights_ENK.unbind(0)), group_list)
+        counts = torch.diff(group_list, prepend=group_list.new_zeros(1)).tolist()
+        grad_weights = torch.stack([g.t() @ r for g, r in zip(grad_out.split(counts), rows.split(counts))])
+        return grad_rows, grad_weights, None
+
+
+def _grouped(rows: torch.Tensor, weights_KN: list[torch.Tensor], group_list: torch.Tensor) -> torch.Tensor:
+    return _torch_npu().npu_grouped_matmul([rows], weights_KN, group_list=group_list, split_item=2,
+                                           group_type=0)[0]
 
