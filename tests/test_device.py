@@ -246,3 +246,8 @@ def test_npu_bf16_follows_torch_npu_is_bf16_supported(monkeypatch, supported, dt
     dev = get_device("npu")
     assert dev.fast_bf16()[0] is supported and dev.training_dtype == dtype
     assert "is_bf16_supported" in dev.fast_bf16()[1]
+
+
+def test_fused_adamw_is_not_assumed_on_npu():
+    assert detect.Device("cpu").supports_fused_adamw()
+    assert not detect.Device.__new__(detect.Device).__class__.supports_fused_adamw(types.SimpleNamespace(type="npu"))

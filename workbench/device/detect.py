@@ -324,8 +324,10 @@ class Device:
         return torch.autocast(device_type=self.type, dtype=dtype)
 
     def supports_fused_adamw(self) -> bool:
-        """torch's fused AdamW kernels exist for cuda, xpu, mps, cpu and (via torch_npu) npu."""
-        return self.type in ("cuda", "xpu", "npu", "mps", "cpu")
+        """torch's fused AdamW kernels exist for cuda, xpu, mps and cpu. On npu they depend on the torch_npu build
+        (torchtune turns fused off for Ascend: "not supported on Ascend NPU"), so npu uses foreach until a run on
+        hardware shows otherwise."""
+        return self.type in ("cuda", "xpu", "mps", "cpu")
 
     # ---- peaks ------------------------------------------------------------------------------------------------
     def peak_flops(self, dtype: torch.dtype | None = None, allow_probe: bool = True):
