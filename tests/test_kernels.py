@@ -602,3 +602,15 @@ def test_moe_on_no_tokens_is_empty_and_still_in_the_graph(impl):
     assert y.shape == (0, 8) and y.requires_grad
     y.sum().backward()
     assert x.grad.shape == (0, 8)
+
+
+def test_kernels_resolve_ahead_of_compile_and_are_not_counted_while_compiling(monkeypatch):
+    """Under torch.compile the dispatch counter made dynamo guard on it and recompile up to its limit, and a first
+    lookup traced into the availability checks and broke the graph inside the layer loop."""
+    registry._RESOLVED.clear()
+    registry.resolve_all("cpu")
+    assert {op for op, device in registry._RESOLVED} == set(K.ops())
+    before = K.call_counts()
+    monkeypatch.setattr(registry, "_compiling", lambda: True)
+    K.rms_norm(torch.randn(2, 4), torch.ones(4))
+    assert K.call_counts() == before

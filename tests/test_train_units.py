@@ -526,3 +526,54 @@ def test_fit_takes_the_lock_again_and_close_releases_it(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "lock_run_folder", spy)
     trainer.fit()
     assert taken and key not in run_lock._held
+
+
+def test_a_given_model_config_is_used_and_a_too_small_vocabulary_refused(tmp_path):
+    """Trainer(config, model_config=MC) built the preset and ignored MC; a model whose vocabulary is smaller than
+    the tokenizer's died at the first step in an IndexError."""
+    from workbench.model import get_preset
+
+    mine = get_preset("glm4-tiny").replace(name="mine", hidden_size=32, num_layers=1, intermediate_size=64,
+                                           num_heads=2, num_kv_heads=1, head_dim=16)
+    trainer = Trainer(tiny_config(tmp_path), model_config=mine, log=quiet)
+    assert trainer.model_config.name == "mine" and trainer.model_config.num_layers == 1
+    assert trainer.model_config.vocab_size == trainer.tokenizer.vocab_size
+    trainer.close()
+    from workbench.model import build_model
+
+    small = build_model(mine.replace(vocab_size=200))
+    with pytest.raises(ValueError, match=r"vocabulary \(200 tokens\) is smaller than the tokenizer's \(257\)"):
+        Trainer(tiny_config(tmp_path / "b"), model=small, model_config=small.config, log=quiet)
+
+
+def test_a_refused_trainer_releases_the_run_folder(tmp_path):
+    """Refused at construction (a folder with checkpoints, no --resume), the Trainer kept the folder locked for the
+    rest of the process: another process could not resume it, and there was no object to close()."""
+    from workbench.train import run_lock
+
+    Trainer(tiny_config(tmp_path, steps=2), model=StandIn(), log=quiet).fit()
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        Trainer(tiny_config(tmp_path, steps=2), model=StandIn(), log=quiet)
+    assert not run_lock.holds_run_folder(tmp_path / "run")
+
+
+def test_peak_memory_is_this_runs(tmp_path):
+    """On cpu the peak was the process's lifetime high-water mark: a small run after a big one reported the big
+    one's peak (894 MB vs 387 MB alone), which turned a memory ablation around."""
+    import os
+
+    import numpy as np
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the RSS high-water mark can be reset only on Linux (/proc/self/clear_refs)")
+    big = np.ones(400 * 2**20 // 8)  # touch 400 MB, then free it
+    del big
+    summary = Trainer(tiny_config(tmp_path, steps=2), model=StandIn(), log=quiet).fit()
+    rss_now = get_device_rss()
+    assert summary["peak_memory_bytes"] < rss_now + 200 * 2**20, (summary["peak_memory_bytes"], rss_now)
+
+
+def get_device_rss() -> int:
+    from workbench.device import get_device
+
+    return get_device("cpu").memory_stats()["allocated_bytes"]

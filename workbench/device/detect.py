@@ -279,9 +279,17 @@ class Device:
             return None
 
     def reset_peak_memory(self) -> None:
+        """Start a new peak: the allocator's on accelerators; on cpu the process's RSS high-water mark (Linux:
+        writing 5 to /proc/self/clear_refs resets VmHWM), which otherwise carried one run's peak into the next."""
         backend = self.backend
         if backend is not None and hasattr(backend, "reset_peak_memory_stats"):
             backend.reset_peak_memory_stats()
+        elif self.type == "cpu":
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass  # not Linux, or not allowed: the peak stays the process's
 
     def empty_cache(self) -> None:
         backend = self.backend

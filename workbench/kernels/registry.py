@@ -197,7 +197,8 @@ def resolve_impl(op: str, device_type: str, impl: str | None = None) -> KernelIm
 
 def resolve(op: str, device_type: str, impl: str | None = None) -> Callable:
     """The function that runs ``op`` on ``device_type``; cached until registrations or overrides change."""
-    _CALLS[op] = _CALLS.get(op, 0) + 1
+    if not _compiling():  # counted in eager runs: under torch.compile dynamo guarded on the count and recompiled
+        _CALLS[op] = _CALLS.get(op, 0) + 1
     if impl is None and not os.environ.get(ENV_VAR):
         key = (op, device_type)
         fn = _RESOLVED.get(key)
@@ -205,6 +206,20 @@ def resolve(op: str, device_type: str, impl: str | None = None) -> Callable:
             fn = _RESOLVED[key] = resolve_impl(op, device_type).fn
         return fn
     return resolve_impl(op, device_type, impl).fn
+
+
+def _compiling() -> bool:
+    import torch  # lazily: the registry itself stays importable without touching torch
+
+    return torch.compiler.is_compiling()
+
+
+def resolve_all(device_type: str) -> None:
+    """Resolve every op for ``device_type`` now (the trainer calls this before torch.compile): a first resolution
+    inside a compiled region traced into the availability checks (``inspect.signature``) and broke the graph in
+    the middle of the model's layer loop, which then ran eagerly."""
+    for op in ops():
+        resolve(op, device_type)
 
 
 def call_counts() -> dict[str, int]:

@@ -63,6 +63,11 @@ def clear_run_folder(run_dir: str | Path) -> None:
             child.unlink()
 
 
+def holds_run_folder(run_dir: str | Path) -> bool:
+    """Whether this process holds ``run_dir``'s lock."""
+    return str(Path(run_dir).resolve()) in _held
+
+
 def unlock_run_folder(run_dir: str | Path) -> None:
     """Release the lock this process holds on ``run_dir`` (a no-op if it holds none)."""
     fd = _held.pop(str(Path(run_dir).resolve()), None)

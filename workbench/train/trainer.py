@@ -40,7 +40,7 @@ from workbench.train import checkpoint as ckpt
 from workbench.train.config import TrainConfig
 from workbench.train.metrics import MetricsLogger, mfu, progress_enabled, read_metrics
 from workbench.train.optim import build_optimizer
-from workbench.train.run_lock import lock_run_folder, unlock_run_folder
+from workbench.train.run_lock import holds_run_folder, lock_run_folder, unlock_run_folder
 from workbench.train.sampling import generate
 from workbench.train.schedule import WarmupCosine
 
@@ -161,6 +161,18 @@ class Trainer:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise WorkbenchError(f"--out {str(self.run_dir)!r} is a file; the run folder must be a folder (new or "
                                  f"holding a run to --resume)")
+        held_before = holds_run_folder(self.run_dir)  # a notebook cell run again: the folder is already ours
+        try:
+            self._build(model, model_config, parallelize)
+        except BaseException:  # a refused or failed setup must not keep the folder locked for the whole process
+            if hasattr(self, "metrics"):
+                self.metrics.close()
+            if self.is_main_process and not held_before:
+                unlock_run_folder(self.run_dir)
+            raise
+
+    def _build(self, model, model_config, parallelize) -> None:
+        config = self.config
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dtype = self.device.training_dtype
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.is_main_process)
@@ -175,9 +187,17 @@ class Trainer:
         if model is None:
             from workbench.model import build_model
 
-            model_config = build_model_config(config, self.tokenizer.vocab_size)
+            if model_config is None:
+                model_config = build_model_config(config, self.tokenizer.vocab_size)
+            else:  # the caller's own ModelConfig (it was silently replaced by the preset's), with the data's vocab
+                model_config = dataclasses.replace(model_config, vocab_size=self.tokenizer.vocab_size)
             check_fits_in_memory(model_config, self.device, self.world_size)
             model = build_model(model_config)
+        vocab = getattr(model_config, "vocab_size", None) or getattr(getattr(model, "config", None), "vocab_size",
+                                                                      None)
+        if vocab is not None and vocab < self.tokenizer.vocab_size:  # else the first step dies in an IndexError
+            raise WorkbenchError(f"the model's vocabulary ({vocab} tokens) is smaller than the tokenizer's "
+                                 f"({self.tokenizer.vocab_size}): token ids would index past its embedding")
         if self.is_main_process:
             lock_run_folder(self.run_dir)  # creates a new run folder, now that the settings proved good
             ckpt.check_checkpoint_folder(self.ckpt_dir)
@@ -192,6 +212,9 @@ class Trainer:
         # the seam for workbench/distributed: DDP/FSDP/... wrap or shard the model here (single process: identity)
         self.model = (parallelize or (lambda m, device, cfg: m))(self.raw_model, self.device, config)
         if config.compile:
+            from workbench.kernels.registry import resolve_all
+
+            resolve_all(self.device.type)  # cached now, so the compiled graph never traces a kernel lookup
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, config.optimizer, lr=config.lr,
                                          weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
@@ -429,6 +452,7 @@ class Trainer:
         Called again after an interruption (Ctrl-C in a notebook), it continues from where training stopped."""
         if self.is_main_process:  # again: the previous fit() released it when it was interrupted
             lock_run_folder(self.run_dir)
+        self.device.reset_peak_memory()  # this run's peak, not an earlier run's in the same process
         try:
             return self._fit()
         finally:  # also after an error (a NaN loss, Ctrl-C in a notebook): the folder's checkpoints stay resumable
