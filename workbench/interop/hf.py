@@ -15,7 +15,8 @@ Name mapping (transformers -> workbench), per layer ``model.layers.i.`` -> ``lay
 transformers' models ignore the MTP layer; the workbench loads it when the checkpoint holds it.
 Both RoPE layouts need no permutation: GLM-4.5 rotates (i, i + R/2) pairs of the first R channels ("half"),
 GLM-5 rotates (2i, 2i + 1) pairs (interleaved), and ``kernels.rope`` implements both.
-Used by notebook 01_training (fine-tuning from a checkpoint) and tests/test_interop_hf.py.
+Used to study or fine-tune released weights from Python (``Trainer(config, model=from_hf(path))``; README), by
+benchmarks/train_throughput.py (config_to_hf: the same model in transformers) and tests/test_interop_hf.py.
 """
 
 from __future__ import annotations
