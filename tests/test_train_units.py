@@ -577,3 +577,17 @@ def get_device_rss() -> int:
     from workbench.device import get_device
 
     return get_device("cpu").memory_stats()["allocated_bytes"]
+
+
+def test_evaluating_on_other_data_leaves_the_runs_records_alone(tmp_path):
+    """Swapping val_loader to evaluate on another corpus wrote an untagged eval record into metrics.jsonl, which a
+    later resume of the finished run reported as its final validation loss."""
+    from workbench.data import TokenLoader
+
+    trainer = Trainer(tiny_config(tmp_path, steps=2, eval_every=0), model=StandIn(), log=quiet)
+    summary = trainer.fit()
+    other = TokenLoader(trainer.packed.train, 4, 32, seed=99, name="other")
+    foreign = trainer.evaluate(loader=other)
+    assert isinstance(foreign, float) and foreign != summary["final_val_loss"]
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["val_loss"] for r in evals] == [summary["final_val_loss"]]

@@ -342,17 +342,21 @@ class Trainer:
 
     # ---- eval, sampling, checkpoints ---------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean LM loss over ``eval_batches`` fixed validation batches (the same batches at every eval)."""
+    def evaluate(self, loader: TokenLoader | None = None) -> float:
+        """Mean LM loss over ``eval_batches`` fixed validation batches (the same batches at every eval), logged
+        to metrics.jsonl. With ``loader`` (e.g. a ``TokenLoader`` over another corpus's packed tokens) it only
+        returns that loss: a foreign number in the run's eval records was later taken for its validation loss."""
         self.model.eval()
         losses = []
         for i in range(self.config.eval_batches):
-            x, y = self.val_loader.batch(i)
+            x, y = (loader or self.val_loader).batch(i)
             out = self._forward(x, y)
             lm = getattr(out, "lm_loss", None)
             losses.append((lm if lm is not None else out.loss).float())
         self.model.train()
         val = float(mean_over_ranks(torch.stack(losses).mean()))
+        if loader is not None:
+            return val
         record = {"kind": "eval", "step": self.step, "val_loss": val}
         self.metrics.log(record)
         self.history.append(record)
