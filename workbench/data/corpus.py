@@ -211,10 +211,11 @@ def _folder_json_documents(path: Path, text_field: str) -> list[str]:
     except json.JSONDecodeError:
         return _parse_json(text, path, text_field)  # reports it with the file name
     items = items if isinstance(items, list) else [items]
-    if all(isinstance(i, str) or (isinstance(i, dict) and isinstance(i.get(text_field), str)) for i in items):
-        return [i if isinstance(i, str) else i[text_field] for i in items]
-    warnings.warn(f"{path}: not documents (strings or objects with a string {text_field!r} field); skipped")
-    return []
+    try:
+        return [_document(item, f"{path}: item {i}", text_field) for i, item in enumerate(items)]
+    except WorkbenchError:
+        warnings.warn(f"{path}: not documents (strings or objects with a string {text_field!r} field); skipped")
+        return []
 
 
 def _load_folder(path: Path, text_field: str) -> list[str]:
@@ -279,10 +280,8 @@ def _hub_offline(datasets):
     """HF's offline mode for one call. ``datasets`` and ``huggingface_hub`` read HF_HUB_OFFLINE /
     HF_DATASETS_OFFLINE when they are imported, so besides the environment their module-level copies are set too,
     and everything is restored afterwards."""
-    import importlib
-
     targets = [(module, attr) for module in (getattr(datasets, "config", None),
-                                             _optional_module(importlib, "huggingface_hub.constants"))
+                                             _optional_module("huggingface_hub.constants"))
                if module is not None for attr in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(module, attr)]
     saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     saved_attrs = [(module, attr, getattr(module, attr)) for module, attr in targets]
@@ -301,7 +300,9 @@ def _hub_offline(datasets):
                 os.environ[key] = value
 
 
-def _optional_module(importlib, name: str):
+def _optional_module(name: str):
+    import importlib
+
     try:
         return importlib.import_module(name)
     except ImportError:

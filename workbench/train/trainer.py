@@ -220,7 +220,7 @@ class Trainer:
                                          weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
                                          muon_lr=config.muon_lr, device=self.device)
         self.scheduler = WarmupCosine(self.optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
-        if config.warmup_steps >= config.steps and self.is_main_process:
+        if config.warmup_steps >= config.steps:  # (self.log is silent on ranks other than 0)
             self.log(f"warning: warmup_steps ({config.warmup_steps}) >= steps ({config.steps}): the lr rises to "
                      f"{self.scheduler.multiplier(config.steps - 1):.0%} of --lr at the last step and never decays; "
                      f"set warmup_steps (--warmup-steps) below steps, e.g. {max(1, config.steps // 10)}")
