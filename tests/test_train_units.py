@@ -385,7 +385,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
         torch.testing.assert_close(a.grad, b.grad)
 
 
-def test_moe_under_activation_checkpointing_from_a_cold_start():
+def test_moe_under_activation_checkpointing_from_a_cold_start(monkeypatch):
     """The first MoE forward of a process probes torch._grouped_mm once (cached). Under non-reentrant activation
     checkpointing that probe must not count as the layer's saved tensors, or the recomputation in backward finds
     fewer of them and fails ("a different number of tensors was saved") on the very first training step."""
@@ -398,7 +398,7 @@ def test_moe_under_activation_checkpointing_from_a_cold_start():
     model = build_model(get_preset("glm45-tiny").replace(vocab_size=64, mtp_layers=0, num_layers=2)).train()
     layer = model.layers[1]  # an MoE layer
     x = torch.randn(2, 16, model.config.hidden_size, requires_grad=True)
-    torch_ops.grouped_mm_works.cache_clear()  # a cold start, as in a fresh training process
+    monkeypatch.setattr(torch_ops, "_GROUPED_MM_WORKS", {})  # a cold start, as in a fresh training process
     checkpointed = checkpoint(lambda h: layer.mlp(h), x, use_reentrant=False)
     (grad_checkpointed,) = torch.autograd.grad(checkpointed.sum(), x)
     (grad_plain,) = torch.autograd.grad(layer.mlp(x).sum(), x)

@@ -27,6 +27,12 @@ from workbench.kernels.registry import (
 )
 
 
+def count_rows_per_expert(flat_experts, n_experts: int):
+    from workbench.kernels.reference import count_rows_per_expert as count  # lazily: this package imports no torch
+
+    return count(flat_experts, n_experts)
+
+
 def rms_norm(x, weight, eps: float = 1e-6):
     return resolve("rms_norm", x.device.type)(x, weight, eps)
 
@@ -56,7 +62,7 @@ def cross_entropy(hidden, weight, labels, ignore_index: int = -100):
 
 
 __all__ = [
-    "attention", "availability_table", "call_counts", "cross_entropy", "get_overrides", "implementations", "moe", "ops",
+    "attention", "availability_table", "call_counts", "count_rows_per_expert", "cross_entropy", "get_overrides", "implementations", "moe", "ops",
     "parse_overrides",
     "register", "resolve", "resolve_impl", "rms_norm", "rope", "set_overrides", "sparse_mqa_attention", "swiglu",
     "use_kernels",

@@ -66,6 +66,13 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def count_rows_per_expert(flat_experts: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """[N] expert ids -> [n_experts] int64 counts. ``torch.bincount`` gives the same, but its output length depends
+    on the largest id, which breaks a torch.compile graph; this shape is fixed."""
+    counts = torch.zeros(n_experts, dtype=torch.int64, device=flat_experts.device)
+    return counts.scatter_add_(0, flat_experts, torch.ones_like(flat_experts, dtype=torch.int64))
+
+
 def check_topk_indices(topk_indices: torch.Tensor, n_keys: int) -> None:
     """Raise ``IndexError`` for a top-k index outside [-1, n_keys) (-1 = unused slot). Out of range, the mask
     wrapped it around to another key and the gathered kernels read the next sequence's keys, silently.

@@ -214,12 +214,23 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+# functions(device_type) that implementations register to run their one-time probes before torch.compile traces
+_COMPILE_PROBES: list = []
+
+
+def register_compile_probe(probe) -> None:
+    """Have ``resolve_all`` call ``probe(device_type)``: a probe traced by dynamo would break the graph."""
+    _COMPILE_PROBES.append(probe)
+
+
 def resolve_all(device_type: str) -> None:
-    """Resolve every op for ``device_type`` now (the trainer calls this before torch.compile): a first resolution
-    inside a compiled region traced into the availability checks (``inspect.signature``) and broke the graph in
-    the middle of the model's layer loop, which then ran eagerly."""
+    """Resolve every op for ``device_type`` now, and run the implementations' probes (the trainer calls this
+    before torch.compile): a first resolution inside a compiled region traced into the availability checks
+    (``inspect.signature``) and broke the graph in the middle of the model's layer loop, which then ran eagerly."""
     for op in ops():
         resolve(op, device_type)
+    for probe in _COMPILE_PROBES:
+        probe(device_type)
 
 
 def call_counts() -> dict[str, int]:

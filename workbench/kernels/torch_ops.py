@@ -18,13 +18,12 @@ Used through the registry by ``workbench.model``; compared in notebooks/02_kerne
 
 from __future__ import annotations
 
-import functools
 
 import torch
 import torch.nn.functional as F
 
-from workbench.kernels.reference import topk_to_mask
-from workbench.kernels.registry import register, resolve
+from workbench.kernels.reference import count_rows_per_expert, topk_to_mask
+from workbench.kernels.registry import register, register_compile_probe, resolve
 
 TORCH_DEVICES = ("cpu", "cuda", "xpu", "mps", "npu")
 PRIORITY = 20  # above reference (0); the npu fused ops (30) win on npu
@@ -89,7 +88,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     # A query whose every key is masked (possible with top-k slots all -1) gives NaN in some SDPA backends; the
     # reference defines its output as zeros. torch.where keeps the gradient of those rows at zero, not NaN.
     empty_rows = ~keep.any(dim=-1, keepdim=True)  # [B or 1, 1, Sq, 1]
-    if out.device.type == "cpu" and not empty_rows.any():  # the usual case; the check is free of syncs on cpu
+    # the usual case, skipped where the check is free of syncs: on cpu, outside torch.compile (read back, the
+    # answer broke the graph in every DSA layer)
+    if out.device.type == "cpu" and not torch.compiler.is_compiling() and not empty_rows.any():
         return out
     return torch.where(empty_rows, torch.zeros((), dtype=out.dtype, device=out.device), out)
 
@@ -111,10 +112,20 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+# (device type, dtype) -> whether torch._grouped_mm runs there: filled by grouped_mm_works, read under compile
+_GROUPED_MM_WORKS: dict[tuple[str, torch.dtype], bool] = {}
+
+
 def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
     """Whether ``torch._grouped_mm`` runs forward and backward here (it is private, and its CUDA kernel needs
     recent GPUs and bf16): tried once per (device type, dtype) on a tiny problem with an empty group."""
+    key = (device_type, dtype)
+    if key not in _GROUPED_MM_WORKS:
+        _GROUPED_MM_WORKS[key] = _grouped_mm_probe_safely(device_type, dtype)
+    return _GROUPED_MM_WORKS[key]
+
+
+def _grouped_mm_probe_safely(device_type: str, dtype: torch.dtype) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
     try:
@@ -138,6 +149,16 @@ def _grouped_mm_probe(device_type: str, dtype: torch.dtype) -> bool:
     return bool(torch.allclose(out.float(), expected.float(), rtol=0.05, atol=0.05))
 
 
+def probe_before_compile(device_type: str) -> None:
+    """Run the grouped-GEMM probes for the dtypes training computes in, ahead of torch.compile (the trainer calls
+    this through ``registry.resolve_all``): traced, the probe would break the graph."""
+    for dtype in (torch.float32, torch.bfloat16):
+        grouped_mm_works(device_type, dtype)
+
+
+register_compile_probe(probe_before_compile)
+
+
 def _aligned16(x_sorted: torch.Tensor, weights_EKN: torch.Tensor) -> bool:
     """``_grouped_mm`` needs every non-unit stride to be a multiple of 16 bytes (e.g. D, F multiples of 4 in fp32),
     of its inputs and of the [M, N] output, whose gradient its backward multiplies (an odd N failed there only)."""
@@ -154,10 +175,15 @@ def grouped_matmul(x_sorted: torch.Tensor, weights_EKN: torch.Tensor, counts: to
     select allocates a zero tensor the size of the whole input, which made the reference's backward ~E^2 slow.
     """
     if torch.compiler.is_compiling():
-        # Under torch.compile this op runs eagerly, behind one clean graph break: torch 2.13's fake-tensor rule for
-        # _grouped_mm accepts bf16 only (fp32 on cpu logged a 20-line error per trace before falling back), the
-        # per-expert fallback needs counts.tolist() (data-dependent), and dynamo would trace the cached probe.
-        return _grouped_matmul_eager(x_sorted, weights_EKN, counts)
+        # Traced, neither path works: torch 2.13's fake-tensor rule for _grouped_mm accepts bf16 only (fp32 on cpu
+        # logged a 20-line error per trace and broke the graph), and the per-expert split needs counts.tolist()
+        # (data-dependent). So the product enters the graph as one opaque custom op with its own backward, and the
+        # routing, permutation and SwiGLU around it compile into the same graph. Which path runs inside it is
+        # decided here, from the probe resolve_all ran before compiling; never probed: eagerly, behind a break.
+        works = _GROUPED_MM_WORKS.get((x_sorted.device.type, x_sorted.dtype))
+        if works is None:
+            return _grouped_matmul_eager(x_sorted, weights_EKN, counts)
+        return _grouped_mm_op(x_sorted, weights_EKN, counts, works and _aligned16(x_sorted, weights_EKN))
     return _grouped_matmul(x_sorted, weights_EKN, counts)
 
 
@@ -165,6 +191,10 @@ def _grouped_matmul(x_sorted: torch.Tensor, weights_EKN: torch.Tensor, counts: t
     if grouped_mm_works(x_sorted.device.type, x_sorted.dtype) and _aligned16(x_sorted, weights_EKN):
         offsets = counts.cumsum(0).to(torch.int32)
         return torch._grouped_mm(_ContiguousGrad.apply(x_sorted), weights_EKN, offs=offsets)
+    return _split_matmul(x_sorted, weights_EKN, counts)
+
+
+def _split_matmul(x_sorted: torch.Tensor, weights_EKN: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     pieces = torch.split(x_sorted, counts.tolist())
     outs = [rows @ weight for rows, weight in zip(pieces, weights_EKN.unbind(0)) if rows.shape[0]]
     return torch.cat(outs) if outs else x_sorted.new_zeros(0, weights_EKN.shape[-1])
@@ -174,6 +204,62 @@ def _grouped_matmul(x_sorted: torch.Tensor, weights_EKN: torch.Tensor, counts: t
 # `workbench` command that imports the kernels); the former, the lazy twin torch uses for itself, imports it on the
 # first call, which happens only under torch.compile, where dynamo is loaded anyway.
 _grouped_matmul_eager = torch._disable_dynamo(_grouped_matmul)
+
+
+# The grouped GEMM as custom ops, for torch.compile only: dynamo and inductor see a black box with a shape rule
+# (register_fake) and a backward made of two more such boxes. ``fused``: one torch._grouped_mm, else one GEMM per
+# expert. Eager code calls the functions above instead, through autograd's own backward of _grouped_mm.
+@torch.library.custom_op("workbench::grouped_mm", mutates_args=())
+def _grouped_mm_op(x: torch.Tensor, weights_EKN: torch.Tensor, counts: torch.Tensor, fused: bool) -> torch.Tensor:
+    """[M, K] x [E, K, N] -> [M, N]: expert e's counts[e] rows (in order) times weights_EKN[e]."""
+    if fused:
+        return torch._grouped_mm(x, weights_EKN, offs=counts.cumsum(0).to(torch.int32))
+    return _split_matmul(x, weights_EKN, counts)
+
+
+@_grouped_mm_op.register_fake
+def _(x, weights_EKN, counts, fused):
+    return x.new_empty(x.shape[0], weights_EKN.shape[-1])
+
+
+@torch.library.custom_op("workbench::grouped_mm_weight_grad", mutates_args=())
+def _grouped_mm_weight_grad_op(grad: torch.Tensor, x: torch.Tensor, counts: torch.Tensor,
+                               fused: bool) -> torch.Tensor:
+    """Per expert e: grad[rows of e]^T @ x[rows of e] -> [E, N, K] (zeros for an expert without rows): the
+    transpose of d weights_EKN, computed in that layout because the experts' parameters are stored [E, N, K]
+    (weights_EKN is their transposed view), so the gradient reaches them without a copy."""
+    if fused:
+        return torch._grouped_mm(grad.t(), x, offs=counts.cumsum(0).to(torch.int32))
+    sizes = counts.tolist()
+    out = grad.new_zeros(len(sizes), grad.shape[1], x.shape[1])
+    for expert, (g, rows) in enumerate(zip(torch.split(grad, sizes), torch.split(x, sizes))):
+        if rows.shape[0]:
+            torch.mm(g.t(), rows, out=out[expert])
+    return out
+
+
+@_grouped_mm_weight_grad_op.register_fake
+def _(grad, x, counts, fused):
+    return x.new_empty(counts.shape[0], grad.shape[1], x.shape[1])
+
+
+def _grouped_mm_setup_context(ctx, inputs, output):
+    x, weights_EKN, counts, ctx.fused = inputs
+    ctx.save_for_backward(x, weights_EKN, counts)
+
+
+def _grouped_mm_backward(ctx, grad):
+    x, weights_EKN, counts = ctx.saved_tensors
+    grad = grad.contiguous()  # an expanded (stride-0) gradient, e.g. from out.sum(), is rejected by _grouped_mm
+    grad_x = grad_w = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _grouped_mm_op(grad, weights_EKN.transpose(-2, -1), counts, ctx.fused)
+    if ctx.needs_input_grad[1]:
+        grad_w = _grouped_mm_weight_grad_op(grad, x, counts, ctx.fused).transpose(-2, -1)
+    return grad_x, grad_w, None, None
+
+
+_grouped_mm_op.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup_context)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -205,7 +291,7 @@ def moe(x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Ten
     n_experts = w_gate_up.shape[0]
     flat_experts = expert_indices.reshape(-1)                        # [T*k], slot j of token t at t*k + j
     order = torch.argsort(flat_experts, stable=True)                 # permutation grouping rows by expert
-    counts = torch.bincount(flat_experts, minlength=n_experts)       # rows per expert
+    counts = count_rows_per_expert(flat_experts, n_experts)         # rows per expert
     dtype = compute_dtype(x)
     inverse = torch.argsort(order)                                   # row of (token, slot) t*k + j after sorting
     x_sorted = _GatherRows.apply(x, order // top_k, inverse, top_k).to(dtype)                 # permute: [T*k, D]
@@ -305,5 +391,6 @@ def cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
     return ChunkedCrossEntropy.apply(hidden, weight, labels, ignore_index, int(min(chunk_size, vocab)))
 
 
-__all__ = ["attention", "attention_keep_mask", "cross_entropy", "grouped_matmul", "grouped_mm_works", "moe",
+__all__ = ["attention", "attention_keep_mask", "cross_entropy", "grouped_matmul",
+           "grouped_mm_works", "moe", "probe_before_compile",
            "rms_norm", "ChunkedCrossEntropy", "DEFAULT_VOCAB_CHUNK", "LOGITS_BUDGET_BYTES"]

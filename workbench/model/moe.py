@@ -80,7 +80,7 @@ class MoE(nn.Module):
         if self.shared_experts is not None:
             out = out + self.shared_experts(x_TD)
         with torch.no_grad():
-            load = torch.bincount(indices.flatten(), minlength=self.num_experts).float()
+            load = kernels.count_rows_per_expert(indices.flatten(), self.num_experts).float()
             self.last_load = load
             # Only training forwards steer the balancing bias. An eval or sampling pass in between must not: it
             # would bias the next update by data the model does not train on, and a run resumed from a checkpoint
