@@ -47,6 +47,26 @@ def test_train_throughput_reports_both_models_targets_and_context_rows(tmp_path,
     assert (rows["glm5-tiny-s2048"]["batch_size"], rows["glm5-tiny-s2048"]["seq_len"]) == (1, 48)  # per-case shape
 
 
+def test_train_throughput_compile_option_times_both_libraries_compiled(tmp_path, monkeypatch):
+    """--compile adds compiled timings of *both* models and their own ratio; the target stays on the eager ratio.
+    (torch.compile is replaced by the identity here: the plumbing is under test, not inductor.)"""
+    pytest.importorskip("transformers")
+    import torch
+
+    bench = _load("train_throughput")
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(type(model).__name__) or model)
+    report = bench.main(["--cases", "glm45-tiny", "--batch-size", "1", "--seq-len", "24", "--steps", "1",
+                         "--warmup", "0", "--compile", "--out", str(tmp_path / "tt.json")])
+    (row,) = report["cases"]
+    assert sorted(compiled) == ["GLMForCausalLM", "Glm4MoeForCausalLM"]
+    for kind in ("workbench", "hf", "workbench_compiled", "hf_compiled"):
+        assert row[f"{kind}_tokens_per_s"] > 0
+    assert row["ratio_compiled"] == pytest.approx(row["workbench_compiled_tokens_per_s"] /
+                                                  row["hf_compiled_tokens_per_s"])
+    assert row["target_met"] == (row["ratio"] >= 1.5)
+
+
 def test_train_throughput_rejects_unknown_cases():
     pytest.importorskip("transformers")
     with pytest.raises(SystemExit, match="unknown case"):
