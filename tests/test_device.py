@@ -146,8 +146,31 @@ def test_catalog_matches_torch_device_names():
     assert match_device_name("NVIDIA H100 80GB HBM3").chip == "NVIDIA H100 SXM"
     assert match_device_name("NVIDIA H200").chip == "NVIDIA H200 SXM"
     assert match_device_name("Ascend910B2").chip == "Ascend 910B2"
-    assert match_device_name("Ascend910B").chip == "Ascend 910B (generic)"
     assert match_device_name("Intel(R) Xeon(R) Processor") is None
+
+
+def test_ascend_soc_names_map_to_their_generation_and_catalog_row():
+    """torch_npu's SocVersion table: a plain 'Ascend910B' is SoC 104, a first-generation 910 (it matched the 2023
+    910B, 320 instead of 256 TFLOPS, and no bf16); an Atlas A3 device (Ascend910_93xx) is one die of a 910C, so
+    MFU there divides by half the package's peak (it divided by the whole package: MFU halved); a 310 inference
+    card is not catalogued."""
+    from workbench.device import ascend
+    from workbench.hardware import find_chip, match_device_name
+
+    assert match_device_name("Ascend910B").chip == "Ascend 910 (2019)"
+    assert match_device_name("Ascend910ProB").chip == "Ascend 910 (2019)"
+    assert match_device_name("Ascend910B3").chip == "Ascend 910B3"
+    die = match_device_name("Ascend910_9391")
+    assert die.chip == "Ascend 910C die" and match_device_name("Ascend910C2") == die
+    assert die.peak_flops("bf16") == pytest.approx(find_chip("Ascend 910C").peak_flops("bf16") / 2)
+    assert match_device_name("Ascend310P3") is None
+    assert find_chip("910C").chip == "Ascend 910C"  # typed names still find the package
+    generations = {name: ascend.ascend_generation(name) for name in
+                   ("Ascend910A", "Ascend910B", "Ascend910B1", "Ascend910B4_1", "Ascend910_9362", "Ascend950",
+                    "Ascend310P3", "NVIDIA H100")}
+    assert generations == {"Ascend910A": ascend.FIRST_910, "Ascend910B": ascend.FIRST_910,
+                           "Ascend910B1": ascend.A2, "Ascend910B4_1": ascend.A2, "Ascend910_9362": ascend.A3,
+                           "Ascend950": ascend.A5, "Ascend310P3": ascend.INFERENCE_310, "NVIDIA H100": None}
 
 
 def test_device_table_lists_every_type_with_reasons():

@@ -262,3 +262,27 @@ def test_npu_rope_beyond_the_documented_limits_uses_the_torch_rope(fake_npu):
     assert not [c for c in fake_npu.calls if c[0] == "npu_rotary_mul"]
     npu_ops.rope(x[:2], cos, sin, interleaved=True)
     assert [c for c in fake_npu.calls if c[0] == "npu_rotary_mul"]
+
+
+@pytest.mark.parametrize("soc, fused", [
+    ("Ascend910B2", True), ("Ascend910B4_1", True), ("Ascend910_9391", True), ("Ascend910C1", True),
+    ("Ascend910A", False), ("Ascend910B", False), ("Ascend910PremiumA", False), ("Ascend310P3", False),
+    ("Ascend950", False), ("SomethingNew", False),
+])
+def test_fused_ops_only_on_the_generations_huawei_documents_them_for(fake_npu, monkeypatch, soc, fused):
+    """torch_npu's fused operators are documented for Atlas A2/A3 only: elsewhere (a first-generation 910, whose
+    plain 'Ascend910B' is SoC 104, not a 910B; a 310 inference card; an unknown SoC) the torch kernels serve the
+    NPU, and `kernels list` says why the npu ones do not."""
+    monkeypatch.setattr(torch, "npu", types.SimpleNamespace(get_device_name=lambda index: soc,
+                                                            current_device=lambda: 0), raising=False)
+    for op in ("attention", "moe", "rms_norm", "rope", "swiglu"):
+        assert (K.resolve_impl(op, "npu").name == "npu") == fused, op
+    reason = registry.implementations("swiglu")["npu"].unavailable_reason("npu")
+    assert (reason is None) == fused
+    if not fused:
+        assert soc in reason and "Atlas A2/A3" in reason
+
+
+def test_an_unreadable_npu_name_keeps_the_fused_ops(fake_npu, monkeypatch):
+    monkeypatch.setattr(torch, "npu", types.SimpleNamespace(), raising=False)  # get_device_name missing
+    assert K.resolve_impl("swiglu", "npu").name == "npu"

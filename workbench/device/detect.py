@@ -63,6 +63,16 @@ def _backend_module(device_type: str) -> Any | None:
     return getattr(torch, device_type, None)
 
 
+def npu_device_name() -> str | None:
+    """The SoC name torch_npu reports for the current NPU ('Ascend910B2'; see ``workbench.device.ascend``), or None
+    without torch_npu or a visible NPU."""
+    backend = _backend_module("npu")
+    try:
+        return str(backend.get_device_name(backend.current_device()))
+    except Exception:  # no torch_npu (backend None), no device, a driver error: the name is unknown
+        return None
+
+
 def _availability(device_type: str) -> str | None:
     """None when ``device_type`` is usable here, otherwise the reason it is not."""
     if device_type == "cpu":

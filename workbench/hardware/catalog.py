@@ -3,7 +3,8 @@
 Two lookups: ``find_chip`` for names people type ("h100", "Ascend 910B", "H100-SXM"), and ``match_device_name`` for
 the name torch reports for a live device ("NVIDIA H100 80GB HBM3", "Ascend910B2"), through the
 ``device_name_patterns`` column (lower-case substrings; the longest matching pattern wins, so "ascend910b2" beats
-"ascend910b").
+"ascend910b"; a pattern starting with "=" must equal the whole name and wins over every substring: a plain
+"Ascend910B" is a first-generation 910, see ``workbench.device.ascend``).
 
 Sources: every row has a ``source`` and a ``confidence``; ``field_sources.csv`` refines them per field (FP8 peaks,
 measured bus bandwidths, power), and ``Chip.field_source(name)`` answers for one number. Users add their own chips
@@ -341,7 +342,11 @@ def match_device_name(device_name: str) -> Chip | None:
     best, best_len = None, 0
     for chip in load_catalog():
         for pattern in chip.device_name_patterns:
-            if pattern.replace(" ", "") in lowered and len(pattern) > best_len:
+            pattern = pattern.replace(" ", "")
+            if pattern.startswith("="):  # an exact name beats any substring
+                if pattern[1:] == lowered:
+                    best, best_len = chip, float("inf")
+            elif pattern in lowered and len(pattern) > best_len:
                 best, best_len = chip, len(pattern)
     if best is not None and _variant_conflict(device_name, best):  # 'A100-SXM4-40GB', 'H100 PCIe', 'GH200 480GB'
         return None

@@ -1,7 +1,8 @@
 """``npu`` implementations: Ascend's fused operators from torch_npu, called with the layouts they document.
 
 torch_npu is reached only through the device layer's guarded import (``workbench.device.detect``), never imported
-here, so this module loads on any machine. What each wrapper does (see Huawei's torch_npu API reference of each
+here, so this module loads on any machine. They are offered only on the chips Huawei documents them for, Atlas
+A2/A3 (``workbench.device.ascend``); a first-generation 910 or a 310 runs the torch implementations. What each wrapper does (see Huawei's torch_npu API reference of each
 operator):
 
 - rms_norm  -> ``npu_rms_norm(x, gamma, epsilon)``, which returns (y, rstd); we keep y;
@@ -44,9 +45,15 @@ def _torch_npu():
 
 
 def _available() -> str | None:
-    from workbench.device import detect
+    """None where the fused operators can run: torch_npu loads, and the NPU is one Huawei documents them for (Atlas
+    A2/A3; an unreadable name gets the benefit of the doubt). Elsewhere the torch implementations serve the NPU."""
+    from workbench.device import ascend, detect
 
-    return detect._import_torch_npu()[1]
+    reason = detect._import_torch_npu()[1]
+    if reason:
+        return reason
+    name = detect.npu_device_name()
+    return ascend.fused_operators_problem(name) if name else None
 
 
 @register("rms_norm", "npu", devices=("npu",), priority=PRIORITY, available=_available)
