@@ -82,7 +82,14 @@ def test_flops_dsa_attention_term_caps_at_topk():
     per_layer = no_kl.indexer / 2  # glm5-tiny: 2 indexer-owning layers
     n_indexer = 128 * 4 * 32 + 256 * 32 + 2 * 32 + 256 * 4  # wq_b, wk, k LayerNorm, weights_proj
     assert per_layer == 2 * n_indexer + 2 * 4 * (32 + 1) * S
-    assert long.indexer == 3 * no_kl.indexer + 2 * 2 * cfg.num_heads * cfg.qk_head_dim * S
+    # the sparse-stage KL loss of DeepSeek-V3.2 (GLM-5's DSA): over the top-k selected keys only (scores forward and
+    # backward), the indexer's input detached (its projections get weight gradients only), the target from the
+    # attention's own probabilities. It was charged at its dense cost (3x the whole indexer + q.k over all S keys):
+    # glm-5's FLOPs per token +40% at S = 32K, +136% at 128K, and MFU with them.
+    assert long.indexer == 2 * (2 * 2 * n_indexer + 2 * 4 * (32 + 1) * S + 3 * 2 * 4 * (32 + 1) * cfg.index_topk)
+    full = get_preset("glm-5")
+    at_128k = flops_per_token(full, 131072)
+    assert at_128k.indexer < 0.25 * at_128k.total  # 1.2 GFLOPs per indexer layer, not 7.6
 
 
 def test_flops_moe_uses_active_experts_only():

@@ -18,10 +18,14 @@ Conventions
   in N: < 0.01%). Attention core, per layer, not halved for causality (PaLM convention):
       attention = 6 * n_heads * (d_qk + d_v) * S_eff,   S_eff = seq_len, or min(seq_len, index_topk) with DSA
   (DSA-aware: each query reads only index_topk keys). The indexer runs, as implemented here, only when
-  seq_len > index_topk; per indexer-owning layer, forward only when its KL loss is off (indexer_loss_coef = 0):
-      indexer = 2 * N_indexer_layer + 2 * index_n_heads * (index_head_dim + 1) * seq_len
-  and with the KL loss (training): 3x that (its backward) + 2 * n_heads * d_qk * seq_len (the no-grad q.k scores
-  of the KL target).
+  seq_len > index_topk; per indexer-owning layer, selecting the keys (forward, no gradient):
+      select = 2 * N_indexer_layer + 2 * index_n_heads * (index_head_dim + 1) * seq_len
+  and, with its KL loss on (indexer_loss_coef > 0), the sparse training stage of DeepSeek-V3.2-Exp (DeepSeek-AI 2025),
+  which GLM-5 follows: the KL is taken over the top-k selected keys only, the indexer's input is detached (its
+  projections get weight gradients only), and the target is the attention's own probabilities (no extra q.k):
+      indexer = select + 2 * N_indexer_layer + 3 * 2 * index_n_heads * (index_head_dim + 1) * min(seq_len, topk)
+  Like the attention term these are model FLOPs: the masked DSA path (short sequences) computes a dense KL, more
+  than is counted here.
   MTP layers add 6 * (their active matmul params + the LM head) + their attention (field ``mtp``).
 """
 
@@ -129,7 +133,7 @@ class FlopsPerToken:
     total: float          # dense_matmul + attention + indexer + mtp
     dense_matmul: float   # 6 * N (trunk, LM head included, embedding lookup and indexer excluded)
     attention: float      # trunk attention core, DSA-aware
-    indexer: float        # trunk DSA indexers, forward only
+    indexer: float        # trunk DSA indexers: key selection, plus their KL loss when it trains them
     mtp: float            # MTP layers: their matmuls, their LM-head call, their attention and indexer
     seq_len: int
     matmul_params: int    # N
@@ -144,13 +148,23 @@ def _attention_flops(c: ModelConfig, seq_len: int) -> float:
     return 6.0 * c.num_heads * (c.qk_head_dim + d_v) * s_eff
 
 
-def _indexer_flops(c: ModelConfig, seq_len: int) -> float:
-    if not c.use_dsa or seq_len <= c.index_topk:
+def indexer_layer_flops(n_params: int, heads: int, head_dim: int, topk: int, seq_len: int, trained: bool) -> float:
+    """Training FLOPs per token of one DSA indexer layer (see the module docstring; the performance model uses this
+    too): 0 when there is nothing to prune (seq_len <= topk)."""
+    if seq_len <= topk:
         return 0.0
-    forward = 2.0 * indexer_params(c) + 2.0 * c.index_n_heads * (c.index_head_dim + 1) * seq_len
-    if c.indexer_loss_coef == 0:
-        return forward
-    return 3.0 * forward + 2.0 * c.num_heads * c.qk_head_dim * seq_len
+    per_key = 2.0 * heads * (head_dim + 1)  # one key's score: q.k per indexer head, then the head weights
+    select = 2.0 * n_params + per_key * seq_len
+    if not trained:
+        return select
+    return select + 2.0 * n_params + 3.0 * per_key * min(seq_len, topk)
+
+
+def _indexer_flops(c: ModelConfig, seq_len: int) -> float:
+    if not c.use_dsa:
+        return 0.0
+    return indexer_layer_flops(indexer_params(c), c.index_n_heads, c.index_head_dim, c.index_topk, seq_len,
+                               trained=c.indexer_loss_coef > 0)
 
 
 def flops_per_token(c: ModelConfig, seq_len: int, include_mtp: bool = True) -> FlopsPerToken:

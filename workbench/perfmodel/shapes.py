@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.errors import ConfigError
+from workbench.model.accounting import indexer_layer_flops
 
 FFN_TYPES = ("gelu", "swiglu")
 
@@ -265,14 +266,11 @@ class ModelShape:
         return min(seq_len, self.indexer.topk) if self.indexer else seq_len  # DSA: each query reads top-k keys
 
     def _indexer_flops(self, seq_len: int) -> float:
-        """One indexer layer, forward only, and only when there is something to select (seq_len > top-k)."""
-        if not self.indexer or seq_len <= self.indexer.topk:
+        """One indexer layer: key selection, plus its sparse KL loss when trained (the accounting's formula)."""
+        if not self.indexer:
             return 0.0
         ix = self.indexer
-        forward = 2.0 * self.indexer_params() + 2.0 * ix.heads * (ix.head_dim + 1) * seq_len
-        if not ix.trained:
-            return forward
-        return 3.0 * forward + 2.0 * self.heads * self.d_qk * seq_len  # + the main attention's scores (KL target)
+        return indexer_layer_flops(self.indexer_params(), ix.heads, ix.head_dim, ix.topk, seq_len, ix.trained)
 
     def attention_flops_per_token(self, seq_len: int) -> float:
         """PaLM/torchtitan attention term for training: 6 * L * H * (d_qk + d_v) * T (no causal discount; DSA
