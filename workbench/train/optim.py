@@ -1,9 +1,16 @@
-"""Optimizers: AdamW (fused or foreach, as the device supports) and Muon (used to train GLM-4.5 and GLM-5).
+"""Optimizers: AdamW (fused or foreach, as the device supports) and Muon (GLM-4.5 and GLM-5 trained with Muon).
 
-Muon (Keller Jordan, 2024; Moonlight / GLM-4.5 at scale) updates each 2-D hidden weight matrix with the
-orthogonalised momentum: a few Newton-Schulz iterations push the momentum's singular values towards 1, so every
-direction of the matrix moves at a similar speed. Embeddings, the output head, norms and biases stay on AdamW, as in
-every public Muon recipe. Stacked expert weights (E x out x in) are orthogonalised per expert (batched matmuls).
+Muon (Keller Jordan, 2024) updates each 2-D hidden weight matrix with the orthogonalised momentum: a few
+Newton-Schulz iterations push the momentum's singular values towards 1, so every direction of the matrix moves at a
+similar speed. Embeddings, the output head, norms and biases stay on AdamW, as in every public Muon recipe. Stacked
+expert weights (E x out x in) are orthogonalised per expert (batched matmuls).
+
+What this is, exactly, next to the recipes at scale: Keller Jordan's Muon, with its own learning rate (``muon_lr``,
+0.02) and his shape factor sqrt(max(1, out/in)). Moonlight (Liu et al. 2025), which GLM-4.5 follows, instead scales
+by 0.2 * sqrt(max(out, in)) to match AdamW's update RMS and shares AdamW's learning rate; GLM-5 further
+orthogonalises the MLA up-projections per attention head ("Muon Split"). Neither variant is implemented here. Fused
+matrices (gate|up of the SwiGLU, the MLA kv projections) are orthogonalised as one block, as in Moonlight's
+DeepSeek-V3 layout for kv (Moonlight keeps gate and up apart).
 ``build_optimizer`` returns one object with ``param_groups``/``step``/``zero_grad``/``state_dict`` either way.
 Used by the trainer and notebooks/01_training.ipynb.
 """
@@ -66,7 +73,8 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(p.grad, 1 - mu)  # buf = mu * buf + (1 - mu) * g
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
                 update = newton_schulz_orthogonalize(update, group["ns_steps"])
-                # Scale so the update's RMS does not depend on the matrix's aspect ratio (Muon's convention).
+                # Keller Jordan's shape factor: tall matrices (out > in) get sqrt(out / in) more. The update's RMS
+                # still depends on the shape (~ 1 / sqrt(in)); Moonlight's 0.2 * sqrt(max(out, in)) would not.
                 update = update * max(1.0, p.size(-2) / p.size(-1)) ** 0.5
                 if wd:
                     p.mul_(1 - lr * wd)
