@@ -591,3 +591,21 @@ def test_evaluating_on_other_data_leaves_the_runs_records_alone(tmp_path):
     assert isinstance(foreign, float) and foreign != summary["final_val_loss"]
     evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
     assert [r["val_loss"] for r in evals] == [summary["final_val_loss"]]
+
+
+def test_resume_with_other_steps_says_the_schedule_changes(tmp_path):
+    """--steps may change on --resume (extending a finished run is the point), but on an unfinished run it
+    re-stretches the cosine from the current step: the lr jumps, silently. Now the log says by how much."""
+    config = tiny_config(tmp_path, steps=8, ckpt_every=4, eval_every=0)
+    first = Trainer(config, log=quiet)
+    for _ in range(4):
+        first.train_step()
+    first.save_checkpoint()
+    first.close()
+    lines: list[str] = []
+    Trainer(config.replace(steps=16, resume=True), log=lines.append).close()
+    (line,) = [text for text in lines if "--steps" in text]
+    assert "8 to 16" in line and "step 4" in line
+    lines.clear()
+    Trainer(config.replace(resume=True), log=lines.append).close()  # the same --steps: nothing to say
+    assert not [text for text in lines if "--steps" in text]

@@ -395,9 +395,16 @@ class Trainer:
         self._refuse_another_run(state, path)
         ckpt.load_checkpoint(path, self.raw_model, self.optimizer, self.device)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scheduler.total_steps = self.config.steps  # --steps may extend a finished run
+        step, saved_steps = int(state["step"]), self.scheduler.total_steps
+        if saved_steps != self.config.steps:  # --steps may extend a run: the cosine stretches from here on
+            before = self.scheduler.multiplier(step)
+            self.scheduler.total_steps = self.config.steps
+            self.log(f"--steps changed from {saved_steps} to {self.config.steps}: the schedule now decays over "
+                     f"{self.config.steps} steps, so at step {step} the lr moves from {before:.0%} to "
+                     f"{self.scheduler.multiplier(step):.0%} of --lr (the run no longer follows the "
+                     f"{saved_steps}-step trajectory)")
         ckpt.restore_rng_state(state["rng"], self.device)
-        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.step, self.tokens_seen = step, int(state["tokens_seen"])
         self.checkpointed_step = self.step
         self.metrics.truncate_after(self.step)
         if self.metrics.path.exists():
