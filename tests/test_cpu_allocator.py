@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 
@@ -50,3 +51,25 @@ def test_preloaded_process_really_runs_jemalloc():
     preloaded = subprocess.run([sys.executable, "-c", SHOW], env={**plain_env, **ca.preload_env(library)},
                                capture_output=True, text=True, check=True)
     assert preloaded.stdout.strip() == "jemalloc"
+
+
+def test_a_library_under_a_path_with_a_space_is_not_preloaded(tmp_path, monkeypatch, capsys):
+    """`make demo` in a checkout under "my repo/" died with "env: 'repo/.venv/jemalloc/...': No such file": the
+    unquoted prefix split at the space, and ld.so splits LD_PRELOAD on spaces too. Such a checkout runs on the
+    system malloc (said on stderr); the printed prefix is shell-quoted."""
+    spaced = tmp_path / "my repo" / "libjemalloc.so.2"
+    spaced.parent.mkdir()
+    spaced.write_bytes(b"")
+    monkeypatch.setenv(ca.ENV_OVERRIDE, str(spaced))
+    assert ca.preload_env() == {}
+    assert ca.main(["--env"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "system malloc" in err
+    plain = tmp_path / "lib" / "libjemalloc.so.2"
+    plain.parent.mkdir()
+    plain.write_bytes(b"")
+    monkeypatch.setenv(ca.ENV_OVERRIDE, str(plain))
+    monkeypatch.setenv("LD_PRELOAD", "/opt/a.so /opt/b.so")  # a space-separated list the user preloads already
+    assert ca.main(["--env"]) == 0
+    words = shlex.split(capsys.readouterr().out)
+    assert words[0] == "env" and words[1] == f"LD_PRELOAD={plain}:/opt/a.so /opt/b.so"

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -70,10 +72,16 @@ def loaded_allocator() -> str:
         return "unknown"
 
 
+def preloadable(library: Path) -> bool:
+    """ld.so splits LD_PRELOAD on spaces and colons, so a library in a folder whose path holds one (a checkout in
+    "My Projects/") cannot be preloaded: such processes run on the system malloc."""
+    return not re.search(r"[\s:]", str(library))
+
+
 def preload_env(library: Path | None = None) -> dict[str, str]:
     """Environment variables that make a *new* process use jemalloc ({} when there is none)."""
     library = library or find_jemalloc()
-    if library is None:
+    if library is None or not preloadable(library):
         return {}
     preload = ":".join(p for p in (str(library), os.environ.get("LD_PRELOAD", "")) if p)  # ld.so splits on ':' 
     return {"LD_PRELOAD": preload, "MALLOC_CONF": MALLOC_CONF}
@@ -121,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jemalloc: {library}" if library else "jemalloc: not available (system malloc)")
     elif args.env:
         env = preload_env()
-        if env:
-            print("env " + " ".join(f"{k}={v}" for k, v in env.items()))
+        if env:  # quoted for the shell (make pastes this line in front of commands)
+            print("env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()))
+        elif find_jemalloc() is not None:
+            print(f"cpu_allocator: jemalloc is in {find_jemalloc().parent}, a path with a space or ':' that "
+                  "LD_PRELOAD cannot hold; CPU runs use the system malloc", file=sys.stderr)
     else:
         print(describe())
     return 0
