@@ -2,7 +2,7 @@
 
 Documents are tokenized, joined with the end-of-text token, and the stream is split deterministically: the first
 ``1 - val_fraction`` of the tokens train, the rest validate. The files are cached under
-``$WORKBENCH_CACHE_DIR/packed/<key>/`` (default ``~/.cache/workbench``), keyed by (corpus hash, tokenizer identity,
+``<cache>/packed/<key>/`` (``workbench.cache_dir``: ``$WORKBENCH_CACHE_DIR``, else ``~/.cache/workbench``), keyed by (corpus hash, tokenizer identity,
 val fraction), and written atomically (temp folder + rename), so two runs never see half a file.
 Used by the trainer and notebooks/01_training.ipynb.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.data.corpus import CORPUS_HASH, Corpus
+from workbench.cache_dir import cache_dir
 from workbench.errors import WorkbenchError
 
 # v2: corpus hash with length prefixes, BPE encodes a literal "<|endoftext|>" in text as text (other ids than v1)
@@ -42,8 +43,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def cache_root() -> Path:
-    root = os.environ.get("WORKBENCH_CACHE_DIR") or os.path.join(Path.home(), ".cache", "workbench")
-    return Path(root) / "packed"
+    return cache_dir() / "packed"
 
 
 def pack_key(corpus_sha256: str, tokenizer_identity: str, val_fraction: float) -> str:
@@ -76,8 +76,12 @@ def _write_pack(directory: Path, corpus: Corpus, tokenizer, val_fraction: float)
     """Tokenize into ``directory`` (atomically). The token stream goes to disk piece by piece, so memory stays at
     one piece however large the corpus; then its last ``val_fraction`` moves from train.bin into val.bin."""
     dtype = token_dtype(tokenizer.vocab_size)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    except OSError as exc:  # "[Errno 13] Permission denied: '/nonexistent'" did not say what it was for
+        raise WorkbenchError(f"cannot write the packed-token cache in {directory.parent} ({exc.strerror or exc}); "
+                             f"set WORKBENCH_CACHE_DIR to a writable folder") from exc
     try:
         total = 0
         with open(tmp / "train.bin", "wb") as f:

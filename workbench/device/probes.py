@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from workbench.cache_dir import cache_dir
 
 if TYPE_CHECKING:
     from workbench.device.detect import Device
@@ -34,8 +35,7 @@ class PeakEstimate:
 
 
 def cache_path() -> Path:
-    root = os.environ.get("WORKBENCH_CACHE_DIR") or os.path.join(Path.home(), ".cache", "workbench")
-    return Path(root) / "probes.json"
+    return cache_dir() / "probes.json"
 
 
 def _machine_key(device: "Device", what: str) -> str:

@@ -1,0 +1,50 @@
+"""Where the workbench keeps its caches: packed token files (``workbench.data.packing``) and device probe results
+(``workbench.device.probes``). Both are only caches: losing them costs a re-pack or a re-probe, never a run.
+
+Order: ``$WORKBENCH_CACHE_DIR`` (``~`` expanded), else ``$XDG_CACHE_HOME/workbench``, else ``~/.cache/workbench``.
+When the home folder cannot be used (no home at all, as for a container's arbitrary user id, or one that cannot be
+written), a per-user folder in the temp directory, said once on stderr. An explicit ``WORKBENCH_CACHE_DIR`` is
+taken as given: a folder there that cannot be written is reported by whoever writes, naming it.
+Used by every command and notebook that trains or probes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ENV_VAR = "WORKBENCH_CACHE_DIR"
+_warned: set[str] = set()
+
+
+def cache_dir() -> Path:
+    """The folder for the workbench's caches (not created unless the default had to be checked)."""
+    explicit = os.environ.get(ENV_VAR, "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    try:  # the XDG spec ignores a relative XDG_CACHE_HOME
+        default = (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "workbench"
+    except RuntimeError:  # Path.home(): no HOME and no passwd entry for this user id
+        default = None
+    if default is not None and _usable(default):
+        return default
+    fallback = Path(tempfile.gettempdir()) / f"workbench-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    if str(fallback) not in _warned:
+        _warned.add(str(fallback))
+        where = f"{default} cannot be written" if default is not None else "this user has no home folder"
+        print(f"workbench: {where}; caching in {fallback} instead (set {ENV_VAR} to choose)", file=sys.stderr)
+    return fallback
+
+
+def _usable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+__all__ = ["ENV_VAR", "cache_dir"]
