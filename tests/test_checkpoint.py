@@ -186,3 +186,24 @@ def test_a_save_interrupted_between_its_renames_is_finished_on_resume(tmp_path):
     (tmp_path / ".tmp-step_0000030-424243").mkdir()                # a writer killed mid-write: no manifest, ignored
     assert ckpt.latest_good_checkpoint(tmp_path, warn=lambda m: None).name == "step_0000020"
     assert not (tmp_path / "step_0000030").exists()
+
+
+def test_a_full_disk_while_writing_the_weights_is_an_oserror(tmp_path, monkeypatch):
+    """safetensors reports a full disk as a SafetensorError, which is no OSError: `workbench train` ended in a
+    traceback instead of its one-line "free some space ... --resume" message. The earlier checkpoint stays."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    model, opt = _model_and_optimizer()
+    good = _save(tmp_path, 1, model, opt)
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(OSError) as caught:
+        _save(tmp_path, 2, model, opt)
+    assert caught.value.errno == errno.ENOSPC
+    assert ckpt.latest_good_checkpoint(tmp_path) == good
+    assert [p.name for p in tmp_path.iterdir()] == [good.name]  # no temp folder left behind

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from workbench.errors import WorkbenchError
@@ -191,6 +192,18 @@ def check_checkpoint_folder(root: str | Path) -> None:
         raise WorkbenchError(f"cannot write checkpoints to {root}: {error.strerror or error}") from None
 
 
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, whose I/O failures (a full disk, a name too long) come as a SafetensorError that is
+    no OSError: re-raised as the OSError they are, so callers report them like any other file-system refusal."""
+    try:
+        save_file(state, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
+
+
 def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimizer: Any,
                     trainer_state: dict[str, Any], keep_last: int = 2) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically, then delete all but the newest ``keep_last``."""
@@ -202,7 +215,7 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_file(get_model_state(model), str(tmp / MODEL_FILE), metadata={"step": str(step)})
+        _save_safetensors(get_model_state(model), tmp / MODEL_FILE, metadata={"step": str(step)})
         buffer = io.BytesIO()
         torch.save(get_optimizer_state(optimizer), buffer)
         (tmp / OPTIM_FILE).write_bytes(buffer.getvalue())
