@@ -231,3 +231,19 @@ def test_checkpoint_folder_check_reports_an_unwritable_folder(tmp_path, monkeypa
     monkeypatch.setattr(ckpt.tempfile, "mkstemp", read_only)
     with pytest.raises(WorkbenchError, match="cannot write checkpoints to .*: Permission denied"):
         ckpt.check_checkpoint_folder(tmp_path / "checkpoints")
+
+
+def test_a_run_on_non_ascii_text_finishes_under_an_ascii_locale(tmp_path):
+    """Under a locale whose encoding is not UTF-8 (LC_ALL=C with UTF-8 mode off; latin-1 locales; Windows' cp1252)
+    the run trained and then failed at its very end writing samples.txt ("'ascii' codec can't encode"), leaving no
+    summary.json. Every text file the workbench writes or reads is UTF-8 now."""
+    data = tmp_path / "dätä.txt"
+    data.write_text("Ünïcödé stories: café, naïve, 東京, emoji 🙂.\n\n" * 200, encoding="utf-8")
+    out = tmp_path / "rün"
+    env = {**{k: v for k, v in _env().items() if k != "PYTHONIOENCODING"}, "LC_ALL": "C", "LANG": "C",
+           "PYTHONUTF8": "0"}
+    done = subprocess.run([sys.executable, "-m", "workbench", *_args(out, "--data", str(data)), "--steps", "2",
+                           "--warmup-steps", "1"], env=env, cwd=REPO, capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", timeout=170)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "summary.json").exists() and (out / "samples.txt").read_text(encoding="utf-8")

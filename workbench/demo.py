@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                                      f"--out (the demo starts over in its own folder only)")
             clear_run_folder(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / DEMO_MARKER).write_text("written by python -m workbench.demo; it may start over here\n")
+        (out / DEMO_MARKER).write_text("written by python -m workbench.demo; it may start over here\n", encoding="utf-8")
         print(f"workbench demo: training {args.preset} on the bundled stories on {device.type} ({device.name}), "
               f"{dtype_name(device.training_dtype)}; up to {steps} steps or {args.minutes:g} minutes", flush=True)
         s = train(config)

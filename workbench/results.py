@@ -49,7 +49,7 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(to_jsonable(payload), f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())

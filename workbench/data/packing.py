@@ -65,7 +65,7 @@ def pack_corpus(corpus: Corpus, tokenizer, val_fraction: float = 0.05, cache_dir
 
 def open_pack(directory: str | Path) -> PackedData:
     directory = Path(directory)
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
     dtype = np.dtype(meta["dtype"])
     train = np.memmap(directory / "train.bin", dtype=dtype, mode="r", shape=(meta["train_tokens"],))
     val = np.memmap(directory / "val.bin", dtype=dtype, mode="r", shape=(meta["val_tokens"],))
@@ -105,7 +105,7 @@ def _write_pack(directory: Path, corpus: Corpus, tokenizer, val_fraction: float)
             "eos_id": tokenizer.eos_id, "dtype": dtype.name, "train_tokens": int(n_train), "val_tokens": int(n_val),
             "val_fraction": val_fraction, "documents": len(corpus.documents),
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         try:
             os.rename(tmp, directory)
         except OSError:  # another process packed the same corpus meanwhile: theirs is identical

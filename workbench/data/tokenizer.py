@@ -83,7 +83,7 @@ class ByteTokenizer:
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / TOKENIZER_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"workbench_tokenizer": "byte", "vocab_size": self.vocab_size}))
+        path.write_text(json.dumps({"workbench_tokenizer": "byte", "vocab_size": self.vocab_size}), encoding="utf-8")
         return path
 
 
@@ -173,7 +173,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if not path.exists():
         raise WorkbenchError(f"no {TOKENIZER_FILE} in {str(directory)!r}")
     try:
-        head = json.loads(path.read_text())
+        head = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(head, dict) and head.get("workbench_tokenizer") == "byte":
             return ByteTokenizer()
         return BPETokenizer.from_file(path)

@@ -46,7 +46,7 @@ def _read_cache() -> dict:
     """The cached probe results; a missing, unreadable or damaged cache (not a JSON object, or entries without a
     positive finite value and a detail) reads as empty or loses those entries: it only costs a re-probe."""
     try:
-        entries = json.loads(cache_path().read_text())
+        entries = json.loads(cache_path().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(entries, dict):

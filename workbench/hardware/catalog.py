@@ -142,7 +142,7 @@ def _check_number(name: str, value: Any) -> None:
 
 
 def _read_package_csv(name: str) -> list[dict[str, str]]:
-    text = resources.files("workbench.hardware").joinpath(name).read_text()
+    text = resources.files("workbench.hardware").joinpath(name).read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
 
 
@@ -229,7 +229,7 @@ def load_chip_file(path: str | Path) -> list[Chip]:
         raise FileNotFoundError(f"chip file {str(path)!r} does not exist")
     if path.suffix.lower() == ".csv":
         chips = []
-        for row in csv.DictReader(path.read_text().splitlines()):
+        for row in csv.DictReader(path.read_text(encoding="utf-8").splitlines()):
             values: dict[str, Any] = {k: v for k, v in row.items() if k and v not in (None, "")}
             for field in NUMERIC_FIELDS:
                 if field in values:
@@ -241,7 +241,7 @@ def load_chip_file(path: str | Path) -> list[Chip]:
             chips.append(chip_from_dict(values))
         return chips
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise WorkbenchError(f"{path}: not valid JSON ({exc})") from None
     return [chip_from_dict(d) for d in (data if isinstance(data, list) else [data])]

@@ -267,7 +267,7 @@ def _read_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
     if not (path / "config.json").is_file():
         raise WorkbenchError(f"{path} has no config.json: pass a folder written by save_pretrained or to_hf")
-    d = json.loads((path / "config.json").read_text())
+    d = json.loads((path / "config.json").read_text(encoding="utf-8"))
     config_from_hf(d)  # reject an unsupported model before reading gigabytes of weights
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -331,7 +331,7 @@ def to_hf(model: GLMForCausalLM, path) -> Path:
     d = config_to_hf(model.config, dtype=str(weights_dtype).removeprefix("torch."))
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict_to_hf(model).items()}
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(d, indent=2))
+    (path / "config.json").write_text(json.dumps(d, indent=2), encoding="utf-8")
     return path
 
 

@@ -61,7 +61,7 @@ FIT_PARAMS: dict[str, tuple[float, float]] = {
 
 
 def load_runs() -> list[dict[str, str]]:
-    text = resources.files("workbench.perfmodel").joinpath("published_runs.csv").read_text()
+    text = resources.files("workbench.perfmodel").joinpath("published_runs.csv").read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
 
 
@@ -213,7 +213,7 @@ def write_calibration(eff: Efficiency, rows: list[dict[str, Any]], path: Path | 
     record = {"params": eff.as_dict(), "fitted": sorted(FIT_PARAMS), "when": time.strftime("%Y-%m-%d"),
               **summary(rows), "errors": {r["id"]: round(r["error"], 4) for r in rows},
               "method": "coordinate descent on mean |log(pred/measured)| over published_runs.csv"}
-    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 

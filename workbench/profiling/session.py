@@ -110,7 +110,7 @@ def _torch_trace_handler(destination: Path, with_flops: bool) -> Callable:
         flops = {e.id: e.flops for e in prof.events() if getattr(e, "flops", 0)}
         trace = read_trace_json(destination)
         if annotate_flops(trace, flops):
-            destination.write_text(json.dumps(trace))
+            destination.write_text(json.dumps(trace), encoding="utf-8")
 
     return handler
 

@@ -109,7 +109,7 @@ def read_trace_json(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"trace file {path} does not exist; run a profile first (workbench profile ...)")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     return {"traceEvents": data} if isinstance(data, list) else data
 
 

@@ -219,12 +219,12 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
         buffer = io.BytesIO()
         torch.save(get_optimizer_state(optimizer), buffer)
         (tmp / OPTIM_FILE).write_bytes(buffer.getvalue())
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True))
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True), encoding="utf-8")
         files = {}
         for name in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
             _fsync_file(tmp / name)
             files[name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-        (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1), encoding="utf-8")
         _fsync_file(tmp / MANIFEST_FILE)
         _fsync_dir(tmp)
         old = None
@@ -294,7 +294,7 @@ def _manifest_files(path: Path) -> dict[str, dict[str, Any]]:
     if not manifest_path.exists():
         raise CorruptCheckpointError(f"checkpoint {path} is partial: no {MANIFEST_FILE}")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
         # every entry must say {"sha256": str, "bytes": int}, and the three files must be listed: a bit flipped in a
         # key ("cytes") or a manifest of the wrong shape is damage like any other, so resume falls back past it
@@ -332,7 +332,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         if _sha256(path / name) != expected["sha256"]:
             raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {name} does not match its sha256")
     try:
-        return json.loads((path / STATE_FILE).read_text())
+        return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:  # matches a manifest written over a bad file: still damage
         raise CorruptCheckpointError(f"checkpoint {path} has an unreadable {STATE_FILE} ({exc})") from None
 

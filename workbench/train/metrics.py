@@ -38,14 +38,14 @@ class MetricsLogger:
         if not self.enabled or not self.path.exists():
             return
         kept = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 if json.loads(line).get("step", 0) <= step:
                     kept.append(line)
             except ValueError:  # a half-written last line from a killed process
                 continue
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         os.replace(tmp, self.path)
 
     def reset(self) -> None:
@@ -57,7 +57,7 @@ class MetricsLogger:
             return
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a")
+            self._file = open(self.path, "a", encoding="utf-8")
         self._file.write(json.dumps(to_jsonable(record)) + "\n")
         self._file.flush()
 
@@ -70,7 +70,7 @@ class MetricsLogger:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl (skipping a torn last line)."""
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:

@@ -527,7 +527,7 @@ class Trainer:
         if self.is_main_process:
             samples = [self.sample(seed=c.seed + i) for i in range(2)] if c.sample_tokens else []
             summary["samples"] = samples
-            (self.run_dir / "samples.txt").write_text("\n\n---\n\n".join(samples) + "\n")
+            (self.run_dir / "samples.txt").write_text("\n\n---\n\n".join(samples) + "\n", encoding="utf-8")
             summary["figures"] = self.write_figures()
             write_json_atomic(self.run_dir / "summary.json", summary)
         return summary

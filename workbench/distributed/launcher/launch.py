@@ -207,7 +207,7 @@ def rank_errors(log_dirs: Sequence[Path], log: Sequence[str] = ()) -> list[str]:
         for rank_dir in attempts[-1].iterdir() if attempts else ():  # named by local rank (= rank on one node)
             stderr = rank_dir / "stderr.log"
             if rank_dir.name.isdigit() and stderr.is_file():
-                text = stderr.read_text(errors="replace")
+                text = stderr.read_text(encoding="utf-8", errors="replace")
                 cause = root_cause(text)
                 if cause:
                     by_rank[int(rank_dir.name)] = cause
@@ -431,7 +431,7 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
     start = time.perf_counter()
     # A new session makes torchrun the leader of its own process group, so a timeout can end all of it.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env,
-                            start_new_session=True, bufsize=1)
+                            encoding="utf-8", errors="replace", start_new_session=True, bufsize=1)
     timer = None
     timed_out = threading.Event()
     if timeout_s is not None:
@@ -442,7 +442,7 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
         timer.daemon = True
         timer.start()
     try:
-        with _stop_workers_on_termination(), open(run_dir / "launch.log", "w") as log_file:
+        with _stop_workers_on_termination(), open(run_dir / "launch.log", "w", encoding="utf-8") as log_file:
             try:
                 for line in proc.stdout:
                     line = line.rstrip("\n")
@@ -506,6 +506,6 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None

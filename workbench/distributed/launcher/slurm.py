@@ -89,6 +89,6 @@ def write_slurm_script(path: str | Path, config: SlurmConfig, command: Sequence[
     path = Path(path)
     text = slurm_script(config, command)  # a bad command fails before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     path.chmod(0o755)
     return path
