@@ -609,3 +609,18 @@ def test_resume_with_other_steps_says_the_schedule_changes(tmp_path):
     lines.clear()
     Trainer(config.replace(resume=True), log=lines.append).close()  # the same --steps: nothing to say
     assert not [text for text in lines if "--steps" in text]
+
+
+def test_out_dir_must_not_be_empty_and_tilde_is_expanded(tmp_path, monkeypatch, capsys):
+    """`--out ""` (an unset $OUT) trained into the working directory, a checkout's root; `--out=~/x` (no shell
+    expansion after '=') made a literal '~' folder there."""
+    from workbench.cli import main
+
+    with pytest.raises(ConfigError, match="out_dir"):
+        TrainConfig(out_dir=" ")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert TrainConfig(out_dir="~/runs/x").out_dir == str(tmp_path / "runs" / "x")
+    for command in (["train"], ["profile"], ["kernels", "bench"], ["comm-bench"]):
+        with pytest.raises(SystemExit) as stop:
+            main([*command, "--out", ""])
+        assert stop.value.code == 2 and "must not be empty" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from workbench.params import output_folder
 from pathlib import Path
 
 # Before torch loads OpenMP: idle OpenMP threads spin for a shorter while before they sleep. On a CPU shared with
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--preset", default="glm4-tiny")
-    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--out", type=output_folder, default=DEFAULT_OUT)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                                      f"--out (the demo starts over in its own folder only)")
             clear_run_folder(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / DEMO_MARKER).write_text("written by python -m workbench.demo; it may start over here\n", encoding="utf-8")
+        (out / DEMO_MARKER).write_text("written by python -m workbench.demo; it may start over here\n",
+                                       encoding="utf-8")
         print(f"workbench demo: training {args.preset} on the bundled stories on {device.type} ({device.name}), "
               f"{dtype_name(device.training_dtype)}; up to {steps} steps or {args.minutes:g} minutes", flush=True)
         s = train(config)

@@ -132,3 +132,15 @@ def validate_params(values: dict[str, Any], schema: dict[str, Param]) -> dict[st
     if problems:
         raise WorkbenchError("; ".join(problems))
     return clean
+
+
+def output_folder(text: str) -> str:
+    """argparse ``type=`` for an --out folder: not empty (an unset shell variable would write into the working
+    directory) and with ``~`` expanded ("--out=~/x" reaches the program unexpanded)."""
+    import argparse
+    import os
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return os.path.expanduser(text)
+

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from workbench.errors import ConfigError
+from workbench.params import output_folder
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
@@ -170,7 +171,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=5, help="timed calls per size (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per size (default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, npu")
-    parser.add_argument("--out", default="figures/comm_bench", help="folder for comm_bench.json and the chart")
+    parser.add_argument("--out", type=output_folder, default="figures/comm_bench",
+                        help="folder for comm_bench.json and the chart")
     parser.add_argument("--timeout", type=float, default=None, help="kill the launched run after this many s")
 
 

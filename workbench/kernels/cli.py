@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.params import output_folder
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--moe-experts", default="8,16,32,64", help="expert counts for the grouped-vs-loop sweep")
     bench.add_argument("--threads", type=int, default=None, help="torch cpu threads (1: steadier on shared machines)")
     bench.add_argument("--no-probe", action="store_true", help="do not probe peaks (roofline %% unknown off-catalog)")
-    bench.add_argument("--out", default="runs/kernels", help="folder for kernels_bench.json and the roofline HTML")
+    bench.add_argument("--out", type=output_folder, default="runs/kernels",
+                       help="folder for kernels_bench.json and the roofline HTML")
     bench.add_argument("--json", action="store_true", help="print the JSON instead of the table")
 
 

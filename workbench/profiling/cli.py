@@ -15,6 +15,7 @@ import contextlib
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.params import output_folder
 
 
 def _kernel_choices(text: str) -> dict[str, str]:
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=3, help="active (recorded) steps")
     p.add_argument("--wait", type=int, default=1, help="steps run before recording starts")
     p.add_argument("--warmup", type=int, default=1, help="steps recorded and thrown away before the active ones")
-    p.add_argument("--out", default="runs/profile", help="output folder")
+    p.add_argument("--out", type=output_folder, default="runs/profile", help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, npu (optionally :index)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=64)

@@ -19,6 +19,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 from workbench.errors import WorkbenchError
+from workbench.params import output_folder
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -44,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'default' (bundled stories), a UTF-8 text/JSONL file or folder, or hf:NAME[:SPLIT]")
     p.add_argument("--tokenizer", default="byte", choices=["byte", "bpe"], help="byte-level, or BPE trained here")
     p.add_argument("--bpe-vocab-size", type=int, default=2048)
-    p.add_argument("--out", default="runs/train", help="run folder (config, metrics.jsonl, checkpoints, figures)")
+    p.add_argument("--out", type=output_folder, default="runs/train",
+                   help="run folder (config, metrics.jsonl, checkpoints, figures)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (off by default)")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,10 @@ class TrainConfig:
         need(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s must be > 0 or None")
         need(self.expert_bias_rate is None or self.expert_bias_rate >= 0,
              f"expert_bias_rate must be >= 0 or None, got {self.expert_bias_rate}")
+        # an empty out_dir (an unset $OUT in a script) trained into the working directory, a checkout's root
+        need(bool(self.out_dir.strip()), "out_dir (--out) must not be empty")
+        # "--out=~/x" reaches us unexpanded (the shell expands ~ only at the start of a word): a literal "~" folder
+        self.out_dir = os.path.expanduser(self.out_dir)
         if problems:
             raise ConfigError("bad training config: " + "; ".join(problems))
 
