@@ -247,3 +247,25 @@ def test_a_run_on_non_ascii_text_finishes_under_an_ascii_locale(tmp_path):
                           encoding="utf-8", errors="replace", timeout=170)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "summary.json").exists() and (out / "samples.txt").read_text(encoding="utf-8")
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(capsys, monkeypatch):
+    """`workbench models | head -1`: the closed pipe printed "error: [Errno 32] Broken pipe" (or a traceback for
+    --help), as if the command had failed. And the disk-full hint about --resume is for training only."""
+    import errno
+
+    import workbench.model.cli as models_cli
+
+    def reader_gone(_args):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(models_cli, "run", reader_gone)
+    assert main(["models"]) == 141 and capsys.readouterr().err == ""
+
+    def full_disk(_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(models_cli, "run", full_disk)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "--resume" not in err

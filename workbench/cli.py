@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 # command -> (module, one-line help). Add a command by adding a line here.
@@ -43,6 +44,18 @@ def _top_level_help() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `workbench models | head -1`: the reader left; not an error of ours, no traceback
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush finds somewhere to go
+        except (OSError, ValueError):  # no real stdout (notebooks, pytest capture)
+            pass
+        return 128 + 13  # as a process ended by SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_top_level_help())
@@ -63,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)  # argparse itself prints one usage line and exits 2 on bad flags
     try:
         return int(module.run(args) or 0)
+    except BrokenPipeError:
+        raise
     except _user_errors() as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and command == "train":
             message = f"{message}; free some space (a training run continues from its last checkpoint with --resume)"
         print(f"workbench {command}: error: {message}", file=sys.stderr)
         return 2
