@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -418,10 +419,41 @@ def test_model_overrides_parse_and_progress_switch(monkeypatch):
         "num_layers": 2, "indexer_types": ["full", "shared"]}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         TrainConfig.parse_overrides("num_layers")
-    monkeypatch.setenv("WORKBENCH_NO_PROGRESS", "1")
-    assert not progress_enabled(True)
-    monkeypatch.setenv("WORKBENCH_NO_PROGRESS", "")
+    class Terminal:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+        def write(self, text):
+            return len(text)
+
+    monkeypatch.setattr("sys.stderr", Terminal(True))
+    for off in ("1", "TRUE", "on", " yes "):  # "TRUE" and "on" left the bar on
+        monkeypatch.setenv("WORKBENCH_NO_PROGRESS", off)
+        assert not progress_enabled(True)
+    monkeypatch.setenv("WORKBENCH_NO_PROGRESS", "0")
     assert progress_enabled(True) and not progress_enabled(False)
+    # stderr piped into a log: no bar (it was one line of carriage returns, and the step lines were missing)
+    monkeypatch.setattr("sys.stderr", Terminal(False))
+    assert not progress_enabled(True)
+
+
+def test_yes_no_environment_variables_read_alike(monkeypatch, tmp_path):
+    """WORKBENCH_PLOTLY_CDN=0 switched the CDN on (the saved figure was blank offline), WORKBENCH_HEADLESS=0 meant
+    headless: any non-empty text counted as yes."""
+    import plotly.graph_objects as go
+
+    from workbench.params import env_flag
+    from workbench.viz import save_figure
+
+    for text, expected in (("1", True), ("On", True), ("yes", True), ("0", False), ("off", False), ("", False)):
+        monkeypatch.setenv("WORKBENCH_X", text)
+        assert env_flag("WORKBENCH_X") is expected
+    monkeypatch.setenv("WORKBENCH_PLOTLY_CDN", "0")
+    html = Path(save_figure(go.Figure(), tmp_path / "fig")["html"]).read_text(encoding="utf-8")
+    assert "src=\"https://cdn.plot.ly" not in html  # plotly.js embedded: the figure renders offline
 
 
 def test_mfu_is_per_device_under_data_parallelism(tmp_path, monkeypatch):

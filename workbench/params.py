@@ -134,6 +134,14 @@ def validate_params(values: dict[str, Any], schema: dict[str, Param]) -> dict[st
     return clean
 
 
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable: 1, true, yes, on (any case) mean yes; unset, empty, 0, false, no, off mean no.
+    (WORKBENCH_PLOTLY_CDN=0 used to switch the CDN *on*: any non-empty text counted as yes.)"""
+    import os
+
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
 def output_folder(text: str) -> str:
     """argparse ``type=`` for an --out folder: not empty (an unset shell variable would write into the working
     directory) and with ``~`` expanded ("--out=~/x" reaches the program unexpanded)."""

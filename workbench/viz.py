@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from workbench.params import env_flag
+
 
 def html_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, floatfmt: str = "{:,.3g}") -> str:
     """Rows of dicts -> an HTML table string (display with IPython.display.HTML)."""
@@ -53,7 +55,7 @@ def save_figure(fig, path: str | os.PathLike, png: bool = False) -> dict[str, st
     """
     path = Path(path).with_suffix(".html")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs="cdn" if os.environ.get("WORKBENCH_PLOTLY_CDN") else True)
+    fig.write_html(str(path), include_plotlyjs="cdn" if env_flag("WORKBENCH_PLOTLY_CDN") else True)
     written = {"html": str(path)}
     if png:
         try:
@@ -70,7 +72,7 @@ def in_interactive_kernel() -> bool:
     Headless notebook runs (the test harness, CI) set ``WORKBENCH_HEADLESS=1``; papermill itself sets nothing we
     can detect, and widgets there are harmless (they simply render nowhere).
     """
-    if os.environ.get("WORKBENCH_HEADLESS"):
+    if env_flag("WORKBENCH_HEADLESS"):
         return False
     try:
         from IPython import get_ipython

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from workbench.params import env_flag
 from workbench.results import to_jsonable
 
 
@@ -79,5 +81,16 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def progress_enabled(requested: bool = True) -> bool:
-    """Progress bars are on unless asked off, or WORKBENCH_NO_PROGRESS=1 is set (the test suite sets it)."""
-    return requested and os.environ.get("WORKBENCH_NO_PROGRESS", "").strip() not in ("1", "true", "yes")
+    """Progress bars are on unless asked off, WORKBENCH_NO_PROGRESS=1 is set (the test suite sets it), or nothing
+    can show one: in a notebook the bar is a widget; elsewhere it needs a terminal on stderr. Piped into a log
+    (`... 2>&1 | tee train.log`) a bar was a single line of carriage returns, and the step lines, printed only
+    without a bar, were missing."""
+    if not requested or env_flag("WORKBENCH_NO_PROGRESS"):
+        return False
+    from workbench.viz import in_interactive_kernel
+
+    try:
+        terminal = sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        terminal = False
+    return terminal or in_interactive_kernel()
