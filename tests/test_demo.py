@@ -45,3 +45,22 @@ def test_a_demo_folder_in_use_by_another_process_is_refused(tmp_path, capsys, lo
     assert demo.main(["--out", str(out), "--device", "cpu", "--steps", "1"]) == 2
     assert "is using the run folder" in capsys.readouterr().err
     assert (out / "metrics.jsonl").exists()
+
+
+def test_an_unwritable_out_and_ctrl_c_are_one_line(tmp_path, capsys, monkeypatch):
+    """An --out that cannot be made (under a file; read-only; /proc) and Ctrl-C printed tracebacks; `workbench
+    train` prints one line for both."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert demo.main(["--out", str(blocker / "demo"), "--device", "cpu", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("demo: error: ") and "Traceback" not in err
+
+    import workbench.train as train_package
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_package, "train", interrupted)
+    assert demo.main(["--out", str(tmp_path / "demo"), "--device", "cpu", "--steps", "1"]) == 130
+    assert "interrupted" in capsys.readouterr().err

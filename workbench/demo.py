@@ -80,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workbench demo: training {args.preset} on the bundled stories on {device.type} ({device.name}), "
               f"{dtype_name(device.training_dtype)}; up to {steps} steps or {args.minutes:g} minutes", flush=True)
         s = train(config)
-    except WorkbenchError as exc:  # bad flags, a busy or foreign --out, bad data: one line
+    except (WorkbenchError, OSError) as exc:  # bad flags, a busy, foreign or unwritable --out, bad data: one line
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the trainer stopped cleanly (its checkpoints stay); no traceback
+        print(f"demo: interrupted; the run so far is in {out}", file=sys.stderr)
+        return 130
     mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"
     print()
     print(f"loss: {s['first_train_loss']:.3f} at step 1 -> {s['final_train_loss']:.3f} at step {s['steps']} "
