@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-check", action="store_true", help="skip the correctness suite")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 gives steadier numbers on a machine shared with other jobs)")
-    parser.add_argument("--out", default="figures")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "figures"))
     args = parser.parse_args(argv)
     if args.threads is not None:
         import torch

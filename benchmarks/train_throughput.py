@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--compile", action="store_true",
                    help="also time both models under torch.compile (compiled against compiled)")
-    p.add_argument("--out", default="figures/train_throughput.json")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "figures" / "train_throughput.json"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
