@@ -233,6 +233,7 @@ class Trainer:
         self.peak_all_ranks = self.peak.value * self.world_size if self.peak.value else None
         self.step = 0
         self.tokens_seen = 0
+        self.steps_this_process = 0  # the first one pays for warm-up (allocations, compilation): kept out of tokens/s
         self.checkpointed_step: int | None = None  # the step of the checkpoint on disk that this state equals
         self.history: list[dict[str, Any]] = []
         if resume_from is not None:
@@ -326,6 +327,9 @@ class Trainer:
             "mfu": mfu(tok_s, self.flops_per_token, self.peak_all_ranks), "peak_source": self.peak.source,
             "tokens_seen": self.tokens_seen,
         }
+        if self.steps_this_process == 0:
+            record["process_warmup"] = True
+        self.steps_this_process += 1
         if "muon" in getattr(self.optimizer, "optimizers", {}):
             record["muon_lr"] = self.optimizer.optimizers["muon"].param_groups[0]["lr"]
         mem = self.device.memory_stats()
@@ -535,7 +539,9 @@ class Trainer:
     def summary(self, val_loss: float) -> dict[str, Any]:
         train = [r for r in self.history if r.get("kind") == "train"]
         tail = train[-max(1, min(10, len(train) // 10)):]
-        timed = train[1:] or train  # the first step pays for warm-up (allocations, compilation)
+        # the first step of each process pays for warm-up (allocations, compilation): a resumed run has one more,
+        # and with --compile it was 20-30x a normal step, so tokens/s and MFU came out 5-7x low
+        timed = [r for i, r in enumerate(train) if i > 0 and not r.get("process_warmup")] or train
         total_time = sum(r["step_time_s"] for r in timed)
         tok_s = sum(r["step_time_s"] * r["tokens_per_s"] for r in timed) / total_time if total_time else 0.0
         return {
