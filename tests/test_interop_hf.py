@@ -199,3 +199,14 @@ def test_a_dense_model_round_trips_its_config(name, tmp_path):
     cfg = get_preset(name).replace(vocab_size=V, num_experts=0, mtp_layers=0, **changes)
     to_hf(build_model(cfg), tmp_path)
     assert from_hf(tmp_path).config == cfg
+
+
+def test_a_compiled_model_exports_like_the_model(tmp_path):
+    """After --compile, trainer.model is torch.compile's wrapper; to_hf(trainer.model) died with KeyError
+    'embed_tokens.weight' (its state-dict keys start with '_orig_mod.'). Wrapping compiles nothing."""
+    torch.manual_seed(0)
+    model = build_model(get_preset("glm4-tiny").replace(vocab_size=V, num_layers=1, rope_interleaved=False))
+    to_hf(torch.compile(model), tmp_path / "compiled")
+    to_hf(model, tmp_path / "plain")
+    a, b = (from_hf(tmp_path / name).state_dict() for name in ("compiled", "plain"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -236,7 +236,14 @@ def _block_to_hf(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _unwrapped(model):
+    """The model itself, also when it comes wrapped by torch.compile (``trainer.model`` after ``--compile``), whose
+    state-dict keys start with ``_orig_mod.``."""
+    return getattr(model, "_orig_mod", model)
+
+
 def state_dict_to_hf(model: GLMForCausalLM) -> dict[str, torch.Tensor]:
+    model = _unwrapped(model)
     c = model.config
     state = model.state_dict()
     out = {"model.embed_tokens.weight": state["embed_tokens.weight"], "model.norm.weight": state["norm.weight"]}
@@ -325,6 +332,7 @@ def to_hf(model: GLMForCausalLM, path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` in the transformers layout (experts stored one by one)."""
     from safetensors.torch import save_file
 
+    model = _unwrapped(model)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     weights_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
