@@ -614,8 +614,30 @@ def test_kernels_resolve_ahead_of_compile_and_are_not_counted_while_compiling(mo
     lookup traced into the availability checks and broke the graph inside the layer loop."""
     registry._RESOLVED.clear()
     registry.resolve_all("cpu")
-    assert {op for op, device in registry._RESOLVED} == set(K.ops())
+    assert {key[0] for key in registry._RESOLVED} == set(K.ops())
     before = K.call_counts()
     monkeypatch.setattr(registry, "_compiling", lambda: True)
     K.rms_norm(torch.randn(2, 4), torch.ones(4))
     assert K.call_counts() == before
+
+
+def test_kernel_choices_do_not_break_a_compiled_graph(monkeypatch):
+    """With WORKBENCH_KERNELS set (even to the defaults) every kernel call skipped the resolve cache and traced into
+    the registry: 32 graph breaks in a 6-layer model. A choice made after compiling (use_kernels, as notebook 04's
+    profile_kernel_choices does) cleared the cache, with the same effect on the next trace."""
+    torch._dynamo.reset()
+    q, k, v = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)
+
+    def attend(q, k, v):
+        return K.attention(q, k, v, causal=True) * 2
+
+    monkeypatch.setenv("WORKBENCH_KERNELS", "attention=torch")
+    registry.resolve_all("cpu")
+    torch.compile(attend, fullgraph=True)(q, k, v)  # fullgraph: any break raises
+    monkeypatch.delenv("WORKBENCH_KERNELS")
+    registry.resolve_all("cpu")
+    compiled = torch.compile(attend, fullgraph=True)
+    compiled(q, k, v)
+    with K.use_kernels({"attention": "reference"}):
+        torch.testing.assert_close(compiled(q, k, v), reference.attention(q, k, v, causal=True) * 2)
+    torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))

@@ -137,7 +137,16 @@ def set_overrides(choices: dict[str, str] | str | None) -> None:
                              f"registered: {', '.join(implementations(op))}")
     _OVERRIDES.clear()
     _OVERRIDES.update(choices)
+    device_types = {key[1] for key in _RESOLVED}
     _RESOLVED.clear()
+    # Resolved again now, eagerly, for the device types in use: a choice made while a compiled model exists (notebook
+    # 04 switches kernels between profiles) would otherwise be looked up while tracing, breaking the graph
+    for device_type in device_types:
+        for op in ops():
+            try:
+                resolve(op, device_type)
+            except (RuntimeError, ValueError):  # a choice that cannot run there says so where it is used
+                pass
 
 
 def get_overrides() -> dict[str, str]:
@@ -199,8 +208,8 @@ def resolve(op: str, device_type: str, impl: str | None = None) -> Callable:
     """The function that runs ``op`` on ``device_type``; cached until registrations or overrides change."""
     if not _compiling():  # counted in eager runs: under torch.compile dynamo guarded on the count and recompiled
         _CALLS[op] = _CALLS.get(op, 0) + 1
-    if impl is None and not os.environ.get(ENV_VAR):
-        key = (op, device_type)
+    if impl is None:  # cached per WORKBENCH_KERNELS value: a lookup traced by torch.compile breaks the graph
+        key = (op, device_type, os.environ.get(ENV_VAR, "").strip())
         fn = _RESOLVED.get(key)
         if fn is None:
             fn = _RESOLVED[key] = resolve_impl(op, device_type).fn
