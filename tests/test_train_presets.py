@@ -81,3 +81,19 @@ def test_compiled_training_is_one_graph_and_follows_eager(tmp_path, preset, chec
     compiled.close()
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert losses == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_compile_that_cannot_work_is_one_line(tmp_path, monkeypatch):
+    """Without a working C++ compiler `--compile` ended in a 110-line inductor traceback at step 1."""
+    import torch._inductor.config as inductor_config
+
+    from workbench.errors import WorkbenchError
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    trainer = Trainer(_config(tmp_path, "glm4-tiny", compile=True), log=lambda m: None)
+    with pytest.raises(WorkbenchError, match="torch.compile failed .*C\\+\\+ compiler.*run without --compile"):
+        trainer.train_step()
+    trainer.close()
+    torch._dynamo.reset()

@@ -20,6 +20,7 @@ Used by ``workbench train``, ``make demo`` and notebooks/01_training.ipynb.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -288,8 +289,22 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, y: torch.Tensor):
-        with self.device.autocast(self.dtype):
+        with self._compile_errors_explained(), self.device.autocast(self.dtype):
             return self.model(x, labels=y)
+
+    @contextlib.contextmanager
+    def _compile_errors_explained(self):
+        """torch.compile compiles at the first forward and backward; when it cannot (no working C++ compiler, an
+        unsupported op) that is the user's setting, not a bug: one line that says so instead of 100 lines of
+        inductor traceback."""
+        try:
+            yield
+        except Exception as exc:
+            if not (self.config.compile and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))):
+                raise
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise WorkbenchError(f"torch.compile failed ({type(exc).__name__}: {first_line[:300]}); run without "
+                                 f"--compile") from exc
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches. Returns this step's metrics (also logged)."""
@@ -306,7 +321,7 @@ class Trainer:
             with record_function("workbench/forward"):
                 out = self._forward(x, y)
                 loss = out.loss / c.grad_accum
-            with record_function("workbench/backward"):
+            with record_function("workbench/backward"), self._compile_errors_explained():
                 loss.backward()
             loss_sum += out.loss.detach().float()
             lm = getattr(out, "lm_loss", None)
