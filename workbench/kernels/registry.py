@@ -144,7 +144,7 @@ def set_overrides(choices: dict[str, str] | str | None) -> None:
     for device_type in device_types:
         for op in ops():
             try:
-                resolve(op, device_type)
+                _resolve_cached(op, device_type)  # not counted: the model did not call anything
             except (RuntimeError, ValueError):  # a choice that cannot run there says so where it is used
                 pass
 
@@ -208,13 +208,19 @@ def resolve(op: str, device_type: str, impl: str | None = None) -> Callable:
     """The function that runs ``op`` on ``device_type``; cached until registrations or overrides change."""
     if not _compiling():  # counted in eager runs: under torch.compile dynamo guarded on the count and recompiled
         _CALLS[op] = _CALLS.get(op, 0) + 1
-    if impl is None:  # cached per WORKBENCH_KERNELS value: a lookup traced by torch.compile breaks the graph
-        key = (op, device_type, os.environ.get(ENV_VAR, "").strip())
-        fn = _RESOLVED.get(key)
-        if fn is None:
-            fn = _RESOLVED[key] = resolve_impl(op, device_type).fn
-        return fn
+    if impl is None:
+        return _resolve_cached(op, device_type)
     return resolve_impl(op, device_type, impl).fn
+
+
+def _resolve_cached(op: str, device_type: str) -> Callable:
+    """``resolve`` without counting the call: cached per WORKBENCH_KERNELS value, because a lookup that misses the
+    cache inside a torch.compile region traces into the availability checks and breaks the graph."""
+    key = (op, device_type, os.environ.get(ENV_VAR, "").strip())
+    fn = _RESOLVED.get(key)
+    if fn is None:
+        fn = _RESOLVED[key] = resolve_impl(op, device_type).fn
+    return fn
 
 
 def _compiling() -> bool:
@@ -237,7 +243,7 @@ def resolve_all(device_type: str) -> None:
     before torch.compile): a first resolution inside a compiled region traced into the availability checks
     (``inspect.signature``) and broke the graph in the middle of the model's layer loop, which then ran eagerly."""
     for op in ops():
-        resolve(op, device_type)
+        _resolve_cached(op, device_type)
     for probe in _COMPILE_PROBES:
         probe(device_type)
 
