@@ -164,13 +164,15 @@ def test_ascend_soc_names_map_to_their_generation_and_catalog_row():
     assert die.chip == "Ascend 910C die" and match_device_name("Ascend910C2") == die
     assert die.peak_flops("bf16") == pytest.approx(find_chip("Ascend 910C").peak_flops("bf16") / 2)
     assert match_device_name("Ascend310P3") is None
+    assert match_device_name("Ascend910_9599").chip == match_device_name("Ascend950").chip == "Ascend 950DT"
     assert find_chip("910C").chip == "Ascend 910C"  # typed names still find the package
     generations = {name: ascend.ascend_generation(name) for name in
                    ("Ascend910A", "Ascend910B", "Ascend910B1", "Ascend910B4_1", "Ascend910_9362", "Ascend950",
-                    "Ascend310P3", "NVIDIA H100")}
+                    "Ascend910_9599", "Ascend310P3", "NVIDIA H100")}
     assert generations == {"Ascend910A": ascend.FIRST_910, "Ascend910B": ascend.FIRST_910,
                            "Ascend910B1": ascend.A2, "Ascend910B4_1": ascend.A2, "Ascend910_9362": ascend.A3,
-                           "Ascend950": ascend.A5, "Ascend310P3": ascend.INFERENCE_310, "NVIDIA H100": None}
+                           "Ascend950": ascend.A5, "Ascend910_9599": ascend.A5, "Ascend310P3": ascend.INFERENCE_310,
+                           "NVIDIA H100": None}
 
 
 def test_device_table_lists_every_type_with_reasons():

@@ -267,7 +267,7 @@ def test_npu_rope_beyond_the_documented_limits_uses_the_torch_rope(fake_npu):
 @pytest.mark.parametrize("soc, fused", [
     ("Ascend910B2", True), ("Ascend910B4_1", True), ("Ascend910_9391", True), ("Ascend910C1", True),
     ("Ascend910A", False), ("Ascend910B", False), ("Ascend910PremiumA", False), ("Ascend310P3", False),
-    ("Ascend950", False), ("SomethingNew", False),
+    ("Ascend950", False), ("Ascend910_9599", False), ("SomethingNew", False),
 ])
 def test_fused_ops_only_on_the_generations_huawei_documents_them_for(fake_npu, monkeypatch, soc, fused):
     """torch_npu's fused operators are documented for Atlas A2/A3 only: elsewhere (a first-generation 910, whose

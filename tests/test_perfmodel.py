@@ -305,3 +305,14 @@ def test_a_scale_up_bus_bandwidth_above_the_link_rate_is_capped_at_it():
     fast = h100.with_overrides(scale_up_busbw_gb_s=600.0)
     link = choose_link(SimpleNamespace(chip=fast, scale_up_domain=8), Efficiency(), 8)
     assert link.busbw == pytest.approx(450e9)
+
+
+def test_the_performance_model_imports_without_torch():
+    """`workbench simulate` and notebook 05 need no torch: a shared FLOPs formula imported from the model package
+    made `import workbench.perfmodel` load torch (0.1 s -> 2.7 s)."""
+    import subprocess
+    import sys
+
+    code = "import sys, workbench.perfmodel; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr[-500:]

@@ -7,7 +7,7 @@ The names follow torch_npu's ``SocVersion`` table (c10_npu/NPUVariables.h), whic
     220-225  Ascend910B1, B2, B2C, B3, B4, B4_1                                           Atlas A2 (the 910B)
     240-243  Ascend310B1 ... B4                                                           edge modules
     250-255  Ascend910_9391, _9392, _9381, _9382, _9372, _9362 (older builds: 910C1-C4)  Atlas A3 (the 910C)
-    260      Ascend950                                                                    Ascend 950
+    260      Ascend950 (CANN also reports Ascend910_95xx, e.g. Ascend910_9599)             Ascend 950
 
 Two consequences the rest of the workbench depends on:
 - a plain "Ascend910B" (no digit) is SoC 104, a first-generation 910, not the 2023 Ascend 910B; torch_npu's
@@ -17,7 +17,8 @@ Two consequences the rest of the workbench depends on:
 Huawei's torch_npu API reference lists the fused operators the npu kernels call (npu_rms_norm, npu_rotary_mul,
 npu_swiglu, npu_fusion_attention, npu_grouped_matmul) for the Atlas A2 and A3 training series; other generations
 use the torch implementations. Pure Python: importable without torch_npu. Used by ``workbench.kernels.npu_ops``
-and the hardware catalog's device-name matching (notebook 05 reads both).
+(notebook 02 lists its choices); the hardware catalog matches the same names through its own
+``device_name_patterns`` column (tests/test_device.py keeps the two in agreement).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ FUSED_OPERATOR_GENERATIONS = (A2, A3)
 _RULES = (  # (pattern on the lower-cased name without spaces, generation); the first match wins
     (r"ascend910(premiuma|proa|a|prob|b)$", FIRST_910),
     (r"ascend910b\d", A2),
-    (r"ascend910_9\d\d\d|ascend910c\d", A3),
-    (r"ascend950", A5),
+    (r"ascend910_93\d\d|ascend910c\d", A3),
+    (r"ascend950|ascend910_95\d\d", A5),  # CANN also names the 950 parts Ascend910_95xx (e.g. Ascend910_9599)
     (r"ascend310", INFERENCE_310),
 )
 

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 
 from workbench.errors import ConfigError
 from workbench.model.config import ModelConfig
+from workbench.perfmodel.shapes import indexer_layer_flops
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -146,18 +147,6 @@ def _attention_flops(c: ModelConfig, seq_len: int) -> float:
     s_eff = min(seq_len, c.index_topk) if c.use_dsa else seq_len
     d_v = c.v_head_dim if c.attention_type == "mla" else c.attn_head_dim
     return 6.0 * c.num_heads * (c.qk_head_dim + d_v) * s_eff
-
-
-def indexer_layer_flops(n_params: int, heads: int, head_dim: int, topk: int, seq_len: int, trained: bool) -> float:
-    """Training FLOPs per token of one DSA indexer layer (see the module docstring; the performance model uses this
-    too): 0 when there is nothing to prune (seq_len <= topk)."""
-    if seq_len <= topk:
-        return 0.0
-    per_key = 2.0 * heads * (head_dim + 1)  # one key's score: q.k per indexer head, then the head weights
-    select = 2.0 * n_params + per_key * seq_len
-    if not trained:
-        return select
-    return select + 2.0 * n_params + 3.0 * per_key * min(seq_len, topk)
 
 
 def _indexer_flops(c: ModelConfig, seq_len: int) -> float:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.errors import ConfigError
-from workbench.model.accounting import indexer_layer_flops
 
 FFN_TYPES = ("gelu", "swiglu")
 
@@ -44,6 +43,19 @@ def _positive_int(where: str, name: str, value: Any, allow_zero: bool = False) -
 def _bool(where: str, name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}: {name!r} = {value!r} must be true or false")
+
+
+def indexer_layer_flops(n_params: int, heads: int, head_dim: int, topk: int, seq_len: int, trained: bool) -> float:
+    """Training FLOPs per token of one DSA indexer layer, for the performance model and ``workbench.model.accounting``
+    (whose docstring derives it): 0 when there is nothing to prune (seq_len <= topk). Here, not there: this module
+    must not import torch."""
+    if seq_len <= topk:
+        return 0.0
+    per_key = 2.0 * heads * (head_dim + 1)  # one key's score: q.k per indexer head, then the head weights
+    select = 2.0 * n_params + per_key * seq_len
+    if not trained:
+        return select
+    return select + 2.0 * n_params + 3.0 * per_key * min(seq_len, topk)
 
 
 @dataclass(frozen=True)
