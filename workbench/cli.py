@@ -45,7 +45,9 @@ def _top_level_help() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # short output sits in the buffer until here: a reader gone shows only now
+        return code
     except BrokenPipeError:  # `workbench models | head -1`: the reader left; not an error of ours, no traceback
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)

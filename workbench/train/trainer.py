@@ -216,12 +216,6 @@ class Trainer:
             from workbench.kernels.registry import resolve_all
 
             resolve_all(self.device.type)  # cached now, so the compiled graph never traces a kernel lookup
-            if config.activation_checkpointing:
-                # The MoE blocks count expert loads (and MLA keeps its indexer loss) as attributes set in forward.
-                # Eager checkpointing sets them again while recomputing in backward; dynamo cannot, so it broke
-                # the graph in every such block. Skipping them in the recompute is what the bias update needs
-                # anyway: it uses sign(mean - load), which the double count of eager recomputation leaves alone.
-                torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, config.optimizer, lr=config.lr,
                                          weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
@@ -289,8 +283,19 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, y: torch.Tensor):
-        with self._compile_errors_explained(), self.device.autocast(self.dtype):
+        with self._compile_errors_explained(), self._tracing_settings(), self.device.autocast(self.dtype):
             return self.model(x, labels=y)
+
+    def _tracing_settings(self):
+        """dynamo settings for this run's compiled forward, only while it runs (they are process-wide).
+
+        With activation checkpointing: the MoE blocks count expert loads (and MLA keeps its indexer loss) in
+        attributes set in forward. Eager checkpointing sets them again while recomputing in backward; dynamo cannot,
+        so it broke the graph in every such block. Skipping them in the recompute is what the bias update needs
+        anyway: it uses sign(mean - load), which the double count of eager recomputation leaves alone."""
+        if not (self.config.compile and self.config.activation_checkpointing):
+            return contextlib.nullcontext()
+        return torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True)
 
     @contextlib.contextmanager
     def _compile_errors_explained(self):
