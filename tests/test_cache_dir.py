@@ -36,6 +36,7 @@ def test_an_unusable_home_falls_back_to_the_temp_folder_once_said(no_explicit_ca
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("HOME", str(blocker))  # ~/.cache cannot be created under a file, even by root
+    (tmp_path / "tmp").mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
     first = cd.cache_dir()
     assert first.parent == tmp_path / "tmp" and "caching in" in capsys.readouterr().err
@@ -60,3 +61,20 @@ def test_packing_into_an_unwritable_cache_names_it(monkeypatch, tmp_path):
     monkeypatch.setenv(cd.ENV_VAR, str(blocker / "cache"))
     with pytest.raises(WorkbenchError, match="WORKBENCH_CACHE_DIR"):
         pack_corpus(load_corpus("default"), ByteTokenizer())
+
+
+def test_the_temp_fallback_is_private_and_not_taken_over(no_explicit_cache, monkeypatch, tmp_path):
+    """The fallback has a predictable name: on a shared machine another user could make it first and plant packed
+    tokens or probe results. It is created 0700, and one that is not ours alone is not used."""
+    import os
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("HOME", str(blocker))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    folder = cd.cache_dir()
+    assert folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o777)  # as if someone else had made it, world-writable
+    other = cd.cache_dir()
+    assert other != folder and other.parent == tmp_path and other.stat().st_mode & 0o077 == 0
+    assert os.access(other, os.W_OK)

@@ -31,12 +31,28 @@ def cache_dir() -> Path:
         default = None
     if default is not None and _usable(default):
         return default
-    fallback = Path(tempfile.gettempdir()) / f"workbench-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    fallback = _private_temp_folder()
     if str(fallback) not in _warned:
         _warned.add(str(fallback))
         where = f"{default} cannot be written" if default is not None else "this user has no home folder"
         print(f"workbench: {where}; caching in {fallback} instead (set {ENV_VAR} to choose)", file=sys.stderr)
     return fallback
+
+
+def _private_temp_folder() -> Path:
+    """<tmp>/workbench-cache-<uid>, made private (0700); if someone else made that name first (a shared machine:
+    they could plant packed tokens or probe results), a fresh private folder instead."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"workbench-cache-{uid if uid is not None else 'user'}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+        if uid is None or (info.st_uid == uid and not info.st_mode & 0o022 and folder.is_dir()
+                           and not folder.is_symlink()):
+            return folder
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="workbench-cache-"))
 
 
 def _usable(folder: Path) -> bool:
