@@ -207,6 +207,7 @@ def test_a_compiled_model_exports_like_the_model(tmp_path):
     torch.manual_seed(0)
     model = build_model(get_preset("glm4-tiny").replace(vocab_size=V, num_layers=1, rope_interleaved=False))
     to_hf(torch.compile(model), tmp_path / "compiled")
+    to_hf(torch.compile(torch.nn.DataParallel(model)), tmp_path / "wrapped twice")  # DDP's `.module`, then compile
     to_hf(model, tmp_path / "plain")
-    a, b = (from_hf(tmp_path / name).state_dict() for name in ("compiled", "plain"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b, c = (from_hf(tmp_path / name).state_dict() for name in ("compiled", "wrapped twice", "plain"))
+    assert a.keys() == b.keys() == c.keys() and all(torch.equal(a[k], c[k]) and torch.equal(b[k], c[k]) for k in a)

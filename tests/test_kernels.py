@@ -641,3 +641,14 @@ def test_kernel_choices_do_not_break_a_compiled_graph(monkeypatch):
     with K.use_kernels({"attention": "reference"}):
         torch.testing.assert_close(compiled(q, k, v), reference.attention(q, k, v, causal=True) * 2)
     torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))
+
+
+def test_grouped_mm_custom_op_passes_opcheck_also_without_rows():
+    """The custom op behind torch.compile: its shape rule, autograd and schema agree with what it computes (torch's
+    opcheck), also for an expert-parallel rank that received no rows, where _grouped_mm's output had strides the
+    shape rule did not promise."""
+    w = torch.randn(3, 8, 12, requires_grad=True)
+    for rows, counts in ((torch.randn(10, 8, requires_grad=True), torch.tensor([4, 0, 6])),
+                         (torch.randn(0, 8, requires_grad=True), torch.tensor([0, 0, 0]))):
+        for fused in (True, False):
+            torch.library.opcheck(torch_ops._grouped_mm_op, (rows, w, counts, fused))

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.params import env_flag
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -250,17 +251,13 @@ def _import_hf_datasets():
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _hub_unreachable() -> str | None:
     """Why the Hugging Face Hub cannot be reached, or None if it can (or we cannot tell).
 
     Offline, ``load_dataset`` retries its HTTP requests for ~25 s before failing; one TCP connect with a short timeout
     tells the same in 3 s. Skipped when the user chose offline mode (the cache is used, no network needed) or set a
     proxy (a direct connect would fail where the proxied request works)."""
-    if _env_true("HF_DATASETS_OFFLINE") or _env_true("HF_HUB_OFFLINE"):
+    if env_flag("HF_DATASETS_OFFLINE") or env_flag("HF_HUB_OFFLINE"):
         return None
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None

@@ -237,9 +237,12 @@ def _block_to_hf(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _unwrapped(model):
-    """The model itself, also when it comes wrapped by torch.compile (``trainer.model`` after ``--compile``), whose
-    state-dict keys start with ``_orig_mod.``."""
-    return getattr(model, "_orig_mod", model)
+    """The model itself, also when it comes wrapped by torch.compile (``trainer.model`` after ``--compile``) or by
+    (Distributed)DataParallel, whose state-dict keys start with ``_orig_mod.`` / ``module.``."""
+    while isinstance(getattr(model, "_orig_mod", None), torch.nn.Module) or \
+            isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model._orig_mod if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module) else model.module
+    return model
 
 
 def state_dict_to_hf(model: GLMForCausalLM) -> dict[str, torch.Tensor]:

@@ -152,7 +152,7 @@ def _grouped_mm_probe(device_type: str, dtype: torch.dtype) -> bool:
 def probe_before_compile(device_type: str) -> None:
     """Run the grouped-GEMM probes for the dtypes training computes in, ahead of torch.compile (the trainer calls
     this through ``registry.resolve_all``): traced, the probe would break the graph."""
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # WORKBENCH_DTYPE may choose fp16
         grouped_mm_works(device_type, dtype)
 
 
@@ -212,6 +212,8 @@ _grouped_matmul_eager = torch._disable_dynamo(_grouped_matmul)
 @torch.library.custom_op("workbench::grouped_mm", mutates_args=())
 def _grouped_mm_op(x: torch.Tensor, weights_EKN: torch.Tensor, counts: torch.Tensor, fused: bool) -> torch.Tensor:
     """[M, K] x [E, K, N] -> [M, N]: expert e's counts[e] rows (in order) times weights_EKN[e]."""
+    if x.shape[0] == 0:  # an expert-parallel rank nobody routed to (_grouped_mm's empty output has other strides)
+        return x.new_zeros(0, weights_EKN.shape[-1])
     if fused:
         return torch._grouped_mm(x, weights_EKN, offs=counts.cumsum(0).to(torch.int32))
     return _split_matmul(x, weights_EKN, counts)
@@ -228,7 +230,7 @@ def _grouped_mm_weight_grad_op(grad: torch.Tensor, x: torch.Tensor, counts: torc
     """Per expert e: grad[rows of e]^T @ x[rows of e] -> [E, N, K] (zeros for an expert without rows): the
     transpose of d weights_EKN, computed in that layout because the experts' parameters are stored [E, N, K]
     (weights_EKN is their transposed view), so the gradient reaches them without a copy."""
-    if fused:
+    if fused and x.shape[0]:
         return torch._grouped_mm(grad.t(), x, offs=counts.cumsum(0).to(torch.int32))
     sizes = counts.tolist()
     out = grad.new_zeros(len(sizes), grad.shape[1], x.shape[1])
