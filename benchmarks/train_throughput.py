@@ -1,7 +1,7 @@
 """Training throughput: the workbench next to HF transformers on identical configs, in one process, plus MFU.
 
-    python benchmarks/train_throughput.py [--device auto] [--batch-size 8] [--seq-len 256] [--steps 6] [--threads N] [--compile]
-        [--cases glm4-dense,glm4-small-dense,glm45-tiny,glm5-tiny,glm5-tiny-s1024,glm5-tiny-s2048] [--out figures/train_throughput.json]
+    python benchmarks/train_throughput.py [--device auto] [--batch-size 8] [--seq-len 256] [--steps 6] [--threads N]
+        [--compile] [--cases glm4-dense,glm4-small-dense,glm45-tiny,glm5-tiny,glm5-tiny-s1024,glm5-tiny-s2048] [--out figures/train_throughput.json]
 
 For each case it builds the workbench model and the transformers model from the same ModelConfig (through
 ``workbench.interop.hf.config_to_hf``), then times full training steps (forward + backward + AdamW step) of the
@@ -35,6 +35,7 @@ Prints one JSON object and writes it to ``--out``. A benchmark, not a test: numb
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import platform
@@ -129,10 +130,10 @@ def run_case(name: str, spec: dict, device, batch_size: int, seq_len: int, steps
     fused = device.supports_fused_adamw()
     models = {"workbench": build_model(config).to(device.torch_device).train(),
               "hf": hf_model(config, spec["hf"], device)}
-    if compile_too:  # own copies, so the compiled and eager steps do not update each other's weights
+    if compile_too:  # copies (same weights, so the same routing), so the compiled and eager steps train apart
         resolve_all(device.type)  # as the trainer does before compiling (kernel lookups and probes out of the graph)
-        models["workbench_compiled"] = build_model(config).to(device.torch_device).train()
-        models["hf_compiled"] = hf_model(config, spec["hf"], device)
+        models["workbench_compiled"] = copy.deepcopy(models["workbench"])
+        models["hf_compiled"] = copy.deepcopy(models["hf"])
     fp32 = torch.autocast(device.type, enabled=False) if device.type != "cpu" else None
     null = (lambda: fp32) if fp32 is not None else (lambda: __import__("contextlib").nullcontext())
     step_fns = {}

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except (WorkbenchError, OSError) as exc:  # bad flags, a busy, foreign or unwritable --out, bad data: one line
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: the trainer stopped cleanly (its checkpoints stay); no traceback
+    except KeyboardInterrupt:  # Ctrl-C: what was written stays (checkpoints are atomic); no traceback
         print(f"demo: interrupted; the run so far is in {out}", file=sys.stderr)
         return 130
     mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"

@@ -1,10 +1,10 @@
 """Corpus -> packed token files: ``train.bin`` and ``val.bin`` (numpy memmaps, uint16 when the vocab fits, else uint32).
 
 Documents are tokenized, joined with the end-of-text token, and the stream is split deterministically: the first
-``1 - val_fraction`` of the tokens train, the rest validate. The files are cached under
-``<cache>/packed/<key>/`` (``workbench.cache_dir``: ``$WORKBENCH_CACHE_DIR``, else ``~/.cache/workbench``), keyed by (corpus hash, tokenizer identity,
-val fraction), and written atomically (temp folder + rename), so two runs never see half a file.
-Used by the trainer and notebooks/01_training.ipynb.
+``1 - val_fraction`` of the tokens train, the rest validate. The files are cached under ``<cache>/packed/<key>/``
+(``workbench.cache_dir``: ``$WORKBENCH_CACHE_DIR``, else ``~/.cache/workbench``), keyed by (corpus hash, tokenizer
+identity, val fraction), and written atomically (temp folder + rename), so two runs never see half a file. Used by
+the trainer and notebooks/01_training.ipynb.
 """
 
 from __future__ import annotations

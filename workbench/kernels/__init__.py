@@ -62,7 +62,8 @@ def cross_entropy(hidden, weight, labels, ignore_index: int = -100):
 
 
 __all__ = [
-    "attention", "availability_table", "call_counts", "count_rows_per_expert", "cross_entropy", "get_overrides", "implementations", "moe", "ops",
+    "attention", "availability_table", "call_counts", "count_rows_per_expert", "cross_entropy", "get_overrides",
+    "implementations", "moe", "ops",
     "parse_overrides",
     "register", "resolve", "resolve_impl", "rms_norm", "rope", "set_overrides", "sparse_mqa_attention", "swiglu",
     "use_kernels",

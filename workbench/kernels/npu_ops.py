@@ -2,8 +2,8 @@
 
 torch_npu is reached only through the device layer's guarded import (``workbench.device.detect``), never imported
 here, so this module loads on any machine. They are offered only on the chips Huawei documents them for, Atlas
-A2/A3 (``workbench.device.ascend``); a first-generation 910 or a 310 runs the torch implementations. What each wrapper does (see Huawei's torch_npu API reference of each
-operator):
+A2/A3 (``workbench.device.ascend``); a first-generation 910 or a 310 runs the torch implementations. What each
+wrapper does (see Huawei's torch_npu API reference of each operator):
 
 - rms_norm  -> ``npu_rms_norm(x, gamma, epsilon)``, which returns (y, rstd); we keep y;
 - rope      -> ``npu_rotary_mul(x, cos, sin, rotary_mode)`` on a 4-D tensor with full-width cos/sin

@@ -99,7 +99,8 @@ class Efficiency:
 def calibration_record() -> dict:
     """The stored fit: {'params': {...}, 'fitted': [...], 'median_abs_error': ..., 'when': ...} (or {} if absent)."""
     try:
-        return json.loads(resources.files("workbench.perfmodel").joinpath("calibration.json").read_text(encoding="utf-8"))
+        stored = resources.files("workbench.perfmodel").joinpath("calibration.json")
+        return json.loads(stored.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return {}
 
