@@ -235,7 +235,8 @@ def test_resume_refuses_another_model_or_data_loader(tmp_path):
                                                              "num_kv_heads": 1, "head_dim": 32})
     Trainer(config, log=quiet).fit()
     wider = dict(config.model_overrides, intermediate_size=256)
-    with pytest.raises(ValueError, match=r"--resume: settings \['model_overrides'\] differ"):
+    with pytest.raises(ValueError, match=r"--resume: the model differs from the checkpoint's in "
+                                         r"\['intermediate_size'\]"):
         Trainer(config.replace(model_overrides=wider, resume=True), log=quiet)
     newest = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1][1]
     state_file = newest / ckpt.STATE_FILE
@@ -251,7 +252,18 @@ def test_resume_refuses_another_model_or_data_loader(tmp_path):
     rewrite(lambda state: state["model_config"].update(intermediate_size=96))  # as if the preset had changed
     with pytest.raises(ValueError, match=r"the model differs from the checkpoint's in \['intermediate_size'\]"):
         Trainer(config.replace(resume=True), log=quiet)
-    rewrite(lambda state: (state["model_config"].update(intermediate_size=128),
+    # a preset default that moved without changing any weight's shape (as glm45-tiny's bias_update_rate did): the
+    # message says how to set it back, and following it resumes, since what is compared is the model the overrides
+    # build, not how they are spelled
+    theta = json_module.loads(state_file.read_text())["model_config"]["rope_theta"]
+    rewrite(lambda state: state["model_config"].update(intermediate_size=128, rope_theta=5000.0))
+    with pytest.raises(ValueError, match=r"to continue it, add --model 'rope_theta=5000.0'"):
+        Trainer(config.replace(resume=True), log=quiet)
+    resumed = Trainer(config.replace(model_overrides=dict(config.model_overrides, rope_theta=5000.0),
+                                     resume=True), log=quiet)
+    assert resumed.step > 0
+    resumed.close()
+    rewrite(lambda state: (state["model_config"].update(intermediate_size=128, rope_theta=theta),
                            state["data"].update(loader="random-windows-v1")))
     with pytest.raises(ValueError, match="data loader 'random-windows-v1'"):
         Trainer(config.replace(resume=True), log=quiet)

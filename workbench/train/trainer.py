@@ -144,6 +144,10 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> int:
     return len(blocks)
 
 
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
 class Trainer:
     """Owns the model, optimizer, schedule, data and run folder of one training run."""
 
@@ -462,6 +466,8 @@ class Trainer:
             raise WorkbenchError(f"--resume: the data ({self.corpus_source}) is not the corpus the checkpoint in "
                                  f"{path} trained on (its content hash differs); restore that data or start a new --out")
         different = [name for name in different if not (name == "data" and same_corpus)]
+        if isinstance(state.get("model_config"), dict):  # the model itself is compared below, field by field: other
+            different = [name for name in different if name != "model_overrides"]  # overrides may build the same
         if different:
             raise WorkbenchError(f"--resume: settings {different} differ from the checkpoint in {path}; "
                                  f"resume with the same settings or start a new --out")
@@ -484,8 +490,12 @@ class Trainer:
         if isinstance(saved_model, dict) and isinstance(current_model, dict) and saved_model != current_model:
             changed = sorted(k for k in set(saved_model) | set(current_model)
                              if saved_model.get(k) != current_model.get(k))
+            # a preset default that moved (glm45-tiny's bias_update_rate did) can be set back field by field
+            restore = ",".join(f"{k}={json.dumps(saved_model[k])}" for k in changed
+                               if k in saved_model and k != "name" and _is_scalar(saved_model[k]))
+            hint = f"; to continue it, add --model '{restore}'" if restore else ""
             raise WorkbenchError(f"--resume: the model differs from the checkpoint's in {changed} (the preset "
-                                 f"changed since?); resume with the code and settings that wrote {path}")
+                                 f"changed since?){hint}; or resume with the code and settings that wrote {path}")
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
