@@ -211,3 +211,22 @@ def test_a_compiled_model_exports_like_the_model(tmp_path):
     to_hf(model, tmp_path / "plain")
     a, b, c = (from_hf(tmp_path / name).state_dict() for name in ("compiled", "wrapped twice", "plain"))
     assert a.keys() == b.keys() == c.keys() and all(torch.equal(a[k], c[k]) and torch.equal(b[k], c[k]) for k in a)
+
+
+def test_export_onto_a_full_disk_is_an_oserror(tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own SafetensorError (no OSError): the CLI's one-line handling of
+    file-system refusals did not apply to an export."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    from workbench.train import checkpoint
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    model = build_model(get_preset("glm4-tiny").replace(vocab_size=V, num_layers=1, rope_interleaved=False))
+    with pytest.raises(OSError) as caught:
+        to_hf(model, tmp_path)
+    assert caught.value.errno == errno.ENOSPC

@@ -333,7 +333,7 @@ def from_hf(model_or_path, *, device: str | torch.device | None = None,
 
 def to_hf(model: GLMForCausalLM, path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` in the transformers layout (experts stored one by one)."""
-    from safetensors.torch import save_file
+    from workbench.train.checkpoint import save_safetensors  # a full disk: an OSError, not a safetensors error
 
     model = _unwrapped(model)
     path = Path(path)
@@ -341,7 +341,7 @@ def to_hf(model: GLMForCausalLM, path) -> Path:
     weights_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     d = config_to_hf(model.config, dtype=str(weights_dtype).removeprefix("torch."))
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict_to_hf(model).items()}
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(tensors, path / "model.safetensors", metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(d, indent=2), encoding="utf-8")
     return path
 

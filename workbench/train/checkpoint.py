@@ -192,7 +192,7 @@ def check_checkpoint_folder(root: str | Path) -> None:
         raise WorkbenchError(f"cannot write checkpoints to {root}: {error.strerror or error}") from None
 
 
-def _save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """safetensors' save_file, whose I/O failures (a full disk, a name too long) come as a SafetensorError that is
     no OSError: re-raised as the OSError they are, so callers report them like any other file-system refusal."""
     try:
@@ -215,7 +215,7 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _save_safetensors(get_model_state(model), tmp / MODEL_FILE, metadata={"step": str(step)})
+        save_safetensors(get_model_state(model), tmp / MODEL_FILE, metadata={"step": str(step)})
         buffer = io.BytesIO()
         torch.save(get_optimizer_state(optimizer), buffer)
         (tmp / OPTIM_FILE).write_bytes(buffer.getvalue())
