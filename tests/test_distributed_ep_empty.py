@@ -58,19 +58,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_an_expert_parallel_rank_that_receives_no_tokens_trains(tmp_path):
-    from workbench.distributed.runner import make_batch
+    from workbench.distributed.runner import make_batch, sgd_losses
 
     mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     x, y = make_batch(256, 4, 16, 0)
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    expected = []
-    for _ in range(2):
-        loss = model(x, labels=y).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        expected.append(loss.item())
+    expected = sgd_losses(_model(), x, y, steps=2, lr=0.5)
     for rank in (0, 1):
         losses = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert max(abs(a - b) for a, b in zip(losses, expected)) < 1e-4, (rank, losses, expected)

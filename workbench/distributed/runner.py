@@ -51,7 +51,11 @@ def make_batch(vocab: int, global_batch: int, seq_len: int, seed: int) -> tuple[
 
 
 def reference_losses(preset: str, tiny: bool, seed: int, x, y, steps: int, lr: float) -> list[float]:
-    model = make_model(preset, tiny, seed, x.device)
+    return sgd_losses(make_model(preset, tiny, seed, x.device), x, y, steps, lr)
+
+
+def sgd_losses(model, x, y, steps: int, lr: float) -> list[float]:
+    """The one-process reference: ``steps`` plain SGD steps of ``model`` on one batch, the loss of each."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):

@@ -30,6 +30,7 @@ import torch
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.model.config import ModelConfig
 from workbench.model.glm import GLMForCausalLM, build_model, cast_model
+from workbench.train.checkpoint import save_safetensors, unwrap_model  # (a full disk: an OSError)
 
 ARCHITECTURES = {"glm4_moe": "Glm4MoeForCausalLM", "glm_moe_dsa": "GlmMoeDsaForCausalLM"}
 # ModelConfig fields that mean nothing without experts (a dense model's transformers config holds placeholders)
@@ -236,17 +237,8 @@ def _block_to_hf(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _unwrapped(model):
-    """The model itself, also when it comes wrapped by torch.compile (``trainer.model`` after ``--compile``) or by
-    (Distributed)DataParallel, whose state-dict keys start with ``_orig_mod.`` / ``module.``."""
-    while isinstance(getattr(model, "_orig_mod", None), torch.nn.Module) or \
-            isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model._orig_mod if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module) else model.module
-    return model
-
-
 def state_dict_to_hf(model: GLMForCausalLM) -> dict[str, torch.Tensor]:
-    model = _unwrapped(model)
+    model = unwrap_model(model)
     c = model.config
     state = model.state_dict()
     out = {"model.embed_tokens.weight": state["embed_tokens.weight"], "model.norm.weight": state["norm.weight"]}
@@ -333,9 +325,8 @@ def from_hf(model_or_path, *, device: str | torch.device | None = None,
 
 def to_hf(model: GLMForCausalLM, path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` in the transformers layout (experts stored one by one)."""
-    from workbench.train.checkpoint import save_safetensors  # a full disk: an OSError, not a safetensors error
 
-    model = _unwrapped(model)
+    model = unwrap_model(model)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     weights_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

@@ -55,8 +55,19 @@ class CheckpointMismatchError(WorkbenchError):
 # --------------------------------------------------------------------------------------------------------------
 # state-dict get/set: the one place a sharded (FSDP / DTensor) run needs to change
 # --------------------------------------------------------------------------------------------------------------
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, also when it comes wrapped by torch.compile (``trainer.model`` after ``--compile``) or by
+    (Distributed)DataParallel, whose state-dict keys start with ``_orig_mod.`` / ``module.``."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        inner = inner if isinstance(inner, torch.nn.Module) else getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
 def _default_get_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    model = unwrap_model(model)
     state, seen = {}, {}
     for name, tensor in model.state_dict().items():
         t = tensor.detach().to("cpu")
@@ -70,7 +81,7 @@ def _default_get_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _default_set_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap_model(model)
     # Check names and shapes before copying anything: load_state_dict copies tensor by tensor and stops at the first
     # size mismatch with a RuntimeError, leaving the model partly overwritten.
     own = model.state_dict()
