@@ -89,6 +89,14 @@ def test_bad_overrides_are_clear_errors(monkeypatch):
         monkeypatch.setenv(registry.ENV_VAR, typo)
         with pytest.raises(registry.KernelChoiceError, match=message):
             K.resolve_impl("attention", "cpu")
+    # a lone comma chose nothing but was read as an implementation named ','; two bare names were "op=impl" typos
+    assert K.parse_overrides(",") == {} and K.parse_overrides(" , ,") == {}
+    assert K.parse_overrides("reference,") == K.parse_overrides("reference") != {}
+    with pytest.raises(registry.KernelChoiceError, match="either one implementation name"):
+        K.parse_overrides("reference,torch")
+    monkeypatch.setenv(registry.ENV_VAR, "nonsense")
+    with pytest.raises(registry.KernelChoiceError, match=r"^WORKBENCH_KERNELS='nonsense': no op"):
+        K.resolve_impl("attention", "cpu")
 
 
 def test_use_kernels_routes_the_public_functions():

@@ -94,28 +94,32 @@ def parse_overrides(text: str, source: str = "kernel overrides") -> dict[str, st
 
     The format of the ``WORKBENCH_KERNELS`` variable, and of a config field or CLI flag that chooses kernels."""
     _ensure_loaded()
-    text = text.strip()
-    if not text:
+    label = f"{source}{text!r}" if source.endswith("=") else f"{source} {text!r}"
+    items = [item.strip() for item in text.split(",") if item.strip()]  # "," or " , " choose nothing, like ""
+    if not items:
         return {}
-    if "=" not in text:  # one implementation name for every op that has it (the rest keep their default)
-        chosen = {op: text for op, impls in _REGISTRY.items() if text in impls}
+    bare = [item for item in items if "=" not in item]
+    if bare and len(items) > 1:  # "reference,torch" or "reference,attention=torch": which one was meant is unclear
+        raise KernelChoiceError(f"{label}: give either one implementation name for every op (e.g. 'reference') or "
+                                f"'op=impl' items separated by commas, not both; got {bare[0]!r} among {len(items)} "
+                                "items")
+    if bare:  # one implementation name for every op that has it (the rest keep their default)
+        name = bare[0]
+        chosen = {op: name for op, impls in _REGISTRY.items() if name in impls}
         if not chosen:
             names = ", ".join(sorted({n for impls in _REGISTRY.values() for n in impls}))
-            raise KernelChoiceError(f"{source} {text!r}: no op has an implementation of that name; names: {names}")
+            raise KernelChoiceError(f"{label}: no op has an implementation of that name; names: {names}")
         return chosen
     pairs = {}
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        op, sep, name = (part.strip() for part in item.partition("="))
-        if not sep or not op or not name:
-            raise KernelChoiceError(f"{source} {text!r}: expected 'op=impl' items separated by commas, got "
-                                    f"{item.strip()!r}")
+    for item in items:
+        op, _, name = (part.strip() for part in item.partition("="))
+        if not op or not name:
+            raise KernelChoiceError(f"{label}: expected 'op=impl' items separated by commas, got {item!r}")
         # checked here, not at use: a typo ("atention=reference") silently left the default kernel running
         if op not in _REGISTRY:
-            raise KernelChoiceError(f"{source} {text!r}: unknown op {op!r}; ops: {', '.join(sorted(_REGISTRY))}")
+            raise KernelChoiceError(f"{label}: unknown op {op!r}; ops: {', '.join(sorted(_REGISTRY))}")
         if name not in _REGISTRY[op]:
-            raise KernelChoiceError(f"{source} {text!r}: op {op!r} has no implementation {name!r}; it has: "
+            raise KernelChoiceError(f"{label}: op {op!r} has no implementation {name!r}; it has: "
                                     f"{', '.join(_REGISTRY[op])}")
         pairs[op] = name
     return pairs
