@@ -230,3 +230,66 @@ def test_export_onto_a_full_disk_is_an_oserror(tmp_path, monkeypatch):
     with pytest.raises(OSError) as caught:
         to_hf(model, tmp_path)
     assert caught.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("kind, config_class", [("glm4_moe", "Glm4MoeConfig"), ("glm_moe_dsa", "GlmMoeDsaConfig")])
+def test_the_defaults_table_is_transformers_own(kind, config_class):
+    """from_hf fills keys a config.json leaves out with transformers' class defaults (it must load without
+    transformers installed, hence a copy): the copy has to match the installed version."""
+    import inspect
+
+    from workbench.interop.hf import _HF_DEFAULTS
+
+    signature = inspect.signature(getattr(transformers, config_class).__init__).parameters
+    assert {key: signature[key].default for key in _HF_DEFAULTS[kind]} == _HF_DEFAULTS[kind]
+
+
+def _exported_config_without(tmp_path, preset, drop, **edits):
+    """A to_hf export of a small preset whose config.json lost ``drop`` keys (and its workbench_config copy)."""
+    torch.manual_seed(0)
+    cfg = get_preset(preset)
+    dsa = {"indexer_types": ("full", "shared")} if cfg.use_dsa else {}
+    cfg = cfg.replace(vocab_size=V, num_layers=2, mtp_layers=0, **dsa)
+    folder = tmp_path / preset
+    to_hf(build_model(cfg), folder)
+    d = json.loads((folder / "config.json").read_text())
+    for key in ("workbench_config", *drop):
+        d.pop(key)
+    d.update(edits)
+    (folder / "config.json").write_text(json.dumps(d))
+    return folder
+
+
+@pytest.mark.parametrize("preset, drop", [
+    ("glm5-tiny", ("routed_scaling_factor", "max_position_embeddings")),  # GLM-5's defaults: 2.5 and 202752
+    ("glm45-tiny", ("max_position_embeddings", "first_k_dense_replace", "norm_topk_prob")),
+])
+def test_keys_left_out_of_config_json_mean_transformers_defaults(tmp_path, preset, drop):
+    """A missing routed_scaling_factor was read as 1.0 where transformers uses GLM-5's 2.5: logits 0.56 apart."""
+    folder = _exported_config_without(tmp_path, preset, drop)
+    ours = from_hf(folder).eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    assert ours.config.max_position_embeddings == theirs.config.max_position_embeddings
+    x = torch.randint(0, V, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, theirs(x).logits, rtol=0, atol=1e-4)
+
+
+def test_the_older_rope_layout_is_read_and_scaled_rope_refused(tmp_path):
+    """transformers 4's config.json: rope_theta / partial_rotary_factor at the top level, scaling in rope_scaling.
+    A yarn rope_scaling was ignored (plain RoPE, logits 0.47 apart from transformers')."""
+    from workbench.interop.hf import config_from_hf
+
+    folder = _exported_config_without(tmp_path, "glm45-tiny", ("rope_parameters",), rope_theta=500.0,
+                                      partial_rotary_factor=0.25)
+    ours = from_hf(folder).eval()
+    assert (ours.config.rope_theta, ours.config.partial_rotary_factor) == (500.0, 0.25)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    x = torch.randint(0, V, (1, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, theirs(x).logits, rtol=0, atol=1e-4)
+    d = json.loads((folder / "config.json").read_text())
+    for scaling in ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512},
+                    {"type": "linear", "factor": 2.0}):
+        with pytest.raises(ConfigError, match="scaled RoPE"):
+            config_from_hf({**d, "rope_scaling": scaling})

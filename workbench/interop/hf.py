@@ -65,22 +65,60 @@ def _indexer_types_from_hf(d: dict, layers: int) -> tuple[str, ...]:
     return tuple("full" if max(i - offset + 1, 0) % freq == 0 else "shared" for i in range(layers))
 
 
+# transformers' own defaults (5.24's Glm4MoeConfig / GlmMoeDsaConfig) for the keys from_hf reads: a config.json that
+# leaves a key out means the class default, which for GLM-5 is not the workbench's (routed_scaling 2.5, not 1.0).
+# tests/test_interop_hf.py checks this table against the installed transformers. Keys with no default there (GQA's
+# head_dim, the rope keys) are handled where they are read.
+_HF_DEFAULTS = {
+    "glm4_moe": dict(
+        vocab_size=151552, hidden_size=4096, intermediate_size=10944, num_hidden_layers=46, num_attention_heads=96,
+        num_key_value_heads=8, hidden_act="silu", max_position_embeddings=131072, initializer_range=0.02,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=False, moe_intermediate_size=1408,
+        num_experts_per_tok=8, n_shared_experts=1, n_routed_experts=128, routed_scaling_factor=1.0, n_group=1,
+        topk_group=1, first_k_dense_replace=1, norm_topk_prob=True, use_qk_norm=False),
+    "glm_moe_dsa": dict(
+        vocab_size=154880, hidden_size=6144, intermediate_size=12288, moe_intermediate_size=2048,
+        num_hidden_layers=78, num_attention_heads=64, n_shared_experts=1, n_routed_experts=256,
+        routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=2048, qk_rope_head_dim=64, v_head_dim=256,
+        qk_nope_head_dim=192, n_group=1, topk_group=1, num_experts_per_tok=8, norm_topk_prob=True, hidden_act="silu",
+        max_position_embeddings=202752, initializer_range=0.02, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        attention_bias=False, index_topk=2048, index_head_dim=128, index_n_heads=32, mlp_bias=False,
+        first_k_dense_replace=3),
+}
+_HF_ROPE_DEFAULTS = {"glm4_moe": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+                     "glm_moe_dsa": {"rope_theta": 10000.0}}
+
+
+def _rope_from_hf(d: dict, kind: str) -> dict:
+    """The RoPE settings of a config dict: transformers 5's ``rope_parameters``, or the older layout (``rope_theta``
+    and ``partial_rotary_factor`` at the top level, scaling in ``rope_scaling`` with ``type`` or ``rope_type``), which
+    transformers 5 still reads. A scaled RoPE (yarn, linear, ...) in either place is refused: ignoring it would give
+    other logits without a word."""
+    rope = dict(_HF_ROPE_DEFAULTS[kind])
+    for key in ("rope_theta", "partial_rotary_factor"):
+        if d.get(key) is not None:
+            rope[key] = d[key]
+    for section in ("rope_scaling", "rope_parameters"):  # the newer one wins where both say something
+        for key, value in (d.get(section) or {}).items():
+            rope["rope_type" if key == "type" else key] = value
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"rope_type {rope['rope_type']!r} (scaled RoPE) is not supported; only 'default'")
+    return rope
+
+
 def _fields_from_hf(d: dict, mtp_layers: int, mtp_is_moe: bool) -> dict:
     """The ModelConfig fields a transformers config determines (see ``config_from_hf``)."""
     kind = d.get("model_type")
     if kind not in ARCHITECTURES:
         raise ConfigError(f"unsupported model_type {kind!r}; from_hf reads {sorted(ARCHITECTURES)}")
-    rope = dict(d.get("rope_parameters") or {})
-    rope.setdefault("rope_theta", d.get("rope_theta", 10000.0))
-    rope.setdefault("partial_rotary_factor", d.get("partial_rotary_factor", 0.5))
-    if rope.get("rope_type", "default") != "default":
-        raise ConfigError(f"rope_type {rope['rope_type']!r} (scaled RoPE) is not supported; only 'default'")
-    if d.get("hidden_act", "silu") != "silu" or d.get("mlp_bias", False):
+    rope = _rope_from_hf(d, kind)
+    d = {**_HF_DEFAULTS[kind], **d}
+    if d["hidden_act"] != "silu" or d.get("mlp_bias", False):
         raise ConfigError("only SiLU-gated MLPs without bias are supported")
-    if d.get("topk_group", 1) < d.get("n_group", 1):
+    if d["topk_group"] < d["n_group"]:
         raise ConfigError("group-limited routing (topk_group < n_group) is not supported")
     layers = d["num_hidden_layers"]
-    first_k_dense = d.get("first_k_dense_replace", 0)
+    first_k_dense = d["first_k_dense_replace"]
     if kind == "glm_moe_dsa" and d.get("mlp_layer_types"):
         types = d["mlp_layer_types"]
         first_k_dense = types.index("sparse") if "sparse" in types else layers
@@ -89,23 +127,23 @@ def _fields_from_hf(d: dict, mtp_layers: int, mtp_is_moe: bool) -> dict:
     common = dict(
         name=d.get("_name_or_path") or kind, vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
         num_layers=layers, intermediate_size=d["intermediate_size"], num_heads=d["num_attention_heads"],
-        norm_eps=d.get("rms_norm_eps", 1e-5), tie_embeddings=d.get("tie_word_embeddings", False),
-        max_position_embeddings=d.get("max_position_embeddings", 4096), init_std=d.get("initializer_range", 0.02),
-        rope_theta=float(rope["rope_theta"]), attention_bias=d.get("attention_bias", False),
+        norm_eps=d["rms_norm_eps"], tie_embeddings=d["tie_word_embeddings"],
+        max_position_embeddings=d["max_position_embeddings"], init_std=d["initializer_range"],
+        rope_theta=float(rope["rope_theta"]), attention_bias=d["attention_bias"],
         # an all-dense trunk has no experts, unless its MTP layer (a later layer, so past first_k_dense) is MoE
         num_experts=d["n_routed_experts"] if first_k_dense < layers or (mtp_layers and mtp_is_moe) else 0,
         num_experts_per_token=d["num_experts_per_tok"],
-        num_shared_experts=d.get("n_shared_experts", 1), moe_intermediate_size=d["moe_intermediate_size"],
-        first_k_dense=min(first_k_dense, layers), routed_scaling=d.get("routed_scaling_factor", 1.0),
-        norm_topk_prob=d.get("norm_topk_prob", True), mtp_layers=mtp_layers)
+        num_shared_experts=d["n_shared_experts"], moe_intermediate_size=d["moe_intermediate_size"],
+        first_k_dense=min(first_k_dense, layers), routed_scaling=d["routed_scaling_factor"],
+        norm_topk_prob=d["norm_topk_prob"], mtp_layers=mtp_layers)
     if kind == "glm4_moe":
         return dict(
             **common, attention_type="gqa", num_kv_heads=d["num_key_value_heads"],
             head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
-            partial_rotary_factor=float(rope["partial_rotary_factor"]), use_qk_norm=d.get("use_qk_norm", False),
+            partial_rotary_factor=float(rope["partial_rotary_factor"]), use_qk_norm=d["use_qk_norm"],
             rope_interleaved=False)
     return dict(
-        **common, attention_type="mla", num_kv_heads=d["num_attention_heads"], q_lora_rank=d.get("q_lora_rank") or 0,
+        **common, attention_type="mla", num_kv_heads=d["num_attention_heads"], q_lora_rank=d["q_lora_rank"] or 0,
         kv_lora_rank=d["kv_lora_rank"], qk_nope_head_dim=d["qk_nope_head_dim"],
         qk_rope_head_dim=d["qk_rope_head_dim"], v_head_dim=d["v_head_dim"], rope_interleaved=True,
         latent_norm_eps=1e-6, index_n_heads=d["index_n_heads"], index_head_dim=d["index_head_dim"],
