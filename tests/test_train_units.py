@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, WorkbenchError
 from workbench.train import (Muon, TrainConfig, Trainer, build_optimizer, lr_multiplier,
                              newton_schulz_orthogonalize)
 from workbench.train.metrics import mfu, read_metrics
@@ -168,6 +168,25 @@ def test_fit_logs_metrics_writes_run_folder_and_learns(tmp_path):
     assert (run / "tokenizer.json").exists() and json.loads((run / "config.json").read_text())["train"]["steps"] == 30
     assert trainer.raw_model.bias_updates == 30  # expert-bias update after every optimizer step
     assert len(seen) == 31 and seen[-1]["kind"] == "eval"
+
+
+def test_a_given_glm_model_keeps_its_config_in_the_run(tmp_path):
+    """Trainer(config, model=from_hf(path)), the fine-tuning route: the model's own ModelConfig was dropped, so the
+    run had no MFU, config.json and the checkpoints said model null, and summary.json named TrainConfig's default
+    preset (glm4-tiny) for a GLM-4.5 MoE."""
+    from workbench.model import build_model, get_preset
+
+    cfg = get_preset("glm45-tiny").replace(vocab_size=300, num_layers=2, mtp_layers=0, name="my-finetune")
+    summary = Trainer(tiny_config(tmp_path, steps=2, ckpt_every=2, eval_every=2, sample_tokens=0),
+                      model=build_model(cfg), log=quiet).fit()
+    run = tmp_path / "run"
+    assert summary["preset"] == "my-finetune" and summary["flops_per_token"] > 0 and summary["mfu"] is not None
+    assert json.loads((run / "config.json").read_text())["model"]["num_experts"] == cfg.num_experts
+    state = json.loads((run / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
+    assert state["model_config"]["name"] == "my-finetune"
+    with pytest.raises(WorkbenchError, match="beyond the model's positions"):
+        Trainer(tiny_config(tmp_path / "long", seq_len=64), model=build_model(cfg.replace(max_position_embeddings=32)),
+                log=quiet)
 
 
 def test_grad_accumulation_counts_tokens_and_clipping_caps_the_norm(tmp_path):

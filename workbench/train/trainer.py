@@ -198,6 +198,13 @@ class Trainer:
                 model_config = dataclasses.replace(model_config, vocab_size=self.tokenizer.vocab_size)
             check_fits_in_memory(model_config, self.device, self.world_size)
             model = build_model(model_config)
+        elif model_config is None:  # e.g. from_hf(path): its own config, else nothing recorded it (no MFU, no
+            from workbench.model import ModelConfig  # shape in config.json or the checkpoints, "preset" the default)
+
+            own = getattr(model, "config", None)
+            model_config = own if isinstance(own, ModelConfig) else None
+        # what summary.json calls the model: the preset's name, or a given model's own (not TrainConfig's default)
+        self.model_name = getattr(model_config, "name", None) or type(model).__name__
         vocab = getattr(model_config, "vocab_size", None) or getattr(getattr(model, "config", None), "vocab_size",
                                                                       None)
         if vocab is not None and vocab < self.tokenizer.vocab_size:  # else the first step dies in an IndexError
@@ -581,7 +588,7 @@ class Trainer:
         total_time = sum(r["step_time_s"] for r in timed)
         tok_s = sum(r["step_time_s"] * r["tokens_per_s"] for r in timed) / total_time if total_time else 0.0
         return {
-            "preset": self.config.preset, "steps": self.step, "device": str(self.device.torch_device),
+            "preset": self.model_name, "steps": self.step, "device": str(self.device.torch_device),
             "device_name": self.device.name, "dtype": str(self.dtype).replace("torch.", ""),
             "params": self.num_params, "tokens_seen": self.tokens_seen,
             "first_train_loss": train[0]["lm_loss"] if train else None,
