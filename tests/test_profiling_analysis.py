@@ -377,3 +377,96 @@ def test_a_backward_op_takes_the_context_of_the_op_that_created_its_node():
         X("aten::embedding_dense_backward", 115, 40)))
     backward = next(e for e in trace.events if e.name == "aten::embedding_dense_backward")
     assert backward.category != "data"
+
+
+# ---- torch_npu's trace_view.json ------------------------------------------------------------------------------
+NPU_BASE = 1699529623100000  # torch_npu writes absolute microseconds, as strings with nanosecond digits
+
+
+def _npu_trace(collective_on_hardware_lane: bool = True) -> list[dict]:
+    """Two steps laid out as torch_npu documents trace_view.json: a bare list; host ops (cat cpu_op) on the
+    "Python" process; device tasks without cat on "Ascend Hardware", linked to their ops by async_npu flows; an
+    all-reduce on the "Communication" process's op-level thread, its sub-task on a "Plane" thread; lanes that hold
+    no ops ("CANN" API calls, "Overlap Analysis" summaries)."""
+    def at(us):
+        return f"{NPU_BASE + us:.3f}"
+
+    def x(name, ts, dur, pid, tid, cat=None, **args):
+        event = {"ph": "X", "name": name, "pid": pid, "tid": tid, "ts": at(ts), "dur": dur, "args": args}
+        return {**event, "cat": cat} if cat else event
+
+    def flow(op_ts, task_ts, task_tid=2):
+        ident = int((NPU_BASE + task_ts) * 1000)
+        return [{"ph": "s", "bp": "e", "name": "torch_to_npu", "id": ident, "pid": 1, "tid": 1, "ts": at(op_ts),
+                 "cat": "async_npu"},
+                {"ph": "f", "bp": "e", "name": "torch_to_npu", "id": ident, "pid": 4, "tid": task_tid,
+                 "ts": at(task_ts), "cat": "async_npu"}]
+
+    events = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}}
+              for pid, name in ((1, "Python"), (4, "Ascend Hardware"), (5, "Communication"), (6, "CANN"),
+                                (7, "Overlap Analysis"))]
+    events += [{"ph": "M", "name": "thread_name", "pid": 5, "tid": 1, "args": {"name": "Communication"}},
+               {"ph": "M", "name": "thread_name", "pid": 5, "tid": 2, "args": {"name": "Plane 0"}}]
+    for step, base in enumerate((0, 10000)):
+        events += [x(f"ProfilerStep#{step + 2}", base, 10000, 1, 1, cat="cpu_op"),
+                   x("workbench/forward", base + 100, 2000, 1, 1, cat="cpu_op"),
+                   # an op that ends exactly with its parent: nested only if the string timestamps stay exact
+                   x("aten::linear", base + 200.250, 30.5, 1, 1, cat="cpu_op"),
+                   x("aten::addmm", base + 200.250, 30.5 - 0.25, 1, 1, cat="cpu_op", flops=2e9),
+                   x("npu_fusion_attention", base + 400, 40, 1, 1, cat="cpu_op"),
+                   x("workbench/backward", base + 2100, 2000, 1, 1, cat="cpu_op"),
+                   # the device runs long after the host launched: 3 ms of GEMM, 4 ms of a task named only
+                   # by its kernel, which takes its category from the attention op that launched it
+                   x("MatMulV2", base + 300, 3000, 4, 2, **{"Task Type": "AI_CORE"}),
+                   x("Slice1", base + 3400, 4000, 4, 2, **{"Task Type": "AI_CORE"}),
+                   x("hcom_allReduce__123_0_1", base + 7500, 2000, 5, 1),
+                   x("Notify_Wait", base + 7500, 1500, 5, 2),
+                   x("aclnnMatmul", base + 250, 10, 6, 1),
+                   x("Computing", base + 300, 7100, 7, 1)]
+        if collective_on_hardware_lane:
+            events.append(x("hcom_allReduce__123_0_1", base + 7500, 2000, 4, 3, **{"Task Type": "COMMUNICATION"}))
+        events += flow(base + 200.250, base + 300) + flow(base + 400, base + 3400)
+    return events
+
+
+def test_a_torch_npu_trace_is_timed_on_the_device(tmp_path):
+    """The NPU tasks carry no 'kernel' cat: the analysis timed the host only (matmul 0.03 ms where the device ran
+    3 ms; communication 0; the waterfall's 'host overhead' 9.9 of 10 ms)."""
+    result = analyze(_npu_trace(), flops_per_step=2e9, peak=1e12)
+    assert result.info["time_basis"] == "device"
+    per_step = {c["category"]: c["ms_per_step"] for c in result.categories}
+    assert per_step["matmul"] == pytest.approx(3.0) and per_step["attention"] == pytest.approx(4.0)
+    # one all-reduce of 2 ms per step: not its sub-task, and not again from the hardware lane
+    assert per_step["communication"] == pytest.approx(2.0)
+    assert result.breakdown["communication"]["total_ms"] == pytest.approx(2.0)
+    assert sum(per_step.values()) == pytest.approx(9.0)  # no CANN API call or overlap summary counted
+    bars = {b["label"]: b["ms"] for b in result.waterfall["bars"]}
+    assert bars["measured step"] == pytest.approx(10.0) and bars["communication (exposed)"] == pytest.approx(2.0)
+    assert bars["ideal (FLOPs / peak)"] == pytest.approx(2.0)
+
+
+def test_torch_npu_timestamps_keep_their_nanoseconds_and_an_open_array_loads(tmp_path):
+    """As floats, absolute microsecond strings keep ~0.25 us: an op ending with its parent was not nested, and
+    its time counted twice. torch_npu's two-pass export leaves an interrupted file without its closing ']'."""
+    path = tmp_path / "trace_view.json"
+    path.write_text(json.dumps(_npu_trace())[:-1] + ",\n", encoding="utf-8")
+    trace = load_trace(path)
+    linear = next(e for e in trace.events if e.name == "aten::linear")
+    addmm = next(e for e in trace.events if e.name == "aten::addmm" and e.parent is linear)
+    assert linear.self_us == pytest.approx(0.25, abs=1e-6) and addmm.flops == 2e9
+    assert load_trace(_npu_trace()).events[0].name == "ProfilerStep#2"  # an already-loaded bare list too
+    (tmp_path / "broken.json").write_text("[{", encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_trace(tmp_path / "broken.json")
+
+
+def test_a_top_k_takes_the_category_of_the_work_it_runs_in():
+    """GLM-5's DSA indexer selects keys with aten::topk, which counted as MoE routing (463 us of 'moe' against
+    115 us of real routing in a glm5-tiny profile)."""
+    assert categorize("aten::topk") == "moe"  # on its own: MoE routing is the likelier guess
+    assert categorize("aten::topk", ["attention (DSA indexer)"]) == "attention"
+    trace = load_trace(trace_of(
+        X("workbench/model/dsa_indexer.py(110): select", 0, 50, cat="python_function"),
+        X("aten::topk", 10, 20), X("aten::mm", 31, 5)))
+    assert {e.name: e.category for e in trace.events if e.cat == "cpu_op"} == {"aten::topk": "attention",
+                                                                               "aten::mm": "attention"}

@@ -99,16 +99,29 @@ def fake_torch_npu(calls: dict):
         def handler(prof):
             out = Path(path) / "host_1_20261129_ascend_pt" / "ASCEND_PROFILER_OUTPUT"
             out.mkdir(parents=True)
-            events = []
+            events = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}}
+                      for pid, name in ((1, "Python"), (4, "Ascend Hardware"))]
+            origin = 1699529623100000  # absolute microseconds, written as strings
+
+            def task(name, ts, dur, host_ts):  # a device task and the async_npu flow from the op that launched it
+                ident = int((origin + ts) * 1000)
+                return [{"ph": "X", "name": name, "ts": f"{origin + ts:.3f}", "dur": dur, "pid": 4, "tid": 2,
+                         "args": {"Task Type": "AI_CORE"}},
+                        {"ph": "s", "cat": "async_npu", "id": ident, "pid": 1, "tid": 1,
+                         "ts": f"{origin + host_ts:.3f}"},
+                        {"ph": "f", "cat": "async_npu", "id": ident, "pid": 4, "tid": 2, "ts": f"{origin + ts:.3f}"}]
+
             for i in range(prof.steps):
                 base = 1000.0 * i
                 events += [
-                    {"ph": "X", "cat": "cpu_op", "name": f"ProfilerStep#{i}", "ts": base, "dur": 900, "pid": 1,
-                     "tid": 1, "args": {}},
-                    {"ph": "X", "cat": "cpu_op", "name": "npu_fusion_attention", "ts": base + 100, "dur": 300,
-                     "pid": 1, "tid": 1, "args": {}},
-                    {"ph": "X", "cat": "cpu_op", "name": "aten::matmul", "ts": base + 500, "dur": 200, "pid": 1,
-                     "tid": 1, "args": {}},
+                    {"ph": "X", "cat": "cpu_op", "name": f"ProfilerStep#{i}", "ts": f"{origin + base:.3f}",
+                     "dur": 900, "pid": 1, "tid": 1, "args": {}},
+                    {"ph": "X", "cat": "cpu_op", "name": "npu_fusion_attention", "ts": f"{origin + base + 100:.3f}",
+                     "dur": 30, "pid": 1, "tid": 1, "args": {}},
+                    {"ph": "X", "cat": "cpu_op", "name": "aten::matmul", "ts": f"{origin + base + 500:.3f}",
+                     "dur": 20, "pid": 1, "tid": 1, "args": {}},
+                    *task("FlashAttentionScore", base + 120, 300, base + 100),
+                    *task("MatMulV2", base + 520, 200, base + 500),
                 ]
             (out / "trace_view.json").write_text(json.dumps(events))  # torch_npu writes a bare event list
 
@@ -153,10 +166,24 @@ def test_npu_dispatches_to_torch_npu_profiler_FAKE_module(monkeypatch, tmp_path)
     assert Path(calls["trace_dir"]) == tmp_path / "raw"
     assert (tmp_path / "trace.json").exists()
     report = analyze(run)
-    assert report.breakdown["n_steps"] == 3
+    assert report.breakdown["n_steps"] == 3 and report.info["time_basis"] == "device"
     by_cat = {r["category"]: r["ms_per_step"] for r in report.categories}
     assert by_cat["attention"] == pytest.approx(0.3) and by_cat["matmul"] == pytest.approx(0.2)
     assert report.memory["device_peak_mb"] == pytest.approx(123.0)
+
+
+def test_an_npu_profile_that_wrote_no_trace_does_not_reuse_the_last_one_FAKE_module(monkeypatch, tmp_path):
+    """The raw/ folder of an earlier run was kept, and its trace_view.json analysed as this run's."""
+    fake_npu_device = types.SimpleNamespace(type="npu", synchronize=lambda: None, reset_peak_memory=lambda: None,
+                                            memory_stats=lambda: {"peak_bytes": None, "source": "fake"})
+    monkeypatch.setattr(backends, "_import_torch_npu", lambda: (fake_torch_npu({}), None))
+    profile_steps(lambda: None, ProfileConfig(wait=0, warmup=1, active=3), device=fake_npu_device, out_dir=tmp_path)
+    silent = fake_torch_npu({})
+    silent.profiler.tensorboard_trace_handler = lambda path: (lambda prof: None)  # its analysis wrote nothing
+    monkeypatch.setattr(backends, "_import_torch_npu", lambda: (silent, None))
+    with pytest.raises(FileNotFoundError, match="wrote no trace_view.json"):
+        profile_steps(lambda: None, ProfileConfig(wait=0, warmup=1, active=1), device=fake_npu_device,
+                      out_dir=tmp_path)
 
 
 def test_cli_profile_toy_writes_trace_tables_and_figures(tmp_path, capsys):

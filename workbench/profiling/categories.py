@@ -22,7 +22,7 @@ _PATTERNS: list[tuple[str, re.Pattern]] = [
     ("communication", re.compile(
         # broadcast_ but not aten::broadcast_tensors / broadcast_to (shape ops, e.g. in mse_loss): no communication
         r"nccl|gloo|hccl|c10d|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|broadcast_(?!to\b|tensors\b)"
-        r"|record_param_comms"
+        r"|record_param_comms|hcom_"  # hcom_: HCCL's collectives in torch_npu traces (hcom_allReduce__12_0_1)
         r"|^(aten::)?_?(send|recv|barrier)\b", re.I)),
     ("data", re.compile(r"dataloader|_next_data|collate|pin_memory|^workbench/data$", re.I)),
     ("optimizer", re.compile(
@@ -59,11 +59,21 @@ def categorize_name(name: str) -> str:
     return "other"
 
 
+# Names whose own category is only a guess: a top-k is MoE routing, unless it runs inside something else (GLM-5's
+# DSA indexer picks each query's keys with one, which is attention work). Without Python frames (``with_stack``)
+# there is no context to tell, and every top-k counts as moe.
+_WEAK = re.compile(r"^aten::topk$")
+
+
 def categorize(name: str, ancestors: Iterable[str] = ()) -> str:
     """The category of op ``name`` given the names of its enclosing ops/annotations, innermost first."""
     own = categorize_name(name)
     if own in ("communication", "optimizer", "data"):
         return own
+    ancestors = list(ancestors)  # (read twice below)
+    if _WEAK.search(name):
+        context = next((c for c in map(categorize_name, ancestors) if c in _INHERITED), None)
+        return context or own
     for parent in ancestors:
         inherited = categorize_name(parent)
         if inherited not in _INHERITED:
