@@ -119,6 +119,21 @@ def test_auto_search_returns_best_and_runners_up():
     assert fixed["layout"]["tp"] == 4 and fixed["step_time_s"] >= r["step_time_s"] - 1e-12
 
 
+def test_auto_search_prices_every_zero_stage_and_keeps_the_fastest():
+    """The search stopped at the first ZeRO stage that fitted: on this shape ZeRO-1 fits only with full recompute,
+    so it returned ZeRO-1 + full and never priced ZeRO-2 + selective, which also fits and is faster."""
+    base = {"model": {"preset": "glm-4.5-air"}, "seq_len": 4096, "global_batch": 512, "micro_batch": 1,
+            "cluster": {"chip": "910B", "count": 64}}
+    shape = {"tp": 4, "pp": 4, "dp": 4, "ep": 8, "vp": 1}
+    found = simulate({**base, "layout": {"auto": True, **shape}})
+    explicit = [simulate({**base, "layout": {**shape, "zero": z, "recompute": rc}})
+                for z in (1, 2, 3) for rc in ("selective", "full")]
+    best = min((r for r in explicit if r["feasible"]), key=lambda r: r["step_time_s"])
+    assert not explicit[0]["feasible"]  # ZeRO-1 + selective does not fit: the case that went wrong
+    assert found["step_time_s"] == pytest.approx(best["step_time_s"], rel=1e-12)
+    assert (found["layout"]["zero"], found["layout"]["recompute"]) == (best["layout"]["zero"], best["layout"]["recompute"])
+
+
 def test_chips_needed_for_a_target_time():
     r = simulate(spec(global_batch=256, train_tokens=1e11, target_days=1.0))
     need = r["train"]["chips_needed"]

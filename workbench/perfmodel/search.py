@@ -2,9 +2,9 @@
 
 Searched: TP (divisors of the chip count inside the scale-up domain that divide heads and FFN), CP (only for long
 sequences), PP (divisors, at most the layer count), DP (what remains), EP (MoE: divisors of the expert count that fit
-in tp x cp x dp), micro-batch, interleaving vp, ZeRO stage and recompute. For each shape the lightest memory
-setting that fits is chosen (ZeRO-1, then 2; selective, then full recompute; and ZeRO-3 is priced separately since
-it trades memory for communication). Fields given in ``{"auto": true, ...}`` stay fixed. Infeasible candidates
+in tp x cp x dp), micro-batch, interleaving vp, ZeRO stage and recompute. For each shape every ZeRO stage (1, 2, 3)
+is priced with the lightest recompute that fits at that stage, and the fastest is kept (ZeRO-2/3 trade DP traffic
+for memory, so a heavier stage with lighter recompute can win). Fields given in ``{"auto": true, ...}`` stay fixed. Infeasible candidates
 are never "repaired": they are only skipped, and when none fits the error names the closest one and why.
 Used by ``workbench.perfmodel.simulate`` and notebooks/05_hardware_comparison.ipynb.
 """
@@ -75,32 +75,28 @@ def search(spec: Spec) -> list[Evaluation]:
     recomputes = [fixed["recompute"]] if "recompute" in fixed else default_rc
     feasible: list[Evaluation] = []
     closest: Evaluation | None = None
-    n_checked = 0
     for base, mbs in candidates(spec):
-        # ZeRO-1/2: the lightest that fits, with the lightest recompute that fits. ZeRO-3 trades communication for
-        # memory, so it is priced only where it lets a lighter recompute fit.
-        chosen_rc = None
-        for zero_group in ([z for z in zeros if z < 3], [z for z in zeros if z == 3]):
-            chosen = None
-            for zero in zero_group:
-                for rc in recomputes:
-                    if zero == 3 and chosen_rc is not None and recomputes.index(rc) >= recomputes.index(chosen_rc):
-                        break
-                    L = Layout(zero=zero, recompute=rc, **base)
-                    if layout_problems(spec, L, mbs):
-                        break
-                    ev = evaluate(spec, L, mbs, check_only=True)
-                    n_checked += 1
-                    if ev.fits:
-                        chosen = (L, mbs)
-                        break
-                    if closest is None or ev.memory["total_gb"] < closest.memory["total_gb"]:
-                        closest = ev
-                if chosen:
+        # Every ZeRO stage is priced with the lightest recompute that fits at that stage, and the fastest of those
+        # is kept: stopping at the first stage that fits returned ZeRO-1 + full recompute where ZeRO-2 + selective
+        # also fits and is faster. For a fixed ZeRO stage a heavier recompute only adds time here (memory does not
+        # enter the step time, and "full"/"selective" add recomputation to the same work), so the lightest one that
+        # fits is that stage's fastest; across stages the trade (sharded state vs more DP traffic) is priced.
+        if layout_problems(spec, Layout(**base), mbs):  # divisibility does not depend on ZeRO or recompute
+            continue
+        best = None
+        for zero in zeros:
+            for rc in recomputes:
+                L = Layout(zero=zero, recompute=rc, **base)
+                ev = evaluate(spec, L, mbs, check_only=True)
+                if ev.fits:
+                    ev = evaluate(spec, L, mbs)
+                    if best is None or ev.step_time_s < best.step_time_s:
+                        best = ev
                     break
-            if chosen:
-                chosen_rc = chosen[0].recompute
-                feasible.append(evaluate(spec, *chosen))
+                if closest is None or ev.memory["total_gb"] < closest.memory["total_gb"]:
+                    closest = ev
+        if best is not None:  # one entry per shape, so the runners-up are other shapes, not other ZeRO stages
+            feasible.append(best)
     if not feasible:
         if closest is None:
             raise LayoutError(f"no layout divides this model on {spec.cluster.count} chips (fixed: {fixed or 'none'}); "
