@@ -134,6 +134,24 @@ def test_auto_search_prices_every_zero_stage_and_keeps_the_fastest():
     assert (found["layout"]["zero"], found["layout"]["recompute"]) == (best["layout"]["zero"], best["layout"]["recompute"])
 
 
+def test_zero2_reduce_scatters_gradients_every_micro_batch():
+    """ZeRO-2 keeps 1/dp of the gradients, so it cannot accumulate full gradients over micro-batches: each one's
+    are reduce-scattered (as ZeRO-3 does). It was priced like ZeRO-1: one reduce-scatter per step."""
+    def dp_comm(zero, global_batch, **eff):  # tp2 x dp8: 8 (64) or 1 (8) micro-batches per step
+        r = simulate(spec(global_batch=global_batch, layout={"tp": 2, "dp": 8, "zero": zero}, efficiency=eff))
+        return r["breakdown"]["dp_comm"]
+
+    micro = 8
+    z1, z2, z3 = (dp_comm(z, 64, dp_overlap=0.0) for z in (1, 2, 3))  # nothing hidden: the raw traffic
+    rs = (z2 - z1) / (micro - 1)  # ZeRO-1: rs + ag; ZeRO-2: micro x rs + ag
+    ag = z1 - rs
+    assert rs > 0 and ag > 0
+    assert z3 == pytest.approx(micro * (2 * ag + rs), rel=1e-9)  # the same reduce-scatter ZeRO-3 charges
+    assert dp_comm(2, 8, dp_overlap=0.0) == pytest.approx(dp_comm(1, 8, dp_overlap=0.0), rel=1e-12)  # one micro-batch
+    # with overlap the per-micro-batch traffic hides behind the step, but ZeRO-2 never undercuts ZeRO-1
+    assert dp_comm(1, 64) < dp_comm(2, 64) < z2
+
+
 def test_chips_needed_for_a_target_time():
     r = simulate(spec(global_batch=256, train_tokens=1e11, target_days=1.0))
     need = r["train"]["chips_needed"]

@@ -424,20 +424,27 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
     dpc = L.dp * L.cp
     gb, pb = eff.grad_reduce_bytes, r["el_bytes"]
     edp_link = C.choose_link(spec.cluster, eff, L.tp * L.cp * L.dp) if edp > 1 else links["dp"]
+    grad_rs = C.reduce_scatter(dense * gb, dpc, links["dp"]) + C.reduce_scatter(expert * gb, edp, edp_link)
+    param_ag = C.all_gather(dense * pb, dpc, links["dp"]) + C.all_gather(expert * pb, edp, edp_link)
+    hide_last = eff.dp_overlap * (mb["gemm"] + mb["attention"]) * 2 / 3  # the last micro-batch's backward
+    hide_step = eff.dp_overlap * (steady + bubble) * 0.999  # the whole step (traffic issued micro-batch by micro-batch)
     if L.zero == 0:
         dp_t = C.all_reduce(dense * gb, dpc, links["dp"]) + C.all_reduce(expert * gb, edp, edp_link)
-    elif L.zero in (1, 2):
-        dp_t = (C.reduce_scatter(dense * gb, dpc, links["dp"]) + C.all_gather(dense * pb, dpc, links["dp"])
-                + C.reduce_scatter(expert * gb, edp, edp_link) + C.all_gather(expert * pb, edp, edp_link))
+        dp_exposed = max(0.0, dp_t - hide_last)
+    elif L.zero == 1 or (L.zero == 2 and micro == 1):
+        # ZeRO-1 (and ZeRO-2 with one micro-batch): full gradients accumulate locally; one reduce-scatter at the
+        # end of the step, then the updated parameters are all-gathered
+        dp_exposed = max(0.0, grad_rs + param_ag - hide_last)
+    elif L.zero == 2:
+        # ZeRO-2 keeps only 1/dp of the gradients (memory() above), so it cannot accumulate full gradients over
+        # micro-batches: each micro-batch's gradients are reduce-scattered into the shard (DeepSpeed stage 2, FSDP
+        # SHARD_GRAD_OP), micro x the ZeRO-1 gradient traffic. Like ZeRO-3's per-micro-batch traffic it can hide
+        # behind the whole step; but the last micro-batch's reduce-scatter and the parameter all-gather still
+        # face the ZeRO-1 limit (only the last backward to hide behind), so ZeRO-2 is never cheaper than ZeRO-1.
+        dp_exposed = max(max(0.0, grad_rs + param_ag - hide_last), micro * grad_rs + param_ag - hide_step)
     else:  # ZeRO-3 / FSDP: gather parameters for forward and backward, reduce-scatter gradients, per micro-batch
-        per_mb = (2 * C.all_gather(dense * pb, dpc, links["dp"]) + C.reduce_scatter(dense * gb, dpc, links["dp"])
-                  + 2 * C.all_gather(expert * pb, edp, edp_link) + C.reduce_scatter(expert * gb, edp, edp_link))
-        dp_t = micro * per_mb
-    if L.zero >= 3:
-        hide = eff.dp_overlap * (steady + bubble) * 0.999
-    else:
-        hide = eff.dp_overlap * (mb["gemm"] + mb["attention"]) * 2 / 3  # the last micro-batch's backward
-    dp_exposed = max(0.0, dp_t - hide)
+        dp_t = micro * (2 * param_ag + grad_rs)
+        dp_exposed = max(0.0, dp_t - hide_step)
     shard = (dense / (dpc if L.zero >= 1 else 1) + expert / (edp if L.zero >= 1 else 1))
     optimizer = shard * (30.0 if spec.precision != "fp32" else 24.0) / r["mem"]
 
