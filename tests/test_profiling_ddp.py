@@ -64,3 +64,36 @@ def test_ddp_gloo_communication_is_split_into_overlapped_and_exposed(tmp_path):
     assert sum(rows.values()) == pytest.approx(result["breakdown"]["step_ms"], rel=1e-6)
     cats = {r["category"]: r["ms_per_step"] for r in result["categories"]}
     assert cats["communication"] > 0
+
+
+def test_workbench_launch_profiles_every_rank_into_its_own_folder(tmp_path):
+    """`workbench launch -- profile` (which notebook 04 points to) never joined the process group: every rank
+    thought it ran alone, and rank 1 died on rank 0's run-folder lock (a toy run: both wrote one trace.json)."""
+    from workbench.cli import main
+
+    out = tmp_path / "profile"
+    code = main(["launch", "--nproc", "2", "--run-dir", str(tmp_path / "launch"), "--timeout", "240", "--",
+                 "profile", "--preset", "glm4-tiny", "--seq-len", "16", "--batch-size", "1", "--steps", "1",
+                 "--wait", "0", "--warmup", "1", "--memory-timeline", "off", "--out", str(out)])
+    assert code == 0
+    pids = []
+    for folder in (out, out / "rank1"):
+        trace = json.loads((folder / "trace.json").read_text())
+        pids.append({e["pid"] for e in trace["traceEvents"] if e.get("cat") == "cpu_op"})
+        report = json.loads((folder / "report.json").read_text())
+        assert report["step_breakdown"]["communication"]["total_ms"] > 0  # the data-parallel all-reduces
+        assert report["summary"]["world_size"] == 2
+    assert pids[0].isdisjoint(pids[1])  # two processes' traces, not one trace twice
+
+
+def test_profile_toy_under_launch_and_bad_values_are_one_line_and_leave_no_folder(tmp_path, monkeypatch, capsys):
+    from workbench.cli import main
+
+    out = tmp_path / "never"
+    assert main(["profile", "--preset", "toy", "--device", "bogus", "--out", str(out)]) == 2
+    assert main(["profile", "--preset", "toy", "--kernels", "attention=bogus", "--out", str(out)]) == 2
+    assert not out.exists()  # the folder was made before the device and kernel checks
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["profile", "--preset", "toy", "--out", str(out)]) == 2
+    assert "profile a model preset" in capsys.readouterr().err and not out.exists()

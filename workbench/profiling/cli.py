@@ -4,6 +4,8 @@
         [--seq-len 64] [--kernels attention=reference] [--with-stack] [--top 15]
 
 ``--preset toy`` profiles the small stand-in LM of ``workbench.profiling.toy`` (no corpus, no tokenizer).
+Under ``workbench launch --nproc N -- profile ...`` every rank trains data parallel and profiles its own steps:
+rank 0 writes to DIR, rank r to DIR/rank<r>.
 Writes DIR/trace.json (open in https://ui.perfetto.dev), DIR/op_table.csv, categories.csv, top_ops.csv,
 report.json and DIR/figures/*.html, and prints the category table, the step breakdown and the MFU.
 """
@@ -44,21 +46,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=15, help="how many top ops to list")
 
 
-def _run_preset(args, config, out: Path):
+def _run_preset(args, config, out: Path, train_dir: Path, distributed: dict):
     from workbench.profiling.trainer_profile import profile_trainer
     from workbench.train import TrainConfig, Trainer
 
     train_cfg = TrainConfig(preset=args.preset, steps=config.total_steps, batch_size=args.batch_size,
-                            seq_len=args.seq_len, device=args.device, out_dir=str(out / "train"), progress=False,
+                            seq_len=args.seq_len, device=args.device, out_dir=str(train_dir), progress=False,
                             warmup_steps=0, eval_every=0, ckpt_every=0)
-    trainer = Trainer(train_cfg, log=lambda message: None)
+    trainer = Trainer(train_cfg, log=lambda message: None, **distributed)
     try:
         return profile_trainer(trainer, config, out_dir=out, top_n=args.top)
     finally:
         trainer.close()
 
 
-def _run_toy(args, config, out: Path):
+def _run_toy(args, config, out: Path, train_dir: Path, distributed: dict):
     from workbench.device import get_device
     from workbench.profiling.analysis import analyze
     from workbench.profiling.session import profile_steps
@@ -71,6 +73,27 @@ def _run_toy(args, config, out: Path):
     report = analyze(run, flops_per_step=model.flops_per_token() * toy.batch * toy.seq_len,
                      flops_source="toy LM: 6 x matmul params + attention", peak=device.peak_flops(), top_n=args.top)
     return run, report
+
+
+def _join_launch(args) -> tuple[dict, int]:
+    """Under torchrun (``workbench launch -- profile ...``): join the process group and train data parallel, as
+    ``workbench train`` does. Returns the Trainer's distributed keyword arguments ({} in one process) and the rank.
+    Without this every rank thought it ran alone: all but one died on the shared run folder's lock."""
+    from workbench.distributed.mesh import is_launched
+
+    if not is_launched():
+        return {}, 0
+    if args.preset == "toy":
+        raise WorkbenchError("--preset toy profiles one process; under `workbench launch` profile a model preset "
+                             "(e.g. --preset glm4-tiny), which trains data parallel across the ranks")
+    import torch.distributed as dist
+
+    from workbench.distributed.train_hooks import distributed_train_kwargs
+    from workbench.train import TrainConfig
+
+    kwargs = distributed_train_kwargs(TrainConfig(preset=args.preset, device=args.device, progress=False))
+    kwargs.pop("callbacks", None)  # (fault injection is for train's restart test)
+    return kwargs, dist.get_rank()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,18 +114,33 @@ def run(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"unknown preset {args.preset!r}; choose toy (a small stand-in LM) or one of: "
                              f"{', '.join(list_presets())}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    calls_before = call_counts()
-    with use_kernels(args.kernels) if args.kernels else contextlib.nullcontext():
-        run_fn = _run_toy if args.preset == "toy" else _run_preset
-        run_, report = run_fn(args, config, out)
-    unused = [op for op in args.kernels if call_counts().get(op, 0) == calls_before.get(op, 0)]
-    written = report.save(out)
+    distributed, rank = _join_launch(args)
+    # under `workbench launch` every rank profiles its own share of the data-parallel step: rank 0 writes to --out
+    # (the trainer's run folder is rank 0's), the others beside it, so no rank reads another's trace
+    rank_out = out if rank == 0 else out / f"rank{rank}"
+    try:  # (the folder is made once the device, kernels and model proved good: no empty folder on a bad value)
+        calls_before = call_counts()
+        with use_kernels(args.kernels) if args.kernels else contextlib.nullcontext():
+            run_fn = _run_toy if args.preset == "toy" else _run_preset
+            run_, report = run_fn(args, config, rank_out, out / "train", distributed)
+        unused = [op for op in args.kernels if call_counts().get(op, 0) == calls_before.get(op, 0)]
+        written = report.save(rank_out)
+    finally:
+        if distributed:
+            from workbench.distributed.train_hooks import finish_distributed
+
+            finish_distributed()
+    if rank != 0:  # rank 0 speaks for the run
+        return 0
+    out = rank_out
     summary = report.summary()
     print(f"profiled {summary['n_steps']} steps of {args.preset} on {run_.device_type} with {run_.backend}: "
           f"{summary['step_ms']:.2f} ms/step")
-    print(text_table(report.categories, ["category", "ms_per_step", "share", "count_per_step", "achieved_tflops"]))
-    print(text_table(report.breakdown["rows"], ["phase", "ms", "share"]))
+    # two shares with two denominators, named: op time (what the categories split) and the whole step
+    print(text_table([{**r, "share of op time": r["share"]} for r in report.categories],
+                     ["category", "ms_per_step", "share of op time", "count_per_step", "achieved_tflops"]))
+    print(text_table([{**r, "share of step": r["share"]} for r in report.breakdown["rows"]],
+                     ["phase", "ms", "share of step"]))
     mfu = summary["mfu"]
     print(f"MFU: {'unknown (no peak)' if mfu is None else f'{mfu:.2%}'}  "
           f"(peak: {report.waterfall['peak_source']}; FLOPs: {report.waterfall['flops_source']})")
