@@ -470,3 +470,14 @@ def test_a_top_k_takes_the_category_of_the_work_it_runs_in():
         X("aten::topk", 10, 20), X("aten::mm", 31, 5)))
     assert {e.name: e.category for e in trace.events if e.cat == "cpu_op"} == {"aten::topk": "attention",
                                                                                "aten::mm": "attention"}
+
+
+def test_top_ops_figure_keeps_two_rows_of_one_op_apart():
+    """The table keys rows by (op, category); the figure labelled bars by op only, so plotly drew an aten::mul of
+    a norm and one of an activation on one line: 'top 10' showed 9 rows."""
+    from workbench.profiling.figures import top_ops_figure
+
+    rows = [{"op": "aten::mul", "category": c, "ms_per_step": 1.0, "count_per_step": 1}
+            for c in ("norm", "elementwise")]
+    labels = list(top_ops_figure(rows).data[0].y)
+    assert len(set(labels)) == 2 and all("aten::mul" in label for label in labels)

@@ -195,6 +195,8 @@ def test_cli_profile_toy_writes_trace_tables_and_figures(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "MFU" in printed and "matmul" in printed
+    # the category shares are of op time, the phase shares of the step: one word "share" said neither
+    assert "share of op time" in printed and "share of step" in printed
     for name in ("trace.json", "op_table.csv", "categories.csv", "top_ops.csv", "report.json",
                  "figures/mfu_waterfall.html", "figures/step_breakdown.html", "figures/memory.html"):
         assert (out / name).exists(), name

@@ -29,7 +29,9 @@ def category_figure(categories: Sequence[dict], title: str = "Time per step by o
 
 def top_ops_figure(top: Sequence[dict], title: str = "Top ops by self time") -> go.Figure:
     fig = go.Figure(go.Bar(
-        x=[r["ms_per_step"] for r in top], y=[r["op"][:60] for r in top], orientation="h",
+        # the table keys rows by (op, category): an aten::mul of a norm and one of an activation are two rows,
+        # and plotly draws bars with one label on one line, so the label names both
+        x=[r["ms_per_step"] for r in top], y=[f"{r['op'][:60]} [{r['category']}]" for r in top], orientation="h",
         marker_color=[COLORS.get(r["category"], "#999") for r in top],
         hovertext=[f"{r['category']}; {r['count_per_step']:.3g} calls/step"
                    + (f"; {r['achieved_tflops']:.3g} TFLOP/s" if r.get("achieved_tflops") else "") for r in top]))
