@@ -324,20 +324,52 @@ def test_claim_summary_under_fp8_gives_mfu_against_both_peaks():
     assert "against the FP8 peak" in last and "against the BF16 peak" in last
 
 
-def test_a_scale_up_bus_bandwidth_above_the_link_rate_is_capped_at_it():
+def test_a_catalog_scale_up_bus_bandwidth_above_the_link_rate_is_capped_at_it():
     """H200's catalog figure (475 GB/s, an NVLS measurement) beat its 450 GB/s one-way NVLink, so H200 and H100 (ring
-    figure, same NVLink4) got different collective speeds; a ring cannot exceed the one-way rate."""
-    from types import SimpleNamespace
-
+    figure, same NVLink4) got different collective speeds; a ring cannot exceed the one-way rate. H800's catalog
+    215 GB/s is capped at its 200 GB/s one-way rate."""
     from workbench.hardware import find_chip
-    from workbench.perfmodel.collectives import choose_link
+
+    assert find_chip("H200").scale_up_busbw_gb_s == find_chip("H100").scale_up_busbw_gb_s
+    r = simulate(spec(cluster={"chip": "H800", "count": 16}, layout={"tp": 8, "dp": 2}))
+    assert r["links"]["tp"]["busbw_gb_s"] == pytest.approx(200.0)
+
+
+def test_scale_up_overrides_take_effect():
+    """An override was silently capped (busbw 740 -> 450 on H100) or ignored (scale_up_gb_s 1800: the catalog's
+    measured 370 GB/s busbw stayed); what the user sets is used, and a set link rate gives a derived busbw."""
     from workbench.perfmodel.efficiency import Efficiency
 
-    h100 = find_chip("H100")
-    assert find_chip("H200").scale_up_busbw_gb_s == h100.scale_up_busbw_gb_s
-    fast = h100.with_overrides(scale_up_busbw_gb_s=600.0)
-    link = choose_link(SimpleNamespace(chip=fast, scale_up_domain=8), Efficiency(), 8)
-    assert link.busbw == pytest.approx(450e9)
+    def tp_busbw(**overrides):
+        r = simulate(spec(cluster={"chip": "H100", "count": 16, **overrides}, layout={"tp": 8, "dp": 2}))
+        return r["links"]["tp"]["busbw_gb_s"], r["step_time_s"]
+
+    base, t0 = tp_busbw()
+    assert base == pytest.approx(370.0)  # the catalog's measured ring busbw
+    assert tp_busbw(scale_up_busbw_gb_s=740.0)[0] == pytest.approx(740.0)
+    faster, t1 = tp_busbw(scale_up_gb_s=1800.0)
+    assert faster == pytest.approx(1800.0 / 2 * Efficiency().comm_eff_up) and t1 < t0
+    assert tp_busbw(scale_up_gb_s=1800.0, scale_up_busbw_gb_s=500.0)[0] == pytest.approx(500.0)  # busbw is explicit
+
+
+def test_interconnect_sensitivity_x2_doubles_the_bandwidth_used(monkeypatch):
+    """Notebook 05's "x2" scaled only scale_up_busbw_gb_s, which the link-rate cap then clipped: H800 x2 = +0.0%,
+    H100's "x2" was x1.22. Both fields now scale together, from the busbw the base row actually ran at."""
+    from workbench.perfmodel import compare
+
+    seen = []
+    monkeypatch.setattr(compare, "simulate", lambda s: seen.append(s) or simulate(s))
+    layout = {"tp": 8, "pp": 1, "dp": 1, "ep": 1, "cp": 1, "vp": 1, "etp": 1, "zero": 1, "recompute": "selective",
+              "sp": True}
+    for chip in ("H800", "H100", "910B"):
+        base = simulate({**spec(layout=layout), "cluster": {"chip": chip, "count": 8}, "global_batch": 8})
+        row = {"chip": chip, "count": 8, "step_time_s": base["step_time_s"], "layout": {**layout, "micro_batch": 1}}
+        seen.clear()
+        out = compare.interconnect_sensitivity(row, spec()["model"], 4096, 8)
+        assert set(out) >= {"scale-up x0.5", "scale-up x2"}
+        for s, factor in zip(seen[-2:], (0.5, 2.0)):
+            assert simulate(s)["links"]["tp"]["busbw_gb_s"] == pytest.approx(factor * base["links"]["tp"]["busbw_gb_s"])
+        assert out["scale-up x2"] < 0 < out["scale-up x0.5"]
 
 
 def test_the_performance_model_imports_without_torch():

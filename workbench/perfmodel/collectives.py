@@ -7,8 +7,9 @@ catalog plugs in directly):
 - all-to-all (n = bytes each rank sends): (p-1) alpha + (p-1)/p n / B
 - point-to-point: alpha + n / B
 Placement follows Megatron's rank order (tp innermost, then cp, then dp; ep inside tp x cp x dp; pp outermost): a
-group whose ranks fit in one scale-up domain uses the scale-up fabric, otherwise each chip's scale-out NIC.
-Used by ``workbench.perfmodel.simulator``.
+group whose ranks fit in one scale-up domain uses the scale-up fabric (``scale_up_busbw``: which figure, and when the
+one-way link rate caps it), otherwise each chip's scale-out NIC.
+Used by ``workbench.perfmodel.simulator`` and ``compare.interconnect_sensitivity``.
 """
 
 from __future__ import annotations
@@ -44,19 +45,41 @@ def p2p(n: float, link: Link) -> float:
     return 0.0 if n <= 0 else link.alpha + n / link.busbw
 
 
+def _user_set(chip, name: str) -> bool:
+    """True when ``name`` is a number the user gave (a cluster override or a custom chip), not a catalog figure."""
+    return bool(getattr(chip, name)) and chip.field_source(name).confidence == "user"
+
+
+def scale_up_busbw(chip, eff) -> float | None:
+    """All-reduce bus bandwidth inside the scale-up domain in bytes/s (None: the chip has no scale-up figure).
+
+    - a bus bandwidth the user set (``scale_up_busbw_gb_s`` override or custom chip) is used as given;
+    - a catalog (measured) bus bandwidth, unless the user set ``scale_up_gb_s``: capped at half the bidirectional
+      link rate (a ring cannot beat the one-way rate; a catalog figure above it is NVLS in-switch reduction, which
+      this model does not price);
+    - otherwise ``comm_eff_up`` x half the bidirectional ``scale_up_gb_s``; a user-set ``scale_up_gb_s`` always
+      takes this path, since the catalog's measured busbw belongs to the catalog's link, not to the user's.
+    """
+    link = chip.scale_up_gb_s
+    if chip.scale_up_busbw_gb_s and (_user_set(chip, "scale_up_busbw_gb_s") or not _user_set(chip, "scale_up_gb_s")):
+        busbw = chip.scale_up_busbw_gb_s
+        if link and not _user_set(chip, "scale_up_busbw_gb_s"):
+            busbw = min(busbw, link / 2)
+        return busbw * 1e9
+    if link:  # catalog figures are bidirectional totals: half per direction
+        return link / 2 * 1e9 * eff.comm_eff_up
+    return None
+
+
 def choose_link(cluster, eff, span: int) -> Link:
     """The link for a group whose ranks span ``span`` consecutive ranks (stride x size)."""
     chip = cluster.chip
     if span <= 1:
         return Link("none", float("inf"), 0.0)
     if span <= cluster.scale_up_domain:
-        if chip.scale_up_busbw_gb_s:
-            busbw = chip.scale_up_busbw_gb_s
-            if chip.scale_up_gb_s:  # a ring cannot beat the one-way link rate; above it a figure is NVLS in-switch
-                busbw = min(busbw, chip.scale_up_gb_s / 2)  # reduction, which this model does not price
-            return Link("scale-up", busbw * 1e9, eff.alpha_up_s)
-        if chip.scale_up_gb_s:  # catalog figures are bidirectional totals: half per direction
-            return Link("scale-up", chip.scale_up_gb_s / 2 * 1e9 * eff.comm_eff_up, eff.alpha_up_s)
+        busbw = scale_up_busbw(chip, eff)
+        if busbw:
+            return Link("scale-up", busbw, eff.alpha_up_s)
         if chip.scale_out_gb_s_per_chip:
             return Link("scale-out", chip.scale_out_gb_s_per_chip * 1e9 * eff.comm_eff_out, eff.alpha_out_s)
         raise ConfigError(f"{chip.chip} has no scale-up bandwidth in the catalog; give cluster.scale_up_gb_s or "

@@ -17,6 +17,8 @@ from typing import Any
 from workbench.errors import WorkbenchError
 from workbench.hardware.catalog import Chip, catalog_table, find_chip
 from workbench.perfmodel.api import power_per_chip, simulate
+from workbench.perfmodel.collectives import scale_up_busbw
+from workbench.perfmodel.efficiency import default_efficiency
 from workbench.perfmodel.shapes import preset_names
 from workbench.perfmodel.spec import InfeasibleError, MemoryCapacityError, parse_layout
 
@@ -334,17 +336,24 @@ def energy_note(chip: str) -> str:
 
 def interconnect_sensitivity(row: dict[str, Any], model: dict | str, seq_len: int, global_batch: int,
                              precision: str = "bf16", factors: tuple[float, ...] = (0.5, 2.0)) -> dict[str, Any]:
-    """How a claim row's step time moves when its scale-out (NIC) or scale-up bandwidth is scaled, at its layout."""
+    """How a claim row's step time moves when its scale-out (NIC) or scale-up bandwidth is scaled, at its layout.
+
+    Keys ``"scale-out x{f}"`` and ``"scale-up x{f}"``: the relative change of the step time. Scale-up scales the link
+    rate (``scale_up_gb_s``) and the bus bandwidth the simulator actually used (a catalog busbw after its cap at
+    half the link rate) together, so x2 is twice the bandwidth the base row ran at."""
     chip = find_chip(row["chip"])
     layout = {k: v for k, v in row["layout"].items() if k not in ("micro_batch", "micro_batches_per_step")}
     base = base_spec(model, chip.chip, row["count"], seq_len, global_batch, precision, layout=layout)
     base["micro_batch"] = row["layout"]["micro_batch"]
     out = {"chip": chip.chip, "step_time_s": row["step_time_s"]}
-    for field, nominal in (("scale_out_gb_s_per_chip", chip.scale_out_gb_s_per_chip),
-                           ("scale_up_busbw_gb_s", chip.scale_up_busbw_gb_s or (chip.scale_up_gb_s or 0) / 2 * 0.75)):
+    busbw = scale_up_busbw(chip, default_efficiency())
+    for label, nominal in (("scale-out", {"scale_out_gb_s_per_chip": chip.scale_out_gb_s_per_chip}),
+                           ("scale-up", {"scale_up_gb_s": chip.scale_up_gb_s,
+                                         "scale_up_busbw_gb_s": busbw / 1e9 if busbw else None})):
+        nominal = {k: v for k, v in nominal.items() if v}
         if not nominal:
             continue
         for f in factors:
-            r = simulate({**base, "cluster": {**base["cluster"], field: nominal * f}})
-            out[f"{field} x{f:g}"] = r["step_time_s"] / row["step_time_s"] - 1
+            r = simulate({**base, "cluster": {**base["cluster"], **{k: v * f for k, v in nominal.items()}}})
+            out[f"{label} x{f:g}"] = r["step_time_s"] / row["step_time_s"] - 1
     return out
