@@ -88,6 +88,9 @@ BAD_SPECS = [
                  r"cluster\.chip\.hbm_tb_s = 0 must be positive", id="custom-chip-hbm-0"),
     pytest.param({"cluster": {"chip": {**CUSTOM_CHIP, "scale_up_domain": 2.5}, "count": 8}},
                  r"cluster\.chip\.scale_up_domain = 2\.5 must be an integer", id="custom-chip-domain-2.5"),
+    # a custom chip without memory capacity was priced as unlimited memory (GLM-5 "fitted" in 7,345 GB per chip)
+    pytest.param({"cluster": {"chip": {k: v for k, v in CUSTOM_CHIP.items() if k != "hbm_gb"}, "count": 8}},
+                 r"lab-npu has no memory capacity \(hbm_gb\); give cluster\.hbm_gb", id="custom-chip-no-hbm-gb"),
     # 3. a preset name is a string
     pytest.param({"model": {"preset": [1]}}, r"model\.preset = \[1\] must be a preset name", id="preset-list"),
     pytest.param({"model": {"preset": {"name": "glm-5"}}}, r"model\.preset = .* must be a preset name", id="preset-dict"),

@@ -33,9 +33,7 @@ def power_per_chip(chip) -> tuple[float | None, str]:
 
 def _check_total_memory(spec: Spec) -> None:
     """Impossible memory: weights + grads + optimizer state alone exceed the whole cluster's memory."""
-    hbm = spec.cluster.chip.hbm_gb
-    if not hbm:
-        return
+    hbm = spec.cluster.chip.hbm_gb  # parse_spec requires it
     total = spec.model.param_counts()["total"]
     per_param = 18.0 if spec.precision != "fp32" else 16.0
     need_gb = total * per_param / 1e9

@@ -339,8 +339,7 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
     if ev.problems:
         return ev
     ev.memory = memory(spec, L, mbs)
-    hbm = spec.cluster.chip.hbm_gb
-    ev.fits = hbm is None or ev.memory["total_gb"] <= hbm * MEMORY_HEADROOM
+    ev.fits = ev.memory["total_gb"] <= spec.cluster.chip.hbm_gb * MEMORY_HEADROOM  # parse_spec requires hbm_gb
     if check_only:
         return ev
     m, eff = spec.model, spec.efficiency

@@ -255,6 +255,8 @@ def parse_spec(spec: dict) -> Spec:
         raise ConfigError(f"{chip.chip} has no fp32 peak; give cluster.fp32_tflops")
     if chip.hbm_tb_s is None:
         raise ConfigError(f"{chip.chip} has no memory bandwidth (hbm_tb_s); give cluster.hbm_tb_s")
+    if chip.hbm_gb is None:  # without it nothing could be checked for fit: every layout "fitted" (GLM-5 on 8 chips)
+        raise ConfigError(f"{chip.chip} has no memory capacity (hbm_gb); give cluster.hbm_gb (GB per chip)")
 
     layout, fixed = parse_layout(spec.get("layout", "auto"))
     if isinstance(spec.get("layout"), dict) and "micro_batch" in spec["layout"]:
