@@ -130,6 +130,31 @@ def test_custom_chips_from_files_register_by_name(tmp_path):
         load_chip_file(tmp_path / "bad.json")
 
 
+def test_the_shipped_catalog_csv_loads_as_a_chip_file(tmp_path, monkeypatch, capsys):
+    """`workbench simulate --chips` takes "a CSV with the catalog's columns", but the catalog's own file was refused:
+    Ascend 950DT has only an FP8 peak, and a custom chip needed a BF16 or FP32 one."""
+    from importlib import resources
+
+    from workbench.cli import main
+    from workbench.hardware import catalog
+
+    monkeypatch.setattr(catalog, "_REGISTERED", {})  # what --chips registers is undone after the test
+    shipped = resources.files("workbench.hardware").joinpath("accelerators.csv")
+    chips = load_chip_file(str(shipped))
+    assert [c.chip for c in chips] == [c.chip for c in load_catalog()]
+    fp8_only = next(c for c in chips if c.chip == "Ascend 950DT")
+    assert fp8_only.peak_flops("fp8") == 1e15 and fp8_only.peak_flops("bf16") is None
+    spec = {"model": {"layers": 2, "hidden": 256, "heads": 8, "ffn": 1024, "vocab": 1000}, "seq_len": 256,
+            "global_batch": 8, "precision": "fp8", "cluster": {"chip": "Ascend 950DT", "count": 8},
+            "layout": {"tp": 8}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert main(["simulate", "--chips", str(shipped), str(tmp_path / "spec.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["feasible"]
+    (tmp_path / "spec.json").write_text(json.dumps({**spec, "precision": "bf16"}))  # no BF16 peak: one clear error
+    assert main(["simulate", "--chips", str(shipped), str(tmp_path / "spec.json")]) == 2
+    assert "has no bf16 peak" in capsys.readouterr().err
+
+
 def test_table_rows_carry_sources():
     rows = catalog_table()
     h100 = next(r for r in rows if r["chip"] == "NVIDIA H100 SXM")

@@ -215,8 +215,11 @@ def chip_from_dict(values: dict[str, Any], base: str | Chip | None = None) -> Ch
         template = base if isinstance(base, Chip) else find_chip(base)
         notes = tuple((f, source, confidence) for f in values if f in NUMERIC_FIELDS)
         return dataclasses.replace(template, chip=name, field_sources=notes + template.field_sources, **values)
-    if values.get("bf16_dense_tflops") is None and values.get("fp32_tflops") is None:
-        raise WorkbenchError(f"custom chip {name!r} needs a peak: 'bf16_dense_tflops' (or 'fp32_tflops'), or a 'base'")
+    # any one peak will do (an FP8-only chip runs with precision 'fp8'): the simulator's spec check then refuses a
+    # precision whose peak is missing, naming the field to give
+    if all(values.get(f) is None for f in ("bf16_dense_tflops", "fp8_dense_tflops", "fp32_tflops")):
+        raise WorkbenchError(f"custom chip {name!r} needs a peak: 'bf16_dense_tflops' (or 'fp8_dense_tflops' or "
+                             f"'fp32_tflops'), or a 'base'")
     fields = {f: values.get(f) for f in NUMERIC_FIELDS}
     return Chip(chip=name, vendor=values.get("vendor", "custom"), scale_up_note=values.get("scale_up_note", ""),
                 confidence=confidence, source=source, **fields)
