@@ -147,6 +147,17 @@ def test_bad_spec_gives_one_clear_error_naming_the_field(changes, message):
     assert "\n" not in str(info.value)
 
 
+def test_integral_float_layout_degrees_become_ints():
+    """tp: 2.0 passed validation but stayed a float: "tp": 2.0, micro_batches_per_step 16.0, chips_needed 128.0."""
+    r = simulate(spec(layout={"tp": 2.0, "pp": 2.0, "dp": 2.0, "vp": 2.0, "zero": 1.0}, global_batch=16,
+                      target_days=1e-3))
+    degrees = {k: r["layout"][k] for k in ("tp", "pp", "dp", "vp", "zero", "micro_batches_per_step")}
+    assert degrees == {"tp": 2, "pp": 2, "dp": 2, "vp": 2, "zero": 1, "micro_batches_per_step": 8}
+    assert all(type(v) is int for v in degrees.values())
+    assert type(r["train"]["chips_needed"]["chips"]) is int
+    assert type(simulate(spec(layout={"auto": True, "tp": 2.0}))["layout"]["tp"]) is int
+
+
 def test_divisors_are_fast_and_right():
     assert divisors(1) == [1]
     assert divisors(36) == [1, 2, 3, 4, 6, 9, 12, 18, 36]

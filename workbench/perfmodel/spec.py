@@ -90,11 +90,13 @@ class Layout:
     sp: bool = True  # sequence parallel with TP (Megatron): norms/dropout sharded, AG/RS instead of all-reduce
 
     def __post_init__(self):
+        # JSON's 2.0 is a valid degree: store the int, or 2.0 leaked into the result (tp, chip counts) as floats
         for name in ("tp", "pp", "dp", "ep", "cp", "vp", "etp"):
-            _number(f"layout.{name}", getattr(self, name), integer=True, maximum=MAX_CHIPS)
+            object.__setattr__(self, name, _number(f"layout.{name}", getattr(self, name), integer=True,
+                                                   maximum=MAX_CHIPS))
         if not isinstance(self.sp, bool):  # "no" or 0 would be read as truthy/falsy, not as the user meant
             raise ConfigError(f"layout.sp = {self.sp!r} must be true or false")
-        _number("layout.zero", self.zero, integer=True, positive=False)
+        object.__setattr__(self, "zero", _number("layout.zero", self.zero, integer=True, positive=False))
         if self.zero not in (0, 1, 2, 3):
             raise ConfigError(f"layout.zero = {self.zero!r} must be 0, 1, 2 or 3")
         if self.recompute not in RECOMPUTE:
@@ -194,8 +196,8 @@ def parse_layout(value: Any) -> tuple[Layout | None, dict]:
     if not isinstance(value.get("auto", False), bool):
         raise ConfigError(f"layout.auto = {value['auto']!r} must be true or false")
     if value.get("auto"):
-        Layout(**fields)  # validate the fixed values now
-        return None, fields
+        checked = Layout(**fields)  # validate the fixed values now (and keep them as ints)
+        return None, {k: getattr(checked, k) for k in fields}
     return Layout(**fields), {}
 
 
