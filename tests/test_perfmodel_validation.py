@@ -91,6 +91,9 @@ BAD_SPECS = [
     # a custom chip without memory capacity was priced as unlimited memory (GLM-5 "fitted" in 7,345 GB per chip)
     pytest.param({"cluster": {"chip": {k: v for k, v in CUSTOM_CHIP.items() if k != "hbm_gb"}, "count": 8}},
                  r"lab-npu has no memory capacity \(hbm_gb\); give cluster\.hbm_gb", id="custom-chip-no-hbm-gb"),
+    # expert tensor parallel on a dense model ran silently (ep was refused)
+    pytest.param({"layout": {"tp": 2, "dp": 4, "etp": 2}}, r"does not divide: etp = 2 \(expert tensor parallel\) "
+                 r"needs an MoE model", id="etp-on-dense"),
     # 3. a preset name is a string
     pytest.param({"model": {"preset": [1]}}, r"model\.preset = \[1\] must be a preset name", id="preset-list"),
     pytest.param({"model": {"preset": {"name": "glm-5"}}}, r"model\.preset = .* must be a preset name", id="preset-dict"),

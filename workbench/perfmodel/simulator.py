@@ -73,6 +73,8 @@ def layout_problems(spec: Spec, L: Layout, mbs: int) -> list[str]:
     if m.moe is None:
         if L.ep > 1:
             p.append(f"ep = {L.ep} needs an MoE model")
+        if L.etp > 1:  # it was echoed back unpriced: a dense model has no experts to split
+            p.append(f"etp = {L.etp} (expert tensor parallel) needs an MoE model")
     else:
         if m.moe.experts % L.ep:
             p.append(f"experts = {m.moe.experts} is not divisible by ep = {L.ep}")
