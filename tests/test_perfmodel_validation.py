@@ -94,6 +94,11 @@ BAD_SPECS = [
     # expert tensor parallel on a dense model ran silently (ep was refused)
     pytest.param({"layout": {"tp": 2, "dp": 4, "etp": 2}}, r"does not divide: etp = 2 \(expert tensor parallel\) "
                  r"needs an MoE model", id="etp-on-dense"),
+    # a micro_batch that does not divide global_batch (16) ended in "no layout divides this model"
+    pytest.param({"layout": {"auto": True, "micro_batch": 3}}, r"global_batch = 16 is not a multiple of "
+                 r"micro_batch = 3", id="auto-micro-batch-3"),
+    pytest.param({"layout": "auto", "micro_batch": 3}, r"global_batch = 16 is not a multiple of micro_batch = 3",
+                 id="top-level-micro-batch-3"),
     # 3. a preset name is a string
     pytest.param({"model": {"preset": [1]}}, r"model\.preset = \[1\] must be a preset name", id="preset-list"),
     pytest.param({"model": {"preset": {"name": "glm-5"}}}, r"model\.preset = .* must be a preset name", id="preset-dict"),

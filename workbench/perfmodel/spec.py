@@ -266,6 +266,9 @@ def parse_spec(spec: dict) -> Spec:
                               maximum=MAX_GLOBAL_BATCH)
     if layout is not None and micro_batch is None:
         micro_batch = 1
+    if micro_batch is not None and global_batch % micro_batch:  # wrong at any chip count: say so, not "no layout"
+        raise ConfigError(f"global_batch = {global_batch} is not a multiple of micro_batch = {micro_batch}; give a "
+                          f"micro_batch that divides it (or none with layout 'auto', which searches it)")
 
     attention = spec.get("attention", "flash")
     if attention not in ATTENTION:
