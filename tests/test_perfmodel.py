@@ -192,7 +192,7 @@ def test_global_batch_must_divide():
     ({"seq_len": -4096}, "seq_len = -4096 must be positive"),
     ({"global_batch": 0}, "global_batch = 0 must be positive"),
     ({"cluster": {"chip": "H100", "count": -8}}, "cluster.count = -8 must be positive"),
-    ({"train_tokens": -1.0}, "train_tokens = -1.0 must be non-negative"),
+    ({"train_tokens": -1.0}, "train_tokens = -1.0 must be positive"),
     ({"layout": {"tp": -2}}, "layout.tp = -2 must be positive"),
     ({"model": {**LLAMA8B, "hidden": -1}}, "'hidden' = -1 must be a positive integer"),
     ({"precision": "int4"}, "precision = 'int4' must be one of"),

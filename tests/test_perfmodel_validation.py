@@ -99,6 +99,9 @@ BAD_SPECS = [
                  r"micro_batch = 3", id="auto-micro-batch-3"),
     pytest.param({"layout": "auto", "micro_batch": 3}, r"global_batch = 16 is not a multiple of micro_batch = 3",
                  id="top-level-micro-batch-3"),
+    # train_tokens 0 silently dropped the train section, and target_days with it
+    pytest.param({"train_tokens": 0}, r"train_tokens = 0 must be positive; leave train_tokens out", id="tokens-0"),
+    pytest.param({"train_tokens": 0, "target_days": 5}, r"train_tokens = 0 must be positive", id="tokens-0-target"),
     # 3. a preset name is a string
     pytest.param({"model": {"preset": [1]}}, r"model\.preset = \[1\] must be a preset name", id="preset-list"),
     pytest.param({"model": {"preset": {"name": "glm-5"}}}, r"model\.preset = .* must be a preset name", id="preset-dict"),

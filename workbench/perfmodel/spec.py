@@ -282,11 +282,14 @@ def parse_spec(spec: dict) -> Spec:
     if spec.get("target_days") is not None and spec.get("train_tokens") is None:
         raise ConfigError("target_days needs train_tokens: the chips needed are those that train that many tokens "
                           "in that time")
+    if spec.get("train_tokens") == 0 and not isinstance(spec["train_tokens"], bool):
+        # 0 silently dropped the train section (and target_days with it)
+        raise ConfigError("train_tokens = 0 must be positive; leave train_tokens out to skip the time to train")
     return Spec(
         model=model, seq_len=seq_len, global_batch=global_batch, micro_batch=micro_batch, precision=precision,
         cluster=Cluster(chip=chip, count=count, chips_per_node=per_node, scale_up_domain=domain),
         layout=layout, fixed=fixed,
-        train_tokens=_number("train_tokens", spec.get("train_tokens"), positive=False, allow_none=True),
+        train_tokens=_number("train_tokens", spec.get("train_tokens"), allow_none=True),
         target_days=_number("target_days", spec.get("target_days"), allow_none=True),
         pue=_number("pue", spec.get("pue", 1.2), minimum=PUE_RANGE[0], maximum=PUE_RANGE[1]), efficiency=efficiency,
         search_top=_number("search_top", spec.get("search_top", 5), integer=True), attention=attention,
