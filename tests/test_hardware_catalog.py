@@ -155,6 +155,21 @@ def test_the_shipped_catalog_csv_loads_as_a_chip_file(tmp_path, monkeypatch, cap
     assert "has no bf16 peak" in capsys.readouterr().err
 
 
+def test_a_remark_in_parentheses_is_not_needed_to_find_a_chip(monkeypatch):
+    """find_chip("Ascend 910") failed although the catalog has "Ascend 910 (2019)": the remark was stripped from the
+    query only. Without its remark a name must still be unambiguous and never shadow another chip's name."""
+    from workbench.hardware import catalog
+
+    assert find_chip("Ascend 910").chip == find_chip("ascend-910").chip == "Ascend 910 (2019)"
+    assert find_chip("Ascend 910B").chip == "Ascend 910B (generic)" and find_chip("910C").chip == "Ascend 910C"
+    monkeypatch.setattr(catalog, "_REGISTERED", {})
+    for name in ("Lab NPU (rack a)", "Lab NPU (rack b)", "Bench (old)", "Bench"):
+        register_chip({"chip": name, "bf16_dense_tflops": 100})
+    with pytest.raises(UnknownChipError, match="unknown chip 'Lab NPU'"):  # two chips share the bare name
+        find_chip("Lab NPU")
+    assert find_chip("Bench").chip == "Bench" and find_chip("Bench (old)").chip == "Bench (old)"
+
+
 def test_table_rows_carry_sources():
     rows = catalog_table()
     h100 = next(r for r in rows if r["chip"] == "NVIDIA H100 SXM")

@@ -1,6 +1,7 @@
 """Load ``accelerators.csv`` (shipped in this package) into ``Chip`` records and look chips up by name.
 
-Two lookups: ``find_chip`` for names people type ("h100", "Ascend 910B", "H100-SXM"), and ``match_device_name`` for
+Two lookups: ``find_chip`` for names people type ("h100", "Ascend 910B", "H100-SXM"; a catalog name's remark in
+parentheses may be left out: "Ascend 910" is "Ascend 910 (2019)"), and ``match_device_name`` for
 the name torch reports for a live device ("NVIDIA H100 80GB HBM3", "Ascend910B2"), through the
 ``device_name_patterns`` column (lower-case substrings; the longest matching pattern wins, so "ascend910b2" beats
 "ascend910b"; a pattern starting with "=" must equal the whole name and wins over every substring: a plain
@@ -318,14 +319,27 @@ def _find_loosely(name: str) -> Chip:
     wanted = _normalise(name)
     chips = all_chips()
     by_key = {_normalise(c.chip): c for c in chips}
+    # A remark in parentheses is no more part of a catalog name than of a query: 'Ascend 910' is 'Ascend 910 (2019)'.
+    # Each chip is also keyed without its remark, unless that key is another chip's name or two chips share it.
+    bare: dict[str, list[Chip]] = {}
+    for c in chips:
+        if "(" in c.chip:
+            bare.setdefault(_normalise(re.sub(r"\(.*?\)", " ", c.chip)), []).append(c)
+    for key, same in bare.items():
+        if key and key not in by_key and len(same) == 1:
+            by_key[key] = same[0]
     if wanted in by_key:
         return by_key[wanted]
+
+    def distinct(found: list[Chip]) -> list[Chip]:  # a chip keyed twice (with and without its remark) counts once
+        return list({id(c): c for c in found}.values())
+
     # a part of a name must be distinctive: 'X' or '5' alone matched the one chip whose name ended in it (MI300X)
     partial_ok = len(wanted) >= 3
-    prefixed = [c for key, c in by_key.items() if key.startswith(wanted) and partial_ok]
+    prefixed = distinct([c for key, c in by_key.items() if key.startswith(wanted) and partial_ok])
     if len(prefixed) == 1:
         return prefixed[0]
-    suffixed = [c for key, c in by_key.items() if key.endswith(wanted) and partial_ok]  # '910B' -> 'Ascend 910B'
+    suffixed = distinct([c for key, c in by_key.items() if key.endswith(wanted) and partial_ok])  # '910B' -> 'Ascend 910B'
     if len(suffixed) == 1:
         return suffixed[0]
     if "(" in name:  # 'H100-SXM (96GB 500W)', 'Ascend 910B (Atlas 900 A2)': retry without the remark
@@ -334,7 +348,7 @@ def _find_loosely(name: str) -> Chip:
         except UnknownChipError:
             pass
     close = difflib.get_close_matches(wanted, list(by_key), n=4, cutoff=0.5)
-    suggestions = [by_key[k].chip for k in close] or [c.chip for c in prefixed]
+    suggestions = list(dict.fromkeys(by_key[k].chip for k in close)) or [c.chip for c in prefixed]
     hint = f"; did you mean: {', '.join(suggestions)}?" if suggestions else f"; known chips: {', '.join(c.chip for c in chips)}"
     raise UnknownChipError(f"unknown chip {name!r}{hint}")
 
