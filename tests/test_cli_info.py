@@ -58,7 +58,7 @@ def test_an_output_path_that_is_a_file_is_one_line(tmp_path):
     blocker.write_text("not a folder")
     result = run_cli("profile", "--preset", "glm4-tiny", "--steps", "1", "--out", str(blocker))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "File exists" in result.stderr.strip().splitlines()[-1]
+    assert "is a file, not a folder" in result.stderr.strip().splitlines()[-1]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> list[str]:

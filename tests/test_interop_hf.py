@@ -108,13 +108,33 @@ def test_round_trip_exact_with_mtp(name, tmp_path):
 def test_dense_glm4_exports_when_half_rope(tmp_path):
     cfg = get_preset("glm4-tiny").replace(vocab_size=V, num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
                                           head_dim=16, intermediate_size=96)
-    with pytest.raises(ConfigError, match="rope_interleaved"):
-        to_hf(build_model(cfg), tmp_path)
     model = build_model(cfg.replace(rope_interleaved=False))
     to_hf(model, tmp_path)
     x = torch.randint(0, V, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(from_hf(tmp_path)(x).logits, model(x).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("preset", ["glm4-tiny", "glm45-tiny"])
+def test_interleaved_rope_gqa_models_export_with_reordered_rows(preset, tmp_path):
+    """The default preset (glm4-tiny, interleaved RoPE) could not be exported: Glm4Moe rotates half-split pairs.
+    to_hf now reorders q/k rows (weights, biases, q/k norms) so transformers computes the same logits."""
+    torch.manual_seed(0)
+    cfg = get_preset(preset).replace(vocab_size=V, num_layers=2, mtp_layers=0, rope_interleaved=True)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # non-trivial norm weights and biases, so a wrong reordering cannot hide behind ones/zeros
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
+    to_hf(model, tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ours_again = from_hf(tmp_path).eval()  # reads it back as half-split: the same function, rows reordered
+    x = torch.randint(0, V, (2, 24))
+    with torch.no_grad():
+        expected = model(x).logits
+        torch.testing.assert_close(theirs(x).logits, expected, rtol=0, atol=1e-4)
+        torch.testing.assert_close(ours_again(x).logits, expected, rtol=0, atol=1e-4)
+    assert not ours_again.config.rope_interleaved
 
 
 def test_bad_inputs(tmp_path):

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "comm-bench": ("workbench.distributed.comm_bench", "benchmark collectives (all-reduce, all-gather, ...)"),
     "profile": ("workbench.profiling.cli", "profile training steps: trace, op table, step breakdown, MFU waterfall"),
     "simulate": ("workbench.perfmodel.cli", "simulate cluster-scale training from a JSON spec"),
+    "export": ("workbench.interop.cli", "write a trained run's checkpoint as a transformers folder (+ tokenizer)"),
 }
 
 

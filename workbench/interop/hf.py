@@ -13,10 +13,12 @@ Name mapping (transformers -> workbench), per layer ``model.layers.i.`` -> ``lay
   model.layers.{L + d}.*  (the MTP layer after the L trunk layers) -> mtp.d.{enorm, hnorm, eh_proj,
   shared_head_norm, block.*}; its copies of embed_tokens and shared_head.head are the trunk's and are skipped.
 transformers' models ignore the MTP layer; the workbench loads it when the checkpoint holds it.
-Both RoPE layouts need no permutation: GLM-4.5 rotates (i, i + R/2) pairs of the first R channels ("half"),
-GLM-5 rotates (2i, 2i + 1) pairs (interleaved), and ``kernels.rope`` implements both.
+RoPE: GLM-4.5 rotates (i, i + R/2) pairs of the first R channels ("half"), GLM-5 rotates (2i, 2i + 1) pairs
+(interleaved), and ``kernels.rope`` implements both, so loading needs no permutation. A GQA model trained with
+interleaved RoPE (the workbench's glm4-tiny) is written with its q/k rows reordered to the half layout
+(``_interleaved_to_half_rope``) and reads back as half RoPE: the same function.
 Used to study or fine-tune released weights from Python (``Trainer(config, model=from_hf(path))``; README), by
-benchmarks/train_throughput.py (config_to_hf: the same model in transformers) and tests/test_interop_hf.py.
+``workbench export`` (workbench/interop/cli.py: a run folder -> transformers), benchmarks/train_throughput.py (config_to_hf: the same model in transformers) and tests/test_interop_hf.py.
 """
 
 from __future__ import annotations
@@ -158,8 +160,6 @@ def config_to_hf(c: ModelConfig, dtype: str = "float32") -> dict:
         problems.append("ffn_act must be 'swiglu'")
     if c.is_moe and c.num_shared_experts < 1:
         problems.append("transformers' GLM MoE always has a shared expert (num_shared_experts >= 1)")
-    if c.attention_type == "gqa" and c.rope_interleaved:
-        problems.append("Glm4Moe uses half-split RoPE: rope_interleaved must be False")
     if c.attention_type == "mla" and (not c.use_dsa or not c.rope_interleaved or c.latent_norm_eps != 1e-6):
         problems.append("GlmMoeDsa needs DSA (index_n_heads > 0), rope_interleaved=True and latent_norm_eps=1e-6")
     if problems:
@@ -275,10 +275,31 @@ def _block_to_hf(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _interleaved_to_half_rope(parts: dict[str, torch.Tensor], c: ModelConfig) -> dict[str, torch.Tensor]:
+    """A GQA block trained with interleaved RoPE, rewritten for transformers' Glm4Moe, which rotates half-split
+    pairs. Interleaved RoPE rotates channels (2i, 2i + 1) of each head's first R; half-split rotates (i, i + R/2),
+    both at frequency i. Reordering the rows of q_proj and k_proj (weights, biases) and the q/k norm weights by
+    [0, 2, .., R-2, 1, 3, .., R-1] moves each pair to where half-split expects it; q . k is unchanged because q and
+    k are reordered alike. (How the workbench's default glm4-tiny exports.)"""
+    head_dim = c.attn_head_dim
+    rotary = int(head_dim * c.partial_rotary_factor)
+    order = torch.cat([torch.arange(0, rotary, 2), torch.arange(1, rotary, 2), torch.arange(rotary, head_dim)])
+    out = dict(parts)
+    for name, heads in (("q", c.num_heads), ("k", c.num_kv_heads)):
+        for key in (f"self_attn.{name}_proj.weight", f"self_attn.{name}_proj.bias"):
+            if key in out:
+                t = out[key]
+                out[key] = t.reshape(heads, head_dim, *t.shape[1:])[:, order].reshape(t.shape)
+        if f"self_attn.{name}_norm.weight" in out:
+            out[f"self_attn.{name}_norm.weight"] = out[f"self_attn.{name}_norm.weight"][order]
+    return out
+
+
 def state_dict_to_hf(model: GLMForCausalLM) -> dict[str, torch.Tensor]:
     model = unwrap_model(model)
     c = model.config
     state = model.state_dict()
+    convert = _interleaved_to_half_rope if c.attention_type == "gqa" and c.rope_interleaved else (lambda p, c: p)
     out = {"model.embed_tokens.weight": state["embed_tokens.weight"], "model.norm.weight": state["norm.weight"]}
     if not c.tie_embeddings:
         out["lm_head.weight"] = state["lm_head.weight"]
@@ -288,12 +309,12 @@ def state_dict_to_hf(model: GLMForCausalLM) -> dict[str, torch.Tensor]:
         if m:
             layers.setdefault(int(m.group(1)), {})[m.group(2)] = t
     for i, parts in layers.items():
-        out.update({f"model.layers.{i}.{k}": v for k, v in _block_to_hf(parts).items()})
+        out.update({f"model.layers.{i}.{k}": v for k, v in _block_to_hf(convert(parts, c)).items()})
     inverse = {v: k for k, v in _MTP_OWN.items()}
     for depth in range(c.mtp_layers):
         i, prefix = c.num_layers + depth, f"mtp.{depth}."
         parts = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        block = {k[len("block."):]: v for k, v in parts.items() if k.startswith("block.")}
+        block = convert({k[len("block."):]: v for k, v in parts.items() if k.startswith("block.")}, c)
         out.update({f"model.layers.{i}.{k}": v for k, v in _block_to_hf(block).items()})
         out.update({f"model.layers.{i}.{inverse[k]}": v for k, v in parts.items() if k in inverse})
         out[f"model.layers.{i}.embed_tokens.weight"] = state["embed_tokens.weight"]  # the released layout

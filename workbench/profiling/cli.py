@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"unknown preset {args.preset!r}; choose toy (a small stand-in LM) or one of: "
                              f"{', '.join(list_presets())}")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise WorkbenchError(f"--out {out} is a file, not a folder")
     distributed, rank = _join_launch(args)
     # under `workbench launch` every rank profiles its own share of the data-parallel step: rank 0 writes to --out
     # (the trainer's run folder is rank 0's), the others beside it, so no rank reads another's trace

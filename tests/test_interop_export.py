@@ -1,0 +1,69 @@
+"""`workbench export`: a run folder from `workbench train` -> a transformers folder with the same logits."""
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from workbench.cli import main  # noqa: E402
+from workbench.interop.cli import export_run  # noqa: E402
+from workbench.model import ModelConfig, build_model  # noqa: E402
+from workbench.train import TrainConfig, Trainer  # noqa: E402
+from workbench.train import checkpoint as ckpt  # noqa: E402
+
+
+def _train(run_dir, preset, tokenizer="byte", **model):
+    config = TrainConfig(preset=preset, steps=2, batch_size=2, seq_len=32, warmup_steps=1, eval_every=0,
+                         ckpt_every=1, keep_last=2, sample_tokens=0, progress=False, device="cpu", out_dir=str(run_dir),
+                         tokenizer=tokenizer, bpe_vocab_size=300, model_overrides={"num_layers": 2, **model})
+    Trainer(config, log=lambda message: None).fit()
+    return run_dir
+
+
+def _trained_model(run_dir, step=None):
+    settings = json.loads((run_dir / "config.json").read_text())
+    model = build_model(ModelConfig.from_dict(settings["model"])).eval()
+    path = ckpt.latest_good_checkpoint(run_dir / "checkpoints") if step is None else \
+        run_dir / "checkpoints" / ckpt.step_dir_name(step)
+    ckpt.load_checkpoint(path, model)
+    return model
+
+
+def test_the_default_preset_exports_from_its_run_folder(tmp_path, capsys):
+    """There was no route from a run folder to transformers, and the default preset (glm4-tiny, interleaved RoPE)
+    could not be exported at all."""
+    run = _train(tmp_path / "run", "glm4-tiny")
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert "workbench_tokenizer.json" in capsys.readouterr().out
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    assert theirs.config.eos_token_id == 256  # the byte tokenizer's end of text: generate stops there
+    x = torch.randint(0, 257, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, _trained_model(run)(x).logits, rtol=0, atol=1e-4)
+    # an earlier step on request; a folder that already holds files is refused (nothing overwritten)
+    export_run(run, tmp_path / "hf_step1", step=1)
+    first = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf_step1", attn_implementation="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(first.eval()(x).logits, _trained_model(run, step=1)(x).logits, rtol=0, atol=1e-4)
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert main(["export", str(run), "--out", str(tmp_path / "x"), "--step", "7"]) == 2
+    assert "no checkpoint of step 7; it has: 1, 2" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_a_bpe_run_exports_its_tokenizer_for_transformers(tmp_path):
+    run = _train(tmp_path / "run", "glm45-tiny", tokenizer="bpe", mtp_layers=0)
+    written = export_run(run, tmp_path / "hf")
+    assert written["tokenizer"] == "bpe"
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
+    from workbench.data import load_tokenizer
+
+    ours = load_tokenizer(run)
+    text = "Once upon a time, a small robot"
+    assert fast.encode(text) == list(ours.encode(text))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["eos_token_id"] == ours.eos_id
