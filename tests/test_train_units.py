@@ -515,6 +515,8 @@ def test_top_p_sampling_and_bad_sampling_settings(tmp_path):
     model = trainer.raw_model
     greedy = generate(model, [1, 2, 3], 6, context=8, temperature=0)
     assert generate(model, [1, 2, 3], 6, context=8, temperature=1.0, top_k=None, top_p=1e-6, seed=5) == greedy
+    # a vanishing temperature is greedy too: logits / 1e-40 overflowed to inf - inf = nan in the softmax
+    assert generate(model, [1, 2, 3], 6, context=8, temperature=1e-40, top_k=None, seed=5) == greedy
     assert trainer.sample("ab", max_new_tokens=4, top_p=0.9, top_k=0).startswith("ab")
     for bad, message in ((dict(context=0), "context must be a positive"), (dict(top_p=0.0), "top_p must be in"),
                          (dict(top_p=1.5), "top_p must be in"), (dict(top_k=-1), "top_k must be an integer")):

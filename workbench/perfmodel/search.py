@@ -84,11 +84,19 @@ def search(spec: Spec) -> list[Evaluation]:
         if layout_problems(spec, Layout(**base), mbs):  # divisibility does not depend on ZeRO or recompute
             continue
         best = None
+        zero1_rc = len(recomputes)  # index of the recompute ZeRO-1 fitted with (none: past the end)
         for zero in zeros:
-            for rc in recomputes:
+            for i, rc in enumerate(recomputes):
+                if zero == 2 and i >= zero1_rc:
+                    # ZeRO-2 costs what ZeRO-1 does plus its per-micro-batch reduce-scatters (simulator.evaluate):
+                    # at the same or a heavier recompute it cannot win, so it is not priced (saves a third of the
+                    # full evaluations)
+                    break
                 L = Layout(zero=zero, recompute=rc, **base)
                 ev = evaluate(spec, L, mbs, check_only=True)
                 if ev.fits:
+                    if zero == 1:
+                        zero1_rc = i
                     ev = evaluate(spec, L, mbs)
                     if best is None or ev.step_time_s < best.step_time_s:
                         best = ev

@@ -51,7 +51,9 @@ def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int,
             if temperature == 0:
                 nxt = int(logits.argmax(-1))
             else:
-                logits = logits / temperature
+                # shifted so the largest is 0 first: a tiny temperature then sends the rest to -inf (greedy),
+                # where dividing raw logits overflowed to inf - inf = nan
+                logits = (logits - logits.max(-1, keepdim=True).values) / temperature
                 if top_k:
                     kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
