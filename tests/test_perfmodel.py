@@ -43,6 +43,24 @@ def test_shape_totals_equal_accounting(preset):
         assert shape.flops_per_token(seq) == pytest.approx(flops_per_token(config, seq).total, rel=1e-12)
 
 
+def test_simulate_parameter_keys_match_workbench_models():
+    """simulate's params_active (41.8B for GLM-5) counted embedding and LM head, where `workbench models` and the
+    README say 39.9B active (model-card convention): the keys now say what they count."""
+    from workbench.model import get_preset
+    from workbench.model.accounting import count_parameters
+
+    for preset, layout in (("glm45-tiny", {"tp": 1}), ("glm-5", {"tp": 1, "pp": 8, "dp": 256, "ep": 8})):
+        count = 1 if preset == "glm45-tiny" else 2048
+        r = simulate({"model": {"preset": preset}, "seq_len": 256, "global_batch": 256 if count > 1 else 4,
+                      "cluster": {"chip": "H100", "count": count}, "layout": {**layout, "recompute": "full"}})
+        counts = count_parameters(get_preset(preset))  # what `workbench models` prints
+        m = r["model"]
+        assert (m["params_total"], m["params_total_with_mtp"]) == (counts.main, counts.total)
+        assert m["params_active_non_embedding"] == counts.active
+        assert m["params_active"] > m["params_active_non_embedding"] and "model-card" in m["params_convention"]
+    assert round(m["params_active_non_embedding"] / 1e9, 2) == 39.88  # GLM-5, as the README says
+
+
 def test_explicit_dims_known_models():
     gpt = shape_from_dims(GPT175)
     assert gpt.param_counts()["total"] / 1e9 == pytest.approx(175.2, abs=0.3)

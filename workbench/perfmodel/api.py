@@ -21,6 +21,12 @@ from workbench.perfmodel.spec import Layout, LayoutError, MemoryCapacityError, S
 MFU_CONVENTION = ("PaLM/torchtitan: 6 x active non-embedding matmul params + 6 x L x H x (d_qk + d_v) x T per token; "
                   "no causal discount; recomputation not counted")
 
+# The keys say what they count; "workbench models" prints the same numbers as "w/o MTP", "total" and "active".
+PARAMS_CONVENTION = ("params_total: every parameter without the MTP layers; params_total_with_mtp: with them; "
+                     "params_active: per-token parameters with embedding and LM head, without MTP; "
+                     "params_active_non_embedding: without embedding, LM head and MTP (model-card convention, "
+                     "`workbench models`' active)")
+
 
 def power_per_chip(chip) -> tuple[float | None, str]:
     if chip.system_w_per_chip:
@@ -167,7 +173,10 @@ def _simulate(spec: dict) -> dict[str, Any]:
     counts = s.model.param_counts()
     result: dict[str, Any] = {
         "chip": chip.chip, "chips": s.cluster.count, "precision": s.precision,
-        "model": {"name": s.model.name, "params_total": counts["total"], "params_active": counts["active"],
+        "model": {"name": s.model.name, "params_total": counts["total"],
+                  "params_total_with_mtp": counts["total"] + counts["mtp"], "params_active": counts["active"],
+                  "params_active_non_embedding": counts["active_non_embedding"] - s.model.output_params(),
+                  "params_convention": PARAMS_CONVENTION,
                   "flops_per_token": s.model.flops_per_token(s.seq_len), "dims": s.model.as_dims()},
         "seq_len": s.seq_len, "global_batch": s.global_batch, "tokens_per_step": s.global_batch * s.seq_len,
         "layout": _layout_dict(s, ev), "searched": s.layout is None,
