@@ -185,8 +185,10 @@ def test_this_machine_comes_from_the_device_probes(monkeypatch):
                         lambda self, dtype=None, allow_probe=True: PeakEstimate(2.5e11, "measured: fp32 GEMM probe"))
     monkeypatch.setattr(detect.Device, "memory_bandwidth",
                         lambda self, allow_probe=True: PeakEstimate(2.0e10, "measured: 256 MB copy probe"))
+    monkeypatch.setattr(detect.Device, "total_memory_bytes", lambda self: 16 * 2**30)
     chip = this_machine("cpu", allreduce_busbw_gb_s=0.5, register=True)
     assert chip.chip.startswith("this machine (cpu")
+    assert chip.hbm_gb == 16  # GiB, the catalog's unit
     assert chip.peak_flops("fp32") == pytest.approx(2.5e11) and chip.hbm_tb_s == pytest.approx(0.02)
     assert chip.field_source("fp32_tflops").confidence == "measured"
     assert chip.scale_up_busbw_gb_s == 0.5 and chip.field_source("scale_up_busbw_gb_s").confidence == "user"

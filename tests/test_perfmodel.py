@@ -227,14 +227,24 @@ def test_bad_specs_give_one_clear_error(changes, message):
 def test_impossible_memory_is_an_error_and_a_tight_layout_is_infeasible():
     with pytest.raises(WorkbenchError, match="impossible memory.*use at least"):
         simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 8}, layout={"tp": 8}))
-    with pytest.raises(WorkbenchError, match="impossible memory: no layout fits"):
-        simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 46, "chips_per_node": 2}, layout="auto",
-                      seq_len=2048, global_batch=46))
+    with pytest.raises(WorkbenchError, match="impossible memory: no layout fits in the usable 77 GB of 80 GiB"):
+        simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 42, "chips_per_node": 2}, layout="auto",
+                      seq_len=2048, global_batch=42))
     r = simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 64}, seq_len=2048,
                       layout={"tp": 8, "pp": 1, "dp": 8, "zero": 0}))
     # infeasible (memory) is reported as such, with the layout that was asked for, not "fixed"
     assert not r["feasible"] and not r["fits"] and "more than the usable" in r["problems"][0]
-    assert r["layout"]["zero"] == 0 and r["layout"]["tp"] == 8 and r["memory_gb_per_chip"] > 72
+    assert r["layout"]["zero"] == 0 and r["layout"]["tp"] == 8 and r["memory_gb_per_chip"] > r["usable_hbm_gb"]
+
+
+def test_catalog_memory_is_in_gib():
+    """Vendors' "80 GB" of HBM is 80 GiB (16 GiB stacks; a "141 GB" H200 shows ~140 GiB to CUDA): read as 10^9
+    bytes it understated every chip by 7% and refused layouts that fit. GPT-3 175B on 44 H100 needs ~75 GB per chip:
+    more than 90% of 80e9 bytes (72 GB), less than 90% of 80 GiB (77.3 GB)."""
+    r = simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 44, "chips_per_node": 2}, layout="auto",
+                      seq_len=2048, global_batch=44))
+    assert r["hbm_gb"] == 80 and r["usable_hbm_gb"] == pytest.approx(0.9 * 80 * 2**30 / 1e9)
+    assert r["fits"] and 72 < r["memory_gb_per_chip"] <= r["usable_hbm_gb"]
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from workbench.errors import WorkbenchError
 # Numeric fields of a chip, with their unit (used for validation, tables and custom chips).
 NUMERIC_FIELDS: dict[str, str] = {
     "bf16_dense_tflops": "TFLOP/s", "fp8_dense_tflops": "TFLOP/s", "fp32_tflops": "TFLOP/s",
-    "hbm_gb": "GB", "hbm_tb_s": "TB/s",
+    "hbm_gb": "GiB", "hbm_tb_s": "TB/s",  # hbm_gb: the vendor's "GB" of HBM, which is GiB (2^30 bytes)
     "scale_up_gb_s": "GB/s", "scale_up_domain": "chips", "scale_up_busbw_gb_s": "GB/s",
     "scale_out_gb_s_per_chip": "GB/s", "tdp_w": "W", "system_w_per_chip": "W", "measured_gemm_tflops": "TFLOP/s",
 }

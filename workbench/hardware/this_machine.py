@@ -103,7 +103,7 @@ def this_machine(device: str = "cpu", measure_allreduce: bool = False, allreduce
         chip=f"this machine ({dev.type}: {dev.name})", vendor="local",
         bf16_dense_tflops=entry.bf16_dense_tflops if entry else None,
         fp8_dense_tflops=entry.fp8_dense_tflops if entry else None,
-        hbm_gb=(total / 1e9) if total else None,
+        hbm_gb=(total / 2**30) if total else None,  # GiB, the catalog's unit (vendors' "GB" of HBM)
         hbm_tb_s=(bw.value / 1e12) if bw.value else None,
         scale_up_gb_s=None, scale_up_note="local processes over loopback (gloo)" if dev.type == "cpu" else "",
         scale_out_gb_s_per_chip=None, tdp_w=None, confidence="measured", source="workbench.device probes",

@@ -15,7 +15,7 @@ from typing import Any
 from workbench.errors import ConfigError
 from workbench.perfmodel.efficiency import calibration_record
 from workbench.perfmodel.search import divisors, search
-from workbench.perfmodel.simulator import MEMORY_HEADROOM, SERVER_POWER_FACTOR, Evaluation, evaluate
+from workbench.perfmodel.simulator import SERVER_POWER_FACTOR, Evaluation, device_memory_gb, evaluate, usable_memory_gb
 from workbench.perfmodel.spec import Layout, LayoutError, MemoryCapacityError, Spec, parse_spec
 
 MFU_CONVENTION = ("PaLM/torchtitan: 6 x active non-embedding matmul params + 6 x L x H x (d_qk + d_v) x T per token; "
@@ -39,16 +39,16 @@ def power_per_chip(chip) -> tuple[float | None, str]:
 
 def _check_total_memory(spec: Spec) -> None:
     """Impossible memory: weights + grads + optimizer state alone exceed the whole cluster's memory."""
-    hbm = spec.cluster.chip.hbm_gb  # parse_spec requires it
+    chip = spec.cluster.chip  # parse_spec requires its hbm_gb
     total = spec.model.param_counts()["total"]
     per_param = 18.0 if spec.precision != "fp32" else 16.0
     need_gb = total * per_param / 1e9
-    have_gb = spec.cluster.count * hbm * MEMORY_HEADROOM
+    have_gb = spec.cluster.count * usable_memory_gb(chip)
     if need_gb > have_gb:
         raise MemoryCapacityError(
             f"impossible memory: {total / 1e9:.1f}B parameters need {need_gb:,.0f} GB for weights, gradients and "
-            f"optimizer state even fully sharded, but {spec.cluster.count} x {hbm:g} GB {spec.cluster.chip.chip} "
-            f"give {have_gb:,.0f} GB usable; use at least {math.ceil(need_gb / (hbm * MEMORY_HEADROOM))} chips")
+            f"optimizer state even fully sharded, but {spec.cluster.count} x {chip.hbm_gb:g} GiB {chip.chip} "
+            f"give {have_gb:,.0f} GB usable; use at least {math.ceil(need_gb / usable_memory_gb(chip))} chips")
 
 
 def _metrics(spec: Spec, ev: Evaluation) -> dict[str, Any]:
@@ -182,13 +182,15 @@ def _simulate(spec: dict) -> dict[str, Any]:
         "layout": _layout_dict(s, ev), "searched": s.layout is None,
         "feasible": ev.feasible, "problems": list(ev.problems), "fits": ev.fits,
         "memory_gb_per_chip": ev.memory.get("total_gb"), "memory": ev.memory,
-        "hbm_gb": chip.hbm_gb, "usable_hbm_gb": None if chip.hbm_gb is None else chip.hbm_gb * MEMORY_HEADROOM,
+        # hbm_gb as the catalog gives it (GiB); the usable memory in GB, the unit of memory_gb_per_chip
+        "hbm_gb": chip.hbm_gb, "usable_hbm_gb": usable_memory_gb(chip),
         "mfu_convention": MFU_CONVENTION, "notes": list(ev.notes),
         "calibration": {k: calibration_record().get(k) for k in ("when", "median_abs_error", "rows")},
     }
     if not ev.fits:
         result["problems"].append(f"needs {ev.memory['total_gb']:.1f} GB per chip, more than the usable "
-                                  f"{chip.hbm_gb * MEMORY_HEADROOM:.1f} GB of {chip.chip}")
+                                  f"{usable_memory_gb(chip):.1f} GB of {chip.chip}'s {chip.hbm_gb:g} GiB "
+                                  f"({device_memory_gb(chip):.1f} GB)")
         result["notes"].append("infeasible layout: does not fit in memory (timing shown as if it did)")
     result.update(_metrics(s, ev))
     if result["mfu"] > 1:

@@ -11,7 +11,7 @@ Used by ``workbench.perfmodel.simulate`` and notebooks/05_hardware_comparison.ip
 
 from __future__ import annotations
 
-from workbench.perfmodel.simulator import MEMORY_HEADROOM, Evaluation, evaluate, layout_problems
+from workbench.perfmodel.simulator import Evaluation, evaluate, layout_problems, usable_memory_gb
 from workbench.perfmodel.spec import Layout, LayoutError, MemoryCapacityError, Spec
 
 
@@ -111,8 +111,8 @@ def search(spec: Spec) -> list[Evaluation]:
                               f"check heads/ffn/experts against the chip count and global_batch")
         L = closest.layout
         raise MemoryCapacityError(
-            f"impossible memory: no layout fits in the usable {spec.cluster.chip.hbm_gb * MEMORY_HEADROOM:.0f} of "
-            f"{spec.cluster.chip.hbm_gb:g} GB per {spec.cluster.chip.chip}; the "
+            f"impossible memory: no layout fits in the usable {usable_memory_gb(spec.cluster.chip):.0f} GB of "
+            f"{spec.cluster.chip.hbm_gb:g} GiB per {spec.cluster.chip.chip}; the "
             f"closest (tp={L.tp} cp={L.cp} pp={L.pp} vp={L.vp} dp={L.dp} ep={L.ep} zero={L.zero} "
             f"recompute={L.recompute} micro_batch={closest.micro_batch}) needs {closest.memory['total_gb']:.1f} GB. Use more chips, a chip "
             f"with more memory, or a shorter sequence")

@@ -20,8 +20,22 @@ from dataclasses import dataclass, field
 from workbench.perfmodel import collectives as C
 from workbench.perfmodel.spec import Layout, Spec
 
-GB = 1e9
+GB = 1e9  # memory results are in decimal GB (10^9 bytes)
 MEMORY_HEADROOM = 0.90  # usable fraction of device memory (allocator fragmentation, workspaces, runtime context)
+# A chip's hbm_gb is the vendor's "GB" of HBM, which counts binary units: stacks are 16/24 GiB, so an "80 GB" H100
+# has 80 x 2^30 = 85.9e9 bytes and a "141 GB" H200 shows ~140 GiB to CUDA. Read as 10^9 bytes it understated
+# every chip's memory by 7%.
+HBM_GB_BYTES = 2**30
+
+
+def device_memory_gb(chip) -> float:
+    """A chip's memory capacity in decimal GB (the unit of every memory result); hbm_gb is GiB (above)."""
+    return chip.hbm_gb * HBM_GB_BYTES / GB
+
+
+def usable_memory_gb(chip) -> float:
+    """What a layout may use per chip, in decimal GB: MEMORY_HEADROOM of the capacity."""
+    return device_memory_gb(chip) * MEMORY_HEADROOM
 SERVER_POWER_FACTOR = 10.2e3 / (8 * 700)  # DGX H100: 10.2 kW max system power / (8 x 700 W GPUs) = 1.82
 
 
@@ -341,7 +355,7 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
     if ev.problems:
         return ev
     ev.memory = memory(spec, L, mbs)
-    ev.fits = ev.memory["total_gb"] <= spec.cluster.chip.hbm_gb * MEMORY_HEADROOM  # parse_spec requires hbm_gb
+    ev.fits = ev.memory["total_gb"] <= usable_memory_gb(spec.cluster.chip)  # parse_spec requires hbm_gb
     if check_only:
         return ev
     m, eff = spec.model, spec.efficiency

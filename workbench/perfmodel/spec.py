@@ -258,7 +258,7 @@ def parse_spec(spec: dict) -> Spec:
     if chip.hbm_tb_s is None:
         raise ConfigError(f"{chip.chip} has no memory bandwidth (hbm_tb_s); give cluster.hbm_tb_s")
     if chip.hbm_gb is None:  # without it nothing could be checked for fit: every layout "fitted" (GLM-5 on 8 chips)
-        raise ConfigError(f"{chip.chip} has no memory capacity (hbm_gb); give cluster.hbm_gb (GB per chip)")
+        raise ConfigError(f"{chip.chip} has no memory capacity (hbm_gb); give cluster.hbm_gb (GiB per chip, the vendor's 'GB')")
 
     layout, fixed = parse_layout(spec.get("layout", "auto"))
     if isinstance(spec.get("layout"), dict) and "micro_batch" in spec["layout"]:
