@@ -383,7 +383,7 @@ def test_a_backward_op_takes_the_context_of_the_op_that_created_its_node():
 NPU_BASE = 1699529623100000  # torch_npu writes absolute microseconds, as strings with nanosecond digits
 
 
-def _npu_trace(collective_on_hardware_lane: bool = True) -> list[dict]:
+def _npu_trace(collective_on_hardware_lane: bool = True, thread_names: bool = True) -> list[dict]:
     """Two steps laid out as torch_npu documents trace_view.json: a bare list; host ops (cat cpu_op) on the
     "Python" process; device tasks without cat on "Ascend Hardware", linked to their ops by async_npu flows; an
     all-reduce on the "Communication" process's op-level thread, its sub-task on a "Plane" thread; lanes that hold
@@ -405,8 +405,9 @@ def _npu_trace(collective_on_hardware_lane: bool = True) -> list[dict]:
     events = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}}
               for pid, name in ((1, "Python"), (4, "Ascend Hardware"), (5, "Communication"), (6, "CANN"),
                                 (7, "Overlap Analysis"))]
-    events += [{"ph": "M", "name": "thread_name", "pid": 5, "tid": 1, "args": {"name": "Communication"}},
-               {"ph": "M", "name": "thread_name", "pid": 5, "tid": 2, "args": {"name": "Plane 0"}}]
+    if thread_names:
+        events += [{"ph": "M", "name": "thread_name", "pid": 5, "tid": 1, "args": {"name": "Communication"}},
+                   {"ph": "M", "name": "thread_name", "pid": 5, "tid": 2, "args": {"name": "Plane 0"}}]
     for step, base in enumerate((0, 10000)):
         events += [x(f"ProfilerStep#{step + 2}", base, 10000, 1, 1, cat="cpu_op"),
                    x("workbench/forward", base + 100, 2000, 1, 1, cat="cpu_op"),
@@ -429,10 +430,12 @@ def _npu_trace(collective_on_hardware_lane: bool = True) -> list[dict]:
     return events
 
 
-def test_a_torch_npu_trace_is_timed_on_the_device(tmp_path):
+@pytest.mark.parametrize("thread_names", [True, False])
+def test_a_torch_npu_trace_is_timed_on_the_device(thread_names):
     """The NPU tasks carry no 'kernel' cat: the analysis timed the host only (matmul 0.03 ms where the device ran
-    3 ms; communication 0; the waterfall's 'host overhead' 9.9 of 10 ms)."""
-    result = analyze(_npu_trace(), flops_per_step=2e9, peak=1e12)
+    3 ms; communication 0; the waterfall's 'host overhead' 9.9 of 10 ms). Without thread names on the
+    Communication process, a collective's sub-tasks counted as communication as well (4 ms in the table)."""
+    result = analyze(_npu_trace(thread_names=thread_names), flops_per_step=2e9, peak=1e12)
     assert result.info["time_basis"] == "device"
     per_step = {c["category"]: c["ms_per_step"] for c in result.categories}
     assert per_step["matmul"] == pytest.approx(3.0) and per_step["attention"] == pytest.approx(4.0)

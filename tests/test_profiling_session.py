@@ -178,12 +178,15 @@ def test_an_npu_profile_that_wrote_no_trace_does_not_reuse_the_last_one_FAKE_mod
                                             memory_stats=lambda: {"peak_bytes": None, "source": "fake"})
     monkeypatch.setattr(backends, "_import_torch_npu", lambda: (fake_torch_npu({}), None))
     profile_steps(lambda: None, ProfileConfig(wait=0, warmup=1, active=3), device=fake_npu_device, out_dir=tmp_path)
+    keep = tmp_path / "raw" / "notes.txt"  # not the profiler's: it stays
+    keep.write_text("mine")
     silent = fake_torch_npu({})
     silent.profiler.tensorboard_trace_handler = lambda path: (lambda prof: None)  # its analysis wrote nothing
     monkeypatch.setattr(backends, "_import_torch_npu", lambda: (silent, None))
     with pytest.raises(FileNotFoundError, match="wrote no trace_view.json"):
         profile_steps(lambda: None, ProfileConfig(wait=0, warmup=1, active=1), device=fake_npu_device,
                       out_dir=tmp_path)
+    assert keep.read_text() == "mine"
 
 
 def test_cli_profile_toy_writes_trace_tables_and_figures(tmp_path, capsys):

@@ -151,9 +151,10 @@ def profile_steps(step_fn: Callable[[], Any], config: ProfileConfig | None = Non
         schedule = prof_mod.schedule(wait=config.wait, warmup=config.warmup, active=config.active, repeat=1)
     if backend.writes_trace_dir:
         raw_dir = out / "raw"
-        # torch_npu's analysis writes into a new dated folder here; an earlier run's would be picked up as this
-        # run's trace when this one's analysis wrote none
-        shutil.rmtree(raw_dir, ignore_errors=True)
+        # torch_npu's analysis writes into a new dated <worker>_<time>_ascend_pt folder here; an earlier run's
+        # would be picked up as this run's trace when this one's analysis wrote none. Only those folders go.
+        for earlier in raw_dir.glob("*_ascend_pt"):
+            shutil.rmtree(earlier, ignore_errors=True)
         on_trace_ready = prof_mod.tensorboard_trace_handler(str(raw_dir))
     else:
         on_trace_ready = _torch_trace_handler(trace_path, config.with_flops)

@@ -11,7 +11,7 @@ documentation of the format and its tools' test fixtures; no trace from real Asc
 - it is a bare JSON array, and an interrupted export leaves it without its closing ``]``;
 - ``ts`` is a string of absolute microseconds with nanosecond digits ("1699529623106750.380"): as a float it keeps
   only ~0.25 us, too coarse to nest a child that ends with its parent, so times are taken exactly, relative to the
-  trace's first event;
+  trace's earliest string timestamp;
 - device tasks carry no ``cat``: they are the events of the process named "Ascend Hardware" (``process_name``
   metadata); collectives are the op-level events ("Communication..." threads) of the "Communication" (older:
   "HCCL") process; "Overlap Analysis", "CANN" and counter lanes are summaries or host API calls, not ops;
@@ -51,6 +51,7 @@ NPU_COMMUNICATION_LANES = {"Communication", "HCCL"}
 NPU_SKIPPED_LANES = {"Overlap Analysis", "CANN", "AI Core Freq", "AI Core Utilization", "NPU MEM", "Python GC",
                      "QoS", "SIO", "Voltage Info", "Memory"}
 NPU_FLOW_CAT = "async_npu"  # op -> the device task it launched
+COLLECTIVES_BY_NAME = "communication, by name"  # a lane of _npu_lanes: keep only events named like a collective
 
 
 @dataclass
@@ -171,7 +172,7 @@ def load_trace(source: str | os.PathLike | dict | list) -> Trace:
     items = [item for item in raw.get("traceEvents", []) if isinstance(item, dict)]
     lanes = _npu_lanes(items)
     # a collective shown on the hardware lane as well as on its own would count twice: its own lane wins
-    collectives_have_a_lane = "communication" in lanes.values()
+    collectives_have_a_lane = bool({"communication", COLLECTIVES_BY_NAME} & set(lanes.values()))
     to_us = _clock(items)
     events, memory, flows = [], [], {}
     for item in items:
@@ -181,6 +182,10 @@ def load_trace(source: str | os.PathLike | dict | list) -> Trace:
             if lane == "skip" or (lane == "device" and collectives_have_a_lane
                                   and categorize_name(str(name)) == "communication"):
                 continue
+            if lane == COLLECTIVES_BY_NAME:
+                if categorize_name(str(name)) != "communication":
+                    continue
+                lane = "communication"
             if lane:  # a torch_npu device task or collective: no cat of its own
                 cat = "kernel"
             events.append(TraceEvent(name=str(name), cat=cat, ts=to_us(item["ts"]), dur=max(0.0, float(item["dur"])),
@@ -229,8 +234,8 @@ def _npu_lanes(items: list[dict]) -> dict[tuple, str]:
         elif kind in NPU_COMMUNICATION_LANES:
             if key[0] in named_comm_pids:
                 lanes[key] = "communication" if thread.get(key, "").startswith("Communication") else "skip"
-            else:
-                lanes[key] = "communication"
+            else:  # no thread names: sub-tasks (Memcpy, Notify_Wait) share the process; keep collectives by name
+                lanes[key] = COLLECTIVES_BY_NAME
         elif kind in NPU_SKIPPED_LANES:
             lanes[key] = "skip"
     return lanes
