@@ -94,6 +94,10 @@ def test_corrupt_or_partial_checkpoint_is_detected_and_skipped(tmp_path, damage,
     good = ckpt.latest_good_checkpoint(tmp_path, warn=messages.append)
     assert good is not None and good.name == "step_0000010"
     assert len(messages) == 1 and "step_0000020" in messages[0] and "falling back" in messages[0]
+    (good / ckpt.OPTIM_FILE).unlink()  # the last one damaged too: nothing to fall back to, and the warning says so
+    messages.clear()
+    assert ckpt.latest_good_checkpoint(tmp_path, warn=messages.append) is None
+    assert "falling back" in messages[0] and "no earlier checkpoint is left" in messages[1]
 
 
 def test_no_good_checkpoint_gives_none(tmp_path):
@@ -184,6 +188,10 @@ def test_a_save_interrupted_between_its_renames_is_finished_on_resume(tmp_path):
     done = _save(tmp_path, 20, model, opt)
     os.rename(done, tmp_path / ".tmp-step_0000020-424242")        # the new copy, not yet renamed in
     (tmp_path / ".tmp-step_0000030-424243").mkdir()                # a writer killed mid-write: no manifest, ignored
+    # a reader without the run's lock (workbench export, maybe while the run trains) leaves the temp folder to its
+    # writer: promoting it under a live writer made the writer's own rename fail
+    assert ckpt.latest_good_checkpoint(tmp_path, warn=lambda m: None, read_only=True).name == "step_0000010"
+    assert (tmp_path / ".tmp-step_0000020-424242").is_dir()
     assert ckpt.latest_good_checkpoint(tmp_path, warn=lambda m: None).name == "step_0000020"
     assert not (tmp_path / "step_0000030").exists()
 

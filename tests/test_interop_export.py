@@ -55,6 +55,13 @@ def test_the_default_preset_exports_from_its_run_folder(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
+def test_a_model_transformers_cannot_express_is_refused_before_anything_is_made(tmp_path, capsys):
+    """The refusal came after loading the checkpoint and left an empty --out folder behind."""
+    run = _train(tmp_path / "run", "glm45-tiny", mtp_layers=0, num_shared_experts=0)
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 2
+    assert "shared expert" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+
+
 def test_a_bpe_run_exports_its_tokenizer_for_transformers(tmp_path):
     run = _train(tmp_path / "run", "glm45-tiny", tokenizer="bpe", mtp_layers=0)
     written = export_run(run, tmp_path / "hf")

@@ -34,7 +34,8 @@ def _checkpoint(run: Path, step: int | None) -> Path:
 
     root = run / "checkpoints"
     if step is None:
-        path = ckpt.latest_good_checkpoint(root, warn=lambda message: print(f"warning: {message}"))
+        # read-only: the run may still be training, and export does not take its lock
+        path = ckpt.latest_good_checkpoint(root, warn=lambda message: print(f"warning: {message}"), read_only=True)
         if path is None:
             raise WorkbenchError(f"{run} has no complete checkpoint to export (checkpoints/ is empty or damaged)")
         return path
@@ -51,7 +52,7 @@ def _checkpoint(run: Path, step: int | None) -> Path:
 
 def export_run(run: str | Path, out: str | Path, step: int | None = None) -> dict:
     """Export run folder ``run`` to ``out`` (which must not hold files yet). Returns what was written."""
-    from workbench.interop.hf import to_hf
+    from workbench.interop.hf import config_to_hf, to_hf
     from workbench.model import ModelConfig, build_model
     from workbench.train import checkpoint as ckpt
 
@@ -65,10 +66,12 @@ def export_run(run: str | Path, out: str | Path, step: int | None = None) -> dic
                              "GLM): nothing to export")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise WorkbenchError(f"--out {out} already holds files; export into a new or empty folder")
+    model_config = ModelConfig.from_dict(settings["model"])
+    config_to_hf(model_config)  # a model transformers cannot express fails here, before anything is read or made
     path = _checkpoint(run, step)
-    model = build_model(ModelConfig.from_dict(settings["model"]))
+    model = build_model(model_config)
     ckpt.load_checkpoint(path, model)
-    to_hf(model, out)  # checks first that transformers can express the model (a clear error if not)
+    to_hf(model, out)
     written = {"checkpoint": str(path), "out": str(out), "tokenizer": None}
     tokenizer_file = run / "tokenizer.json"
     if tokenizer_file.is_file():

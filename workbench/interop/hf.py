@@ -387,9 +387,9 @@ def to_hf(model: GLMForCausalLM, path) -> Path:
 
     model = unwrap_model(model)
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     weights_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    d = config_to_hf(model.config, dtype=str(weights_dtype).removeprefix("torch."))
+    d = config_to_hf(model.config, dtype=str(weights_dtype).removeprefix("torch."))  # (no folder made if it fails)
+    path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict_to_hf(model).items()}
     save_safetensors(tensors, path / "model.safetensors", metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(d, indent=2), encoding="utf-8")

@@ -369,16 +369,24 @@ def finish_interrupted_saves(root: str | Path) -> list[Path]:
     return promoted
 
 
-def latest_good_checkpoint(root: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
-    """The newest checkpoint under ``root`` that verifies, or None. Each bad one is reported through ``warn``."""
+def latest_good_checkpoint(root: str | Path, warn: Callable[[str], None] | None = None,
+                           read_only: bool = False) -> Path | None:
+    """The newest checkpoint under ``root`` that verifies, or None. Each bad one is reported through ``warn``.
+
+    ``read_only``: for a reader that does not hold the run folder's lock (``workbench export``, possibly while the
+    run still trains): interrupted saves are left alone, since renaming a temp folder into place under a live
+    writer would make its own rename fail."""
     warn = warn or (lambda message: warnings.warn(message, stacklevel=2))
-    finish_interrupted_saves(root)
-    for _, path in reversed(list_checkpoints(root)):
+    if not read_only:
+        finish_interrupted_saves(root)
+    candidates = list(reversed(list_checkpoints(root)))
+    for i, (_, path) in enumerate(candidates):
         try:
             verify_checkpoint(path)
             return path
         except CorruptCheckpointError as exc:
-            warn(f"{exc}; falling back to the previous checkpoint")
+            warn(f"{exc}; " + ("falling back to the previous checkpoint" if i + 1 < len(candidates)
+                               else "no earlier checkpoint is left"))
     return None
 
 
