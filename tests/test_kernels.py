@@ -261,6 +261,34 @@ def test_the_harness_catches_wrong_kernels():
     assert _relative_error(torch.tensor([nan, 1.0, inf]), torch.tensor([nan, 1.0, inf])) == 0.0
 
 
+def test_the_harness_catches_router_gradients_chunked_cross_entropy_and_failing_backwards():
+    """Three kernels that passed `kernels check`: an MoE that cuts the routing weights' gradient (the router would
+    stop training), a cross_entropy wrong only in its chunked path (the one GLM's 151k vocabulary takes; the checks
+    were all below the logits budget) or only for another ignore_index; and a kernel whose backward raises crashed
+    the whole table instead of failing its row."""
+    def detached_routing(x, indices, weights, w_gate_up, w_down):
+        return reference.moe(x, indices, weights.detach(), w_gate_up, w_down)
+
+    def chunked_wrong(hidden, weight, labels, ignore_index=-100):
+        loss = torch_ops.cross_entropy(hidden, weight, labels, ignore_index=ignore_index)
+        return loss * 2 if torch_ops.LOGITS_BUDGET_BYTES == 0 else loss  # wrong only when chunking
+
+    def fixed_ignore_index(hidden, weight, labels, ignore_index=-100):
+        return reference.cross_entropy(hidden, weight, labels)
+
+    def no_backward(x, weight, eps=1e-6):
+        return reference.rms_norm(x, weight, eps).detach()
+
+    assert not any(run_case("moe", "bad", case, torch.float32, fn=detached_routing).passed for case in CASES["moe"])
+    assert not all(run_case("cross_entropy", "bad", case, torch.float32, fn=chunked_wrong).passed
+                   for case in CASES["cross_entropy"])
+    assert not all(run_case("cross_entropy", "bad", case, torch.float32, fn=fixed_ignore_index).passed
+                   for case in CASES["cross_entropy"])
+    assert torch_ops.LOGITS_BUDGET_BYTES == 256 * 2**20  # the chunked case puts the budget back
+    result = run_case("rms_norm", "bad", CASES["rms_norm"][0], torch.float32, fn=no_backward)
+    assert not result.passed and "does not require grad" in result.note
+
+
 def test_moe_grouped_mm_and_split_fallback_agree(monkeypatch):
     assert torch_ops.grouped_mm_works("cpu", torch.float32)  # torch 2.13 has a cpu kernel; the probe must see it
     for case in CASES["moe"]:

@@ -19,8 +19,9 @@ missing term (those give errors of order 1). Used by tests/test_kernels*.py, not
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 
@@ -44,6 +45,9 @@ class Case:
     name: str
     make: Callable[[torch.Generator], tuple[list, dict]]
     grad_args: tuple[int, ...]
+    # a context the implementation under test runs in (not the golden reference): e.g. a tiny logits budget, so
+    # cross_entropy takes the vocabulary-chunked path it uses for GLM's 151k vocabulary on these small inputs
+    around: Callable[[], ContextManager] | None = None
 
 
 def _randn(gen, *shape, scale=1.0):
@@ -103,15 +107,30 @@ def _moe_case(name, tokens, dim, ffn, experts, top_k):
         indices, weights = _routing(gen, tokens, experts, top_k)
         return [_randn(gen, tokens, dim), indices, weights, _randn(gen, experts, 2 * ffn, dim, scale=dim ** -0.5),
                 _randn(gen, experts, dim, ffn, scale=ffn ** -0.5)], {}
-    return Case(name, make, (0, 3, 4))
+    # the routing weights' gradient too: in the model it is what trains the router
+    return Case(name, make, (0, 2, 3, 4))
 
 
-def _ce_case(name, rows, dim, vocab, ignored):
+@contextlib.contextmanager
+def _chunked_cross_entropy(chunk: int):
+    """Make the torch cross_entropy chunk even tiny logits, ``chunk`` vocabulary rows at a time."""
+    from workbench.kernels import torch_ops
+
+    saved = torch_ops.LOGITS_BUDGET_BYTES, torch_ops.DEFAULT_VOCAB_CHUNK
+    torch_ops.LOGITS_BUDGET_BYTES, torch_ops.DEFAULT_VOCAB_CHUNK = 0, chunk
+    try:
+        yield
+    finally:
+        torch_ops.LOGITS_BUDGET_BYTES, torch_ops.DEFAULT_VOCAB_CHUNK = saved
+
+
+def _ce_case(name, rows, dim, vocab, ignored, ignore_index=-100, chunk=None):
     def make(gen):
         labels = torch.randint(0, vocab, (rows,), generator=gen)
-        labels[:ignored] = -100
-        return [_randn(gen, rows, dim), _randn(gen, vocab, dim, scale=dim ** -0.5), labels], {}
-    return Case(name, make, (0, 1))
+        labels[:ignored] = ignore_index
+        kwargs = {} if ignore_index == -100 else {"ignore_index": ignore_index}
+        return [_randn(gen, rows, dim), _randn(gen, vocab, dim, scale=dim ** -0.5), labels], kwargs
+    return Case(name, make, (0, 1), around=(lambda: _chunked_cross_entropy(chunk)) if chunk else None)
 
 
 CASES: dict[str, list[Case]] = {
@@ -147,6 +166,8 @@ CASES: dict[str, list[Case]] = {
     "cross_entropy": [
         _ce_case("N=12 V=50, 3 ignored", 12, 16, 50, 3),
         _ce_case("N=6 V=20000", 6, 16, 20000, 1),
+        _ce_case("N=10 V=300, ignore_index=7", 10, 16, 300, 3, ignore_index=7),
+        _ce_case("N=12 V=300 in ragged chunks of 64", 12, 16, 300, 2, chunk=64),
     ],
 }
 
@@ -211,16 +232,17 @@ def run_case(op: str, impl: str, case: Case, dtype: torch.dtype, device: str = "
     golden_args = _prepare(rounded, torch.float32, device, case.grad_args)
     test_args = _prepare(rounded, dtype, device, case.grad_args)
     golden, golden_extra = _split_outputs(golden_fn(*golden_args, **kwargs))
-    try:
-        out, extra = _split_outputs(fn(*test_args, **kwargs))
-    except Exception as exc:  # a crash is a failed check with the reason, not a crashed table
-        return CheckResult(op, impl, case.name, _dtype_name(dtype), device, float("inf"), float("inf"),
-                           tolerance(dtype, impl, device.split(":")[0]), False, f"{type(exc).__name__}: {exc}")
     grad_out = torch.randn(golden.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     golden_grads = torch.autograd.grad(golden.float(), [golden_args[i] for i in case.grad_args],
                                        grad_out, allow_unused=True)
-    test_grads = torch.autograd.grad(out, [test_args[i] for i in case.grad_args], grad_out.to(out.dtype),
-                                     allow_unused=True)
+    try:  # a crash, forward or backward, is a failed check with the reason, not a crashed table
+        with case.around() if case.around is not None else contextlib.nullcontext():
+            out, extra = _split_outputs(fn(*test_args, **kwargs))
+            test_grads = torch.autograd.grad(out, [test_args[i] for i in case.grad_args], grad_out.to(out.dtype),
+                                             allow_unused=True)
+    except Exception as exc:
+        return CheckResult(op, impl, case.name, _dtype_name(dtype), device, float("inf"), float("inf"),
+                           tolerance(dtype, impl, device.split(":")[0]), False, f"{type(exc).__name__}: {exc}")
     forward_error = max([_relative_error(out.float(), golden.float())]
                         + [_relative_error(a.float(), b.float()) for a, b in zip(extra, golden_extra)])
     backward_error = 0.0
