@@ -506,6 +506,24 @@ def test_attention_flops_count_only_visible_pairs():
     assert _visible_pairs(2, 5, True) == 4 + 5  # decode: bottom-right aligned
 
 
+def test_dsa_benchmark_counts_the_pairs_its_inputs_attend():
+    """The DSA rows counted K keys per query, but their inputs (the correctness cases' random picks, with repeats
+    and random -1s) attended 2-2.5x fewer: GFLOP/s and % of roofline came out inflated by that much."""
+    from workbench.kernels.bench import PRESETS, problems
+
+    sizes = PRESETS["tiny"]
+    dsa = [p for p in problems(sizes, torch.device("cpu"), torch.float32, ops=["attention", "sparse_mqa_attention"])
+           if "DSA" in p.label]
+    assert len(dsa) == 2
+    for problem in dsa:
+        args, kwargs = problem.make()
+        topk = kwargs.get("topk_indices", args[2] if len(args) > 2 else None)
+        kept = sum(len(set(row.tolist()) - {-1}) for row in topk.reshape(-1, topk.shape[-1]))
+        assert (topk >= 0).sum().item() == kept  # distinct keys, no repeats
+        head_dim = args[0].shape[-1]
+        assert problem.flops == 2.0 * sizes.heads * kept * 2 * head_dim
+
+
 def test_cli_check_and_bench_fail_when_nothing_they_were_asked_for_runs_here(tmp_path, capsys):
     """`kernels check --impls npu` printed "0/0 checks passed" and exited 0; bench wrote an empty table."""
     from workbench.cli import main

@@ -30,7 +30,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.kernels import registry
-from workbench.kernels.correctness import _routing, _topk
+from workbench.kernels.correctness import _routing
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,21 @@ def _visible_pairs(q_len: int, k_len: int, causal: bool) -> int:
     return sum(max(0, min(k_len, i + 1 + offset)) for i in range(q_len))
 
 
+def dsa_topk(gen: torch.Generator, batch: int, seq: int, slots: int) -> torch.Tensor:
+    """Top-k indices as DSA's indexer gives them: each query picks ``min(slots, visible)`` *distinct* keys among
+    those it may see (causal), and marks the rest of its slots unused (-1). The correctness cases' random picks
+    (with repeats and random -1s) attended 2-2.5x fewer keys than the FLOPs counted, inflating GFLOP/s."""
+    scores = torch.rand(batch, seq, seq, generator=gen)
+    scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+    values, indices = scores.topk(slots, dim=-1)
+    return torch.where(torch.isinf(values), torch.full_like(indices, -1), indices)
+
+
+def _dsa_pairs(seq: int, slots: int) -> int:
+    """(query, key) pairs ``dsa_topk`` keeps per sequence: query i sees i + 1 keys and keeps up to ``slots``."""
+    return sum(min(slots, i + 1) for i in range(seq))
+
+
 def problems(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, ops: list[str] | None = None,
              with_dsa: bool = True) -> list[Problem]:
     """The benchmark problems for ``sizes`` (inputs are created lazily, on ``device`` in ``dtype``)."""
@@ -131,7 +146,7 @@ def problems(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, ops: l
             v = rand(s.batch, s.kv_heads, s.seq, s.head_dim)
             kwargs = {"causal": True}
             if dsa:
-                kwargs["topk_indices"] = _topk(gen, s.batch, s.seq, s.seq, min(s.topk_slots, s.seq)).to(device)
+                kwargs["topk_indices"] = dsa_topk(gen, s.batch, s.seq, min(s.topk_slots, s.seq)).to(device)
             return [q, k, v], kwargs
         return make
 
@@ -139,19 +154,18 @@ def problems(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, ops: l
                        make_attention(False), attn_flops, attn_bytes))
     if with_dsa:
         slots = min(s.topk_slots, s.seq)
+        kept = s.batch * _dsa_pairs(s.seq, slots)  # (query, key) pairs attended, over the batch
         out.append(Problem("attention", f"DSA top-{slots} S={s.seq}", make_attention(True),
-                           2.0 * s.batch * s.heads * s.seq * slots * 2 * s.head_dim,
-                           attn_bytes + s.batch * s.seq * slots * 8))
+                           2.0 * s.heads * kept * 2 * s.head_dim, attn_bytes + s.batch * s.seq * slots * 8))
         # the same pattern as DSA runs it over MLA: one shared kv head (MQA), K gathered rows per query
         def make_sparse_mqa():
-            topk = _topk(gen, s.batch, s.seq, s.seq, slots)
-            topk[:, :, 0] = torch.arange(s.seq)  # every query keeps at least itself
+            topk = dsa_topk(gen, s.batch, s.seq, slots)
             return [rand(s.batch, s.seq, s.heads, s.head_dim), rand(s.batch, s.seq, s.head_dim), topk.to(device),
                     s.head_dim ** -0.5, s.head_dim], {}
 
         out.append(Problem("sparse_mqa_attention", f"DSA top-{slots} over one kv head (MQA) S={s.seq} H={s.heads}",
-                           make_sparse_mqa, 2.0 * s.batch * s.seq * s.heads * slots * 2 * s.head_dim,
-                           (2 * s.batch * s.seq * s.heads * s.head_dim + s.batch * s.seq * slots * s.head_dim) * es
+                           make_sparse_mqa, 2.0 * s.heads * kept * 2 * s.head_dim,
+                           (2 * s.batch * s.seq * s.heads * s.head_dim + kept * s.head_dim) * es
                            + s.batch * s.seq * slots * 8))
     out.append(moe_problem(s, device, dtype, gen))
     out.append(Problem("cross_entropy", f"N={s.ce_rows} V={s.vocab} D={s.hidden}",
