@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import workbench.kernels as K
 from workbench.device import detect
-from workbench.kernels import npu_ops, registry
+from workbench.kernels import npu_ops, reference, registry
 from workbench.kernels.correctness import CASES, run_case
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -181,9 +181,20 @@ def test_attention_layouts_masks_and_modes(fake_npu):
 
 def test_decode_step_uses_right_down_causal(fake_npu):
     q, k, v = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16)
-    from workbench.kernels import reference
 
     torch.testing.assert_close(npu_ops.attention(q, k, v), reference.attention(q, k, v))
+
+
+def test_causal_queries_that_see_no_key_are_zero_like_the_reference(fake_npu):
+    """More queries than keys, causal (bottom-right): the first Sq - Sk queries see nothing. The reference gives
+    zeros; the wrapper passed on whatever the fused op wrote (the fake: the mean of v)."""
+    q = torch.randn(1, 2, 6, 16, requires_grad=True)
+    k, v = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 4, 16)
+    out = npu_ops.attention(q, k, v, causal=True)
+    torch.testing.assert_close(out, reference.attention(q, k, v, causal=True), rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[:, :, :2], torch.zeros(1, 2, 2, 16))
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all()
 
 
 def test_rope_is_4d_full_width_with_the_right_mode(fake_npu):

@@ -129,6 +129,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     if topk_indices is not None:  # rows whose every key is masked: zeros, as the reference defines them
         empty = ~keep.any(dim=-1, keepdim=True)
         out = torch.where(empty, torch.zeros((), dtype=out.dtype, device=out.device), out)
+    elif causal and q.shape[2] > k.shape[2]:
+        # bottom-right causal with more queries than keys: the first Sq - Sk queries see no key. The reference
+        # gives them zeros; what the fused op writes there is not documented, so set them here
+        empty = torch.arange(q.shape[2], device=out.device)[:, None] < q.shape[2] - k.shape[2]
+        out = torch.where(empty, torch.zeros((), dtype=out.dtype, device=out.device), out)
     return out
 
 
