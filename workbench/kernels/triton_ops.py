@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 from workbench.kernels.registry import register
 
@@ -31,7 +32,18 @@ def available(device_type: str) -> str | None:
         return "triton is not installed (pip install triton; Linux x86_64 with a CUDA GPU)"
     if device_type == "cpu" and not interpreter_on():
         return "runs on cpu only under the Triton interpreter (set TRITON_INTERPRET=1 before importing triton)"
+    if device_type == "cpu" and _imported_without_interpreter():
+        return ("triton was imported before TRITON_INTERPRET=1 was set (torch.compile imports it), so its own "
+                "library functions are compiled ones the interpreter cannot call; set the variable before Python "
+                "starts")
     return None
+
+
+def _imported_without_interpreter() -> bool:
+    """True when triton.language is already loaded in compiled mode: its @jit helpers (tl.sum, ...) were made
+    when it was imported, and under the interpreter calling them fails inside every kernel."""
+    language = sys.modules.get("triton.language")
+    return language is not None and type(getattr(language, "sum", None)).__name__ == "JITFunction"
 
 
 def _kernels():
