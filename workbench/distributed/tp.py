@@ -20,7 +20,9 @@ then [gate_r; up_r] and the unchanged SwiGLU computes silu(gate_r) * up_r, its s
 ``full_gate_up_weight`` undoes the order when a full weight is gathered (e.g. for export).
 
 Attention modules compute ``view(B, S, n_heads, head_dim)``; under TP each rank has n_heads / tp heads, so the
-plan sets ``n_heads`` / ``n_kv_heads`` on the module instances (the code itself is unchanged). GQA only (not MLA),
+plan sets ``n_heads`` / ``n_kv_heads`` on the module instances (the code itself is unchanged). QK-norm
+(``q_norm``/``k_norm``, one weight shared by all heads) runs as SequenceParallel over the head dimension, so its
+weight is a Replicate DTensor whose gradient is summed over the tp ranks (each rank sees only its own heads). GQA only (not MLA),
 dense FFN only (MoE layers use expert parallel). Used by ``parallelize(..., "tp=N")``.
 """
 
@@ -115,6 +117,12 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = Tr
         if norm_style is not None:
             plan["input_layernorm"] = SequenceParallel()
             plan["post_attention_layernorm"] = SequenceParallel()
+        if getattr(block.self_attn, "q_norm", None) is not None:
+            # QK-norm runs on each rank's own heads [B, S, H/tp, Dh], so its weight's gradient on one rank covers
+            # only those heads. As a Replicate DTensor over an input sharded on the head dim (dim 2), autograd
+            # all-reduces the weight's gradient over tp: every rank gets the full gradient and stays identical.
+            plan["self_attn.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+            plan["self_attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
         if not hasattr(block.mlp, "gate_up_proj"):  # GELU MLP: a plain colwise up projection
             plan.pop("mlp.gate_up_proj")
             plan["mlp.up_proj"] = ColwiseParallel()
