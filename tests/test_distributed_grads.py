@@ -105,6 +105,7 @@ _CHECKS = {
     "tp_qk_norm_sp": lambda: _tp_grads(_config(use_qk_norm=True), 16, True),
     "tp_qk_norm_no_sp": lambda: _tp_grads(_config(use_qk_norm=True), 16, False),
     "tp_seq_15": lambda: _tp_grads(_config(), 15, True),
+    "tp_seq_15_no_sp": lambda: _tp_grads(_config(), 15, False),
     "tp_dense_mtp": lambda: _tp_grads(_config(mtp_layers=1), 16, True),
     "pp_accumulate_half": lambda: _pp_accumulated(2, 0.5),
     "pp_accumulate_unscaled": lambda: _pp_accumulated(2, 1.0),
@@ -151,3 +152,15 @@ def test_tp_gives_qk_norm_weights_the_full_gradient_on_every_rank(ranks, check):
     (the ranks drifted apart), while the loss agreed to 3e-5."""
     assert any("q_norm" in n for n in ranks[0][check]["grad_errors"])
     _assert_grads_match(ranks, check)
+
+
+def test_sequence_parallel_tp_refuses_a_sequence_tp_does_not_divide_and_runs_mtp(ranks):
+    """Sequence parallel sharded 15 tokens 8 + 7: the RMSNorm backward failed on one rank only, and the other waited
+    until gloo's timeout. Now one clear error on every rank, before any collective; without sequence parallel 15
+    tokens train. A dense model's MTP block (S - 1 tokens) crashed at every even S; it now runs without SP."""
+    for rank in ranks:
+        assert rank["tp_seq_15"] == {"error": "ConfigError: seq_len 15 must be divisible by tp=2 (sequence parallel "
+                                              "gives each tp rank an equal slice of the sequence); use a multiple of 2"}
+    _assert_grads_match(ranks, "tp_seq_15_no_sp")
+    _assert_grads_match(ranks, "tp_dense_mtp")
+    assert any(name.startswith("mtp.") for name in ranks[0]["tp_dense_mtp"]["grad_errors"])

@@ -90,6 +90,11 @@ def test_batch_must_split_over_data_ranks_and_microbatches():
         ParallelLayout(dp=2).check_batch(3)
     with pytest.raises(ConfigError, match="microbatches=4"):
         ParallelLayout(pp=2, microbatches=4).check_batch(2)
+    # sequence parallel: each tp rank keeps an equal slice of the sequence
+    ParallelLayout(tp=2).check_batch(4, seq_len=16)
+    ParallelLayout(dp=2).check_batch(4, seq_len=15)
+    with pytest.raises(ConfigError, match="seq_len 15 must be divisible by tp=2"):
+        ParallelLayout(tp=2).check_batch(4, seq_len=15)
 
 
 def test_worker_argv_forms(tmp_path):

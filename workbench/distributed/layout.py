@@ -121,13 +121,25 @@ class ParallelLayout:
             raise ConfigError(f"parallel layout {self} does not fit the model: " + "; ".join(problems))
         return self
 
-    def check_batch(self, global_batch: int) -> "ParallelLayout":
+    def check_batch(self, global_batch: int, seq_len: int | None = None) -> "ParallelLayout":
+        """The global batch must split evenly over the data ranks and (pp > 1) the micro-batches; with ``seq_len``
+        and tp > 1, the sequence over the tp ranks too (``check_sequence``)."""
+        if seq_len is not None:
+            self.check_sequence(seq_len)
         if global_batch % self.data_parallel_size:
             raise ConfigError(f"global batch {global_batch} must be divisible by dp*fsdp*ep = "
                               f"{self.data_parallel_size} (each data rank takes an equal share)")
         per_rank = global_batch // self.data_parallel_size
         if self.pp > 1 and per_rank % self.n_microbatches:
             raise ConfigError(f"per-rank batch {per_rank} must be divisible by microbatches={self.n_microbatches}")
+        return self
+
+    def check_sequence(self, seq_len: int) -> "ParallelLayout":
+        """Sequence parallel (on by default under tp) gives each tp rank an equal slice of the sequence; an uneven
+        slice breaks the norms' backward on one rank while the others wait in a collective."""
+        if self.tp > 1 and seq_len % self.tp:
+            raise ConfigError(f"seq_len {seq_len} must be divisible by tp={self.tp} (sequence parallel gives each tp "
+                              f"rank an equal slice of the sequence); use a multiple of {self.tp}")
         return self
 
 

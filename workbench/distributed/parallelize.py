@@ -36,6 +36,7 @@ class ParallelModel:
     schedule: Any = None      # torch.distributed.pipelining schedule when pp > 1
     is_first_stage: bool = True
     is_last_stage: bool = True
+    sequence_parallel: bool = False  # tp > 1 with the sequence sharded over tp (the sequence length must divide)
     notes: list[str] = field(default_factory=list)
 
     def parameters(self) -> Iterator[nn.Parameter]:
@@ -51,6 +52,8 @@ class ParallelModel:
     def forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor, loss_scale: float = 1.0):
         """Forward and backward of one (micro)batch on this rank's data; returns this rank's loss (detached) or
         None on pipeline stages that do not compute it. ``loss_scale`` e.g. 1/accumulation steps."""
+        if self.sequence_parallel:
+            self.layout.check_sequence(input_ids.shape[1])
         if self.schedule is None:
             out = self.module(input_ids, labels=labels)
             (out.loss * loss_scale).backward()
@@ -100,6 +103,8 @@ def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = N
     """Apply ``layout`` to ``model`` (in place) inside an initialised process group; see the module docstring.
 
     ``param_dtype``: FSDP2's compute dtype (bf16 = mixed precision; None/fp32 = full precision).
+    ``sequence_parallel``: under tp, shard the norms' activations over the sequence (the sequence length must then
+    be divisible by tp; ``forward_backward`` checks it). MTP blocks always run without it (tp.apply_tp).
     """
     world = dist.get_world_size() if dist.is_initialized() else 1
     layout = parse_layout(layout, world_size=world)
@@ -130,6 +135,7 @@ def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = N
         from workbench.distributed.tp import apply_tp
 
         apply_tp(model, mesh["tp"], sequence_parallel=sequence_parallel)
+        pm.sequence_parallel = sequence_parallel
         pm.notes.append(f"tensor parallel over tp={layout.tp}" + (" + sequence parallel" if sequence_parallel else ""))
     wrap = None  # data parallelism for the model, or for this rank's pipeline stage (applied before the schedule)
     if layout.fsdp > 1:

@@ -74,7 +74,7 @@ def run_case(preset: str, layout: str, param_dtype: str | None, tiny: bool, seed
     model = make_model(preset, tiny, seed, x.device)
     n_params = sum(p.numel() for p in model.parameters())
     pm = parallelize(model, layout, param_dtype=param_dtype)
-    pm.layout.check_batch(x.shape[0])
+    pm.layout.check_batch(x.shape[0], seq_len=x.shape[1])
     share = x.shape[0] // pm.data_size
     rows = slice(pm.data_rank * share, (pm.data_rank + 1) * share)
     opt = torch.optim.SGD(list(pm.parameters()), lr=lr)

@@ -19,6 +19,9 @@ we reorder the rows to [gate_0; up_0; gate_1; up_1; ...] (``gate_up_tp_order``);
 then [gate_r; up_r] and the unchanged SwiGLU computes silu(gate_r) * up_r, its share of the hidden units.
 ``full_gate_up_weight`` undoes the order when a full weight is gathered (e.g. for export).
 
+Sequence parallel needs the sequence length divisible by tp (``ParallelLayout.check_sequence``). An MTP block sees
+S - 1 tokens, which tp then does not divide, so MTP blocks run as plain TP with the whole sequence on every rank.
+
 Attention modules compute ``view(B, S, n_heads, head_dim)``; under TP each rank has n_heads / tp heads, so the
 plan sets ``n_heads`` / ``n_kv_heads`` on the module instances (the code itself is unchanged). QK-norm
 (``q_norm``/``k_norm``, one weight shared by all heads) runs as SequenceParallel over the head dimension, so its
@@ -92,42 +95,49 @@ def _check_block(block: nn.Module, tp: int) -> None:
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = True) -> nn.Module:
     """Shard every block's attention and MLP over ``tp_mesh`` in place. Returns the model."""
     tp = tp_mesh.size()
-    seq = Shard(1) if sequence_parallel else Replicate()
+    trunk = {id(layer) for layer in getattr(model, "layers", [])}
     for block in transformer_blocks(model):
-        block = getattr(block, "block", block)  # an MTP layer wraps a Block
-        _check_block(block, tp)
-        if sequence_parallel:
-            parallelize_module(block, tp_mesh, PrepareModuleInput(
-                input_layouts=(Replicate(), None, None, None), desired_input_layouts=(seq, None, None, None),
-                use_local_output=False))
-            parallelize_module(block, tp_mesh, PrepareModuleOutput(
-                output_layouts=(seq, None), desired_output_layouts=(Replicate(), None), use_local_output=True))
-        norm_style = SequenceParallel() if sequence_parallel else None
-        plan = {
-            "self_attn": PrepareModuleInput(input_layouts=(seq, None, None), desired_input_layouts=(Replicate(), None,
-                                                                                                    None)),
-            "self_attn.q_proj": ColwiseParallel(),
-            "self_attn.k_proj": ColwiseParallel(),
-            "self_attn.v_proj": ColwiseParallel(),
-            "self_attn.o_proj": RowwiseParallel(output_layouts=seq, use_local_output=not sequence_parallel),
-            "mlp": PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),)),
-            "mlp.gate_up_proj": GateUpColwiseParallel(),
-            "mlp.down_proj": RowwiseParallel(output_layouts=seq, use_local_output=not sequence_parallel),
-        }
-        if norm_style is not None:
-            plan["input_layernorm"] = SequenceParallel()
-            plan["post_attention_layernorm"] = SequenceParallel()
-        if getattr(block.self_attn, "q_norm", None) is not None:
-            # QK-norm runs on each rank's own heads [B, S, H/tp, Dh], so its weight's gradient on one rank covers
-            # only those heads. As a Replicate DTensor over an input sharded on the head dim (dim 2), autograd
-            # all-reduces the weight's gradient over tp: every rank gets the full gradient and stays identical.
-            plan["self_attn.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
-            plan["self_attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
-        if not hasattr(block.mlp, "gate_up_proj"):  # GELU MLP: a plain colwise up projection
-            plan.pop("mlp.gate_up_proj")
-            plan["mlp.up_proj"] = ColwiseParallel()
-        parallelize_module(block, tp_mesh, plan)
-        # Each rank now holds n_heads / tp query heads and n_kv_heads / tp kv heads.
-        block.self_attn.n_heads //= tp
-        block.self_attn.n_kv_heads //= tp
+        # An MTP block sees S - 1 tokens: with S divisible by tp (checked by ParallelLayout.check_batch), S - 1 is
+        # not, and an uneven sequence shard breaks DTensor reshapes in the norms' backward. MTP blocks therefore
+        # keep the whole sequence on every rank (plain TP, no sequence parallel); they are one or two blocks.
+        _apply_tp_block(block, tp_mesh, sequence_parallel and id(block) in trunk)
     return model
+
+
+def _apply_tp_block(block: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
+    tp = tp_mesh.size()
+    seq = Shard(1) if sequence_parallel else Replicate()
+    _check_block(block, tp)
+    if sequence_parallel:
+        parallelize_module(block, tp_mesh, PrepareModuleInput(
+            input_layouts=(Replicate(), None, None, None), desired_input_layouts=(seq, None, None, None),
+            use_local_output=False))
+        parallelize_module(block, tp_mesh, PrepareModuleOutput(
+            output_layouts=(seq, None), desired_output_layouts=(Replicate(), None), use_local_output=True))
+    plan = {
+        "self_attn": PrepareModuleInput(input_layouts=(seq, None, None), desired_input_layouts=(Replicate(), None,
+                                                                                                None)),
+        "self_attn.q_proj": ColwiseParallel(),
+        "self_attn.k_proj": ColwiseParallel(),
+        "self_attn.v_proj": ColwiseParallel(),
+        "self_attn.o_proj": RowwiseParallel(output_layouts=seq, use_local_output=not sequence_parallel),
+        "mlp": PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),)),
+        "mlp.gate_up_proj": GateUpColwiseParallel(),
+        "mlp.down_proj": RowwiseParallel(output_layouts=seq, use_local_output=not sequence_parallel),
+    }
+    if sequence_parallel:
+        plan["input_layernorm"] = SequenceParallel()
+        plan["post_attention_layernorm"] = SequenceParallel()
+    if getattr(block.self_attn, "q_norm", None) is not None:
+        # QK-norm runs on each rank's own heads [B, S, H/tp, Dh], so its weight's gradient on one rank covers
+        # only those heads. As a Replicate DTensor over an input sharded on the head dim (dim 2), autograd
+        # all-reduces the weight's gradient over tp: every rank gets the full gradient and stays identical.
+        plan["self_attn.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+        plan["self_attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+    if not hasattr(block.mlp, "gate_up_proj"):  # GELU MLP: a plain colwise up projection
+        plan.pop("mlp.gate_up_proj")
+        plan["mlp.up_proj"] = ColwiseParallel()
+    parallelize_module(block, tp_mesh, plan)
+    # Each rank now holds n_heads / tp query heads and n_kv_heads / tp kv heads.
+    block.self_attn.n_heads //= tp
+    block.self_attn.n_kv_heads //= tp

@@ -86,6 +86,7 @@ def distributed_train_kwargs(config) -> dict[str, Any]:
         from workbench.distributed.parallelize import parallelize
 
         sync_expert_load(model)
+        layout.check_sequence(cfg.seq_len)  # sequence parallel under tp: one clear message, not a crash in backward
         return parallelize(model, layout).module
 
     kwargs: dict[str, Any] = {"parallelize": parallelize_hook}
