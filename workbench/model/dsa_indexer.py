@@ -38,8 +38,12 @@ class LightningIndexer(nn.Module):
 
     def project(self, x_BSD: torch.Tensor, q_latent: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(q [B, S, Hi, Di], k [B, S, Di], head weights [B, S, Hi]) in fp32, rotated, the scales folded into w."""
+        """(q [B, S, Hi, Di], k [B, S, Di], head weights [B, S, Hi]) in fp32, rotated, the scales folded into w.
+
+        Called with autocast off (attention_mla.py), so activations that arrive in bf16 are brought to the
+        weights' dtype first: fp32 master weights under autocast give fp32 scores."""
         B, S, _ = x_BSD.shape
+        x_BSD, q_latent = x_BSD.to(self.wk.weight.dtype), q_latent.to(self.wq_b.weight.dtype)
         q = self.wq_b(q_latent).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, Hi, S, Di]
         k = self.k_norm(self.wk(x_BSD)).unsqueeze(1)                                      # [B, 1, S, Di]
         q = kernels.rope(q, cos, sin, self.interleaved)  # first rope_dim channels rotated (cos is [S, rope_dim/2])
