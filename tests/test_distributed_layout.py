@@ -59,6 +59,8 @@ def test_layout_is_checked_against_the_model():
     with pytest.raises(ConfigError, match="ep=3 must divide the 4 experts"):
         parse_layout("ep=3").check_model(MOE)
     parse_layout("ep=2,dp=2").check_model(MOE)
+    with pytest.raises(ConfigError, match="tensor parallel covers dense layers only; for MoE models use ep"):
+        parse_layout("tp=2").check_model(MOE)
 
 
 def test_pipeline_layouts_refuse_models_the_stages_cannot_carry():

@@ -61,6 +61,16 @@ def test_all_layouts_are_the_ones_that_fit_nproc(tmp_path, capsys):
         _run(tmp_path, PLAN, nproc=4, layouts="tp=4")  # a layout asked for by name must fit
 
 
+def test_all_skips_what_the_model_or_sequence_cannot_run(tmp_path, capsys):
+    """An MoE preset listed tp=2 in the plan, and the launched run then failed; so did a seq_len tp does not divide."""
+    plan = _run(tmp_path, PLAN, preset="glm45-tiny")["plan"]
+    assert [p["layout"] for p in plan] == ["dp=2", "fsdp=2", "ep=2"]
+    assert "tensor parallel covers dense layers only; for MoE models use ep" in capsys.readouterr().out
+    plan = _run(tmp_path, PLAN, seq_len=15)["plan"]
+    assert "tp=2" not in [p["layout"] for p in plan] and "dp=2" in [p["layout"] for p in plan]
+    assert "skipped tp=2: seq_len 15 must be divisible by tp=2" in capsys.readouterr().out
+
+
 def test_layouts_parameter_has_help_text():
     import papermill
 

@@ -92,8 +92,9 @@ class ParallelLayout:
         return self
 
     def check_model(self, config: Any) -> "ParallelLayout":
-        """Check divisibility against a model config (reads num_heads, num_kv_heads, num_layers, num_experts), and
-        for pp > 1 what the pipeline stages cannot carry (``pipeline_problems``)."""
+        """Check divisibility against a model config (reads num_heads, num_kv_heads, num_layers, num_experts), what
+        tp cannot shard (MLA, MoE layers), and for pp > 1 what the pipeline stages cannot carry
+        (``pipeline_problems``). Everything ``parallelize`` would refuse for the model is refused here, up front."""
         problems = []
         heads, kv_heads = _get(config, "num_heads", "n_heads"), _get(config, "num_kv_heads", "n_kv_heads")
         layers, experts = _get(config, "num_layers", "n_layers"), _get(config, "num_experts", "n_experts")
@@ -106,6 +107,8 @@ class ParallelLayout:
                 problems.append(f"tp={self.tp} must divide the {kv_heads} key/value heads")
             if _get(config, "attention_type") == "mla":
                 problems.append("tp over MLA attention (glm5) is not supported; use fsdp or dp")
+            if experts:
+                problems.append("tensor parallel covers dense layers only; for MoE models use ep")
         if self.pp > 1:
             if layers is not None and self.pp > layers:
                 problems.append(f"pp={self.pp} stages need at least {self.pp} layers (the model has {layers})")

@@ -110,9 +110,7 @@ def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = N
     layout = parse_layout(layout, world_size=world)
     config = getattr(model, "config", None)
     if config is not None:
-        layout.check_model(config)
-        if layout.tp > 1 and getattr(config, "num_experts", 0):
-            raise ConfigError(f"layout {layout}: tensor parallel covers dense layers only; for MoE models use ep")
+        layout.check_model(config)  # every model-dependent refusal lives there (notebook 03 plans with it)
     if world == 1:  # nothing to split; mesh stays None unless given (global_loss then needs no collective)
         return ParallelModel(layout, mesh, model, model)
     mesh = mesh if mesh is not None else build_mesh(layout)
