@@ -261,6 +261,8 @@ def test_bad_gqa_configs(changes, match):
     (dict(indexer_types=("shared", "full", "full", "full")), "indexer_types"),
     (dict(indexer_types=("full", "full")), "indexer_types"),
     (dict(q_lora_rank=0), "q_lora_rank"),
+    # no sequence is longer than the positions: the indexer would never select, its parameters never train
+    (dict(index_topk=2048), r"index_topk \(2048\) must be below max_position_embeddings \(2048\)"),
 ])
 def test_bad_mla_configs(changes, match):
     with pytest.raises(ConfigError, match=match):

@@ -137,6 +137,12 @@ class ModelConfig:
         if self.use_dsa:
             if self.index_topk < 1:
                 p.append(f"index_topk must be >= 1 (got {self.index_topk})")
+            elif self.index_topk >= self.max_position_embeddings:
+                # sequences never exceed the positions, so every query would keep every key: the indexer would
+                # never run (its parameters counted, never trained)
+                p.append(f"index_topk ({self.index_topk}) must be below max_position_embeddings "
+                         f"({self.max_position_embeddings}), else DSA never selects; lower index_topk or set "
+                         "index_n_heads=0 for dense MLA")
             if self.q_lora_rank < 1:
                 p.append("DSA's indexer reads the q latent: set q_lora_rank >= 1")
             if self.index_head_dim < self.qk_rope_head_dim:
