@@ -164,3 +164,13 @@ def test_sequence_parallel_tp_refuses_a_sequence_tp_does_not_divide_and_runs_mtp
     _assert_grads_match(ranks, "tp_seq_15_no_sp")
     _assert_grads_match(ranks, "tp_dense_mtp")
     assert any(name.startswith("mtp.") for name in ranks[0]["tp_dense_mtp"]["grad_errors"])
+
+
+@pytest.mark.parametrize("check", ["pp_accumulate_half", "pp_accumulate_unscaled"])
+def test_pipeline_accumulates_gradients_over_forward_backward_calls(ranks, check):
+    """Two half-batches with loss_scale=0.5 gave 0.125 g1 + 0.5 g2 (the schedule's scale_grads and the loss_scale
+    multiplied the first call's gradients again), not 0.5 (g1 + g2) = the full batch's gradient."""
+    for rank, results in enumerate(ranks):
+        errors = results[check]
+        assert "error" not in errors and errors, (rank, errors)
+        assert max(errors.values()) < GRAD_TOL, (rank, check, errors)

@@ -51,13 +51,21 @@ class ParallelModel:
 
     def forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor, loss_scale: float = 1.0):
         """Forward and backward of one (micro)batch on this rank's data; returns this rank's loss (detached) or
-        None on pipeline stages that do not compute it. ``loss_scale`` e.g. 1/accumulation steps."""
+        None on pipeline stages that do not compute it. Gradients accumulate over calls as ``grad += loss_scale *
+        d(mean loss of this batch)``, under pp too (``loss_scale`` e.g. 1/accumulation steps)."""
         if self.sequence_parallel:
             self.layout.check_sequence(input_ids.shape[1])
         if self.schedule is None:
             out = self.module(input_ids, labels=labels)
             (out.loss * loss_scale).backward()
             return out.loss.detach()
+        # The schedule accumulates into .grad and then divides *every* gradient by the number of micro-batches
+        # (scale_grads), so a second call in one step would also rescale the first call's gradients. Take the
+        # earlier gradients out, let the schedule compute this batch's alone, then grad = previous + scale * new.
+        previous = {}
+        for p in self.module.parameters():
+            if p.grad is not None:
+                previous[id(p)], p.grad = p.grad, None
         losses: list[torch.Tensor] = []
         if self.is_first_stage:
             self.schedule.step(input_ids, target=labels if self.is_last_stage else None, losses=losses)
@@ -65,10 +73,12 @@ class ParallelModel:
             self.schedule.step(target=labels, losses=losses)
         else:
             self.schedule.step()
-        if loss_scale != 1.0:
-            for p in self.module.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(loss_scale)
+        for p in self.module.parameters():
+            new, old = p.grad, previous.get(id(p))
+            if new is not None and loss_scale != 1.0:
+                new.mul_(loss_scale)
+            if old is not None:
+                p.grad = old if new is None else old.add_(new)
         return torch.stack([l.detach() for l in losses]).mean() if losses else None
 
     def global_loss(self, loss: torch.Tensor | None) -> float:
