@@ -116,6 +116,8 @@ def test_expert_bias_update_balances_and_only_selects():
     before = moe.load_accum.clone()
     metrics = model.update_expert_bias(rate=0.01)
     assert metrics["expert_load/max_over_mean"] > 1.0
+    # named by layer: layer 0 is dense (first_k_dense=1), so the MoE block is L1, not "L0" (the first MoE block)
+    assert "expert_load/max_over_mean/L1" in metrics and "expert_load/max_over_mean/L0" not in metrics
     bias = moe.router.expert_bias
     assert bias[before.argmax()] < 0 and moe.load_accum.sum() == 0
     # the bias changes the choice, never the weights: with a huge bias on expert 0 the weights stay sigmoid-based

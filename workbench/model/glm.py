@@ -168,8 +168,10 @@ class GLMForCausalLM(nn.Module):
         """Aux-loss-free balancing step over every MoE block (call after each optimizer step).
 
         Uses the loads accumulated since the previous call (then resets them). Returns load metrics:
-        ``expert_load/max_over_mean`` (mean over layers), ``expert_load/max_over_mean_worst`` and one entry per
-        layer ``expert_load/max_over_mean/L{i}`` (max expert load / mean expert load; 1.0 is perfect balance).
+        ``expert_load/max_over_mean`` (mean over the MoE blocks), ``expert_load/max_over_mean_worst`` and one entry
+        per MoE block, named by its layer: ``expert_load/max_over_mean/L{i}`` for trunk layer i (GLM's first dense
+        layers have none) and ``.../MTP{d}`` for MTP depth d (max expert load / mean expert load; 1.0 is perfect
+        balance). The mean and the worst include the MTP blocks.
         Under data parallelism pass ``reduce_fn=torch.distributed.all_reduce`` (sums each layer's counts in place
         across ranks) so every rank applies the same update.
         """
@@ -177,12 +179,15 @@ class GLMForCausalLM(nn.Module):
         if not moes:
             return {}
         rate = self.config.bias_update_rate if rate is None else rate
-        ratios = []
-        for i, moe in enumerate(moes):
+        # the name of each MoE block's layer (the blocks were numbered 0.. among MoE blocks, so L0 was layer 1)
+        names = {id(layer.mlp): f"L{i}" for i, layer in enumerate(self.layers)}
+        names.update({id(layer.block.mlp): f"MTP{d}" for d, layer in enumerate(self.mtp, start=1)})
+        metrics = {}
+        for moe in moes:
             load = moe.update_bias(rate, reduce_fn)
-            ratios.append(float(load.max() / load.mean()) if load.sum() > 0 else float("nan"))
-        metrics = {f"expert_load/max_over_mean/L{i}": r for i, r in enumerate(ratios)}
-        valid = [r for r in ratios if r == r]
+            ratio = float(load.max() / load.mean()) if load.sum() > 0 else float("nan")
+            metrics[f"expert_load/max_over_mean/{names.get(id(moe), f'block{len(metrics)}')}"] = ratio
+        valid = [r for r in metrics.values() if r == r]
         if valid:
             metrics["expert_load/max_over_mean"] = sum(valid) / len(valid)
             metrics["expert_load/max_over_mean_worst"] = max(valid)
