@@ -62,6 +62,22 @@ def test_a_world_of_one_just_works(world_of_one):
     assert pm.global_loss(loss) == pytest.approx(float(loss))  # no mesh: nothing to average, no collective
 
 
+def test_a_compute_dtype_needs_fsdp(world_of_one):
+    """The runner's :bf16 reached only FSDP2: dp/tp cases ran in fp32 and were reported as bf16 (and :banana too)."""
+    from workbench.distributed.runner import parse_cases
+    from workbench.errors import ConfigError
+
+    assert parse_cases("glm4-tiny:fsdp=2:BF16;glm4-tiny:dp=2:fp32;glm4-tiny:tp=2") == [
+        ("glm4-tiny", "fsdp=2", "bf16"), ("glm4-tiny", "dp=2", "fp32"), ("glm4-tiny", "tp=2", None)]
+    with pytest.raises(ValueError, match="'glm4-tiny:dp=2:banana': unknown dtype 'banana'"):
+        parse_cases("glm4-tiny:dp=2:banana")
+    with pytest.raises(ValueError, match=":bf16 sets FSDP2's compute dtype, and tp=2 has no fsdp"):
+        parse_cases("glm4-tiny:tp=2:bf16")
+    with pytest.raises(ConfigError, match="param_dtype=bf16 is FSDP2's compute dtype"):
+        parallelize(make_model("glm4-tiny", True, 0), "dp=1", param_dtype="bf16")
+    assert parallelize(make_model("glm4-tiny", True, 0), "dp=1", param_dtype="fp32").mesh is None
+
+
 def test_ddp_accepts_parameters_a_step_leaves_unused(world_of_one):
     """glm5's DSA indexers run only on sequences longer than index_topk (32): at 16 tokens they get no gradient.
     DDP must neither fail on the next step nor touch them: gradients equal one process's (indexers stay None)."""

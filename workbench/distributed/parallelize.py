@@ -112,12 +112,19 @@ def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = N
                 sequence_parallel: bool = True) -> ParallelModel:
     """Apply ``layout`` to ``model`` (in place) inside an initialised process group; see the module docstring.
 
-    ``param_dtype``: FSDP2's compute dtype (bf16 = mixed precision; None/fp32 = full precision).
+    ``param_dtype``: FSDP2's compute dtype (bf16 = mixed precision; None/fp32 = full precision); anything but fp32
+    is refused for a layout without fsdp.
     ``sequence_parallel``: under tp, shard the norms' activations over the sequence (the sequence length must then
     be divisible by tp; ``forward_backward`` checks it). MTP blocks always run without it (tp.apply_tp).
     """
     world = dist.get_world_size() if dist.is_initialized() else 1
     layout = parse_layout(layout, world_size=world)
+    if param_dtype is not None and layout.fsdp == 1:
+        from workbench.device.detect import parse_dtype
+
+        if parse_dtype(param_dtype) != torch.float32:  # nothing else would apply it: refuse, do not ignore
+            raise ConfigError(f"param_dtype={param_dtype} is FSDP2's compute dtype and layout {layout} has no fsdp; "
+                              f"leave it unset or use a layout with fsdp")
     config = getattr(model, "config", None)
     if config is not None:
         layout.check_model(config)  # every model-dependent refusal lives there (notebook 03 plans with it)

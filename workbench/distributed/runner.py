@@ -1,7 +1,7 @@
 """A minimal training loop that runs one model under several parallel layouts in one launch, and compares each
 with a single-process run on the same global batch.
 
-Each case is ``preset:layout`` (optionally ``:bf16`` for FSDP2 mixed precision), e.g. ``glm4-tiny:tp=2``. Every
+Each case is ``preset:layout`` (optionally ``:bf16`` for FSDP2 mixed precision: layouts with fsdp only), e.g. ``glm4-tiny:tp=2``. Every
 case starts from the same seeded weights, trains ``steps`` SGD steps on the same fixed global batch of random
 tokens (split over the data ranks), and records the global loss per step and the median step time. Rank 0 also
 trains the same model alone on the whole batch (the reference) and reports the largest loss difference.
@@ -95,13 +95,28 @@ def run_case(preset: str, layout: str, param_dtype: str | None, tiny: bool, seed
 
 
 def parse_cases(text: str) -> list[tuple[str, str, str | None]]:
-    """"glm4-tiny:dp=2;glm4-tiny:fsdp=2:bf16" -> [(preset, layout, dtype)]. Cases are separated by ';'."""
+    """"glm4-tiny:dp=2;glm4-tiny:fsdp=2:bf16" -> [(preset, layout, dtype)]. Cases are separated by ';'.
+
+    The dtype is FSDP2's compute dtype (``parse_dtype`` names: fp32, bf16, fp16), so anything but fp32 needs a
+    layout with fsdp; it comes back as its canonical name."""
+    from workbench.device.detect import dtype_name, parse_dtype
+    from workbench.distributed.layout import parse_layout
+
     cases = []
     for item in [c.strip() for c in text.split(";") if c.strip()]:
         parts = item.split(":")
         if len(parts) not in (2, 3):
             raise ValueError(f"case {item!r} must be preset:layout or preset:layout:dtype")
-        cases.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+        dtype = None
+        if len(parts) == 3:
+            try:
+                dtype = dtype_name(parse_dtype(parts[2]))
+            except ValueError as exc:
+                raise ValueError(f"case {item!r}: {exc}") from None
+            if dtype != "fp32" and parse_layout(parts[1]).fsdp == 1:
+                raise ValueError(f"case {item!r}: :{dtype} sets FSDP2's compute dtype, and {parts[1]} has no fsdp; "
+                                 f"drop the suffix or use a layout with fsdp (e.g. fsdp=2:{dtype})")
+        cases.append((parts[0], parts[1], dtype))
     return cases
 
 
@@ -120,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-reference", action="store_true")
     args = parser.parse_args(argv)
+    try:  # before the process group: a bad case is one line per rank, with nothing started
+        cases = parse_cases(args.cases)
+    except ValueError as exc:
+        parser.error(str(exc))
     info = init_distributed(args.device)
-    cases = parse_cases(args.cases)
     results: dict[str, Any] = {"rank": info.rank, "world_size": info.world_size, "cases": [], "reference": {}}
     for preset, layout, dtype in cases:
         from workbench.model import get_preset
