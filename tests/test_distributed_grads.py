@@ -174,3 +174,10 @@ def test_pipeline_accumulates_gradients_over_forward_backward_calls(ranks, check
         errors = results[check]
         assert "error" not in errors and errors, (rank, errors)
         assert max(errors.values()) < GRAD_TOL, (rank, check, errors)
+
+
+def test_pipeline_checks_the_batch_against_micro_batches(ranks):
+    """A batch of 3 over 2 micro-batches failed inside the schedule on one rank ("Expected input batch_size (32) to
+    match target batch_size (16)") while the other lost its peer."""
+    for rank in ranks:
+        assert rank["pp_batch_3"] == {"error": "ConfigError: per-rank batch 3 must be divisible by microbatches=2"}

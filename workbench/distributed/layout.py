@@ -132,7 +132,10 @@ class ParallelLayout:
         if global_batch % self.data_parallel_size:
             raise ConfigError(f"global batch {global_batch} must be divisible by dp*fsdp*ep = "
                               f"{self.data_parallel_size} (each data rank takes an equal share)")
-        per_rank = global_batch // self.data_parallel_size
+        return self.check_rank_batch(global_batch // self.data_parallel_size)
+
+    def check_rank_batch(self, per_rank: int) -> "ParallelLayout":
+        """One rank's batch must split into the pipeline's micro-batches (pp > 1)."""
         if self.pp > 1 and per_rank % self.n_microbatches:
             raise ConfigError(f"per-rank batch {per_rank} must be divisible by microbatches={self.n_microbatches}")
         return self

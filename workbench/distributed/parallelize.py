@@ -55,6 +55,8 @@ class ParallelModel:
         d(mean loss of this batch)``, under pp too (``loss_scale`` e.g. 1/accumulation steps)."""
         if self.sequence_parallel:
             self.layout.check_sequence(input_ids.shape[1])
+        if self.schedule is not None:  # every stage checks (they all see the batch): no rank left in a collective
+            self.layout.check_rank_batch(input_ids.shape[0])
         if self.schedule is None:
             out = self.module(input_ids, labels=labels)
             (out.loss * loss_scale).backward()
