@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from workbench.errors import WorkbenchError
+from workbench.errors import ConfigError, WorkbenchError
 from workbench.perfmodel import shape_from_dims, shape_from_preset, simulate
 
 GPT175 = {"layers": 96, "hidden": 12288, "heads": 96, "kv_heads": 96, "head_dim": None, "ffn": 49152,
@@ -41,6 +41,23 @@ def test_shape_totals_equal_accounting(preset):
     assert mine["active_non_embedding"] - shape.output_params() == counts.active
     for seq in (1024, 4096):
         assert shape.flops_per_token(seq) == pytest.approx(flops_per_token(config, seq).total, rel=1e-12)
+
+
+def test_a_gelu_workbench_model_has_no_ffn_biases_in_the_simulator():
+    """shape_from_config gave every gelu FFN GPT-style biases the workbench's gelu MLP does not have: 4,096
+    parameters too many on glm4-tiny with ffn_act=gelu, and FLOPs per token (the trainer's MFU) apart."""
+    from workbench.model import get_preset
+    from workbench.model.accounting import count_parameters, flops_per_token
+    from workbench.perfmodel import shape_from_config
+
+    config = get_preset("glm4-tiny").replace(ffn_act="gelu")
+    shape = shape_from_config(config)
+    assert shape.param_counts()["total"] == count_parameters(config).main
+    assert shape.flops_per_token(16) == pytest.approx(flops_per_token(config, 16).total, rel=1e-12)
+    gpt = shape_from_dims({"layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "vocab": 100, "ffn_type": "gelu"})
+    assert gpt.dense_ffn_params() == 2 * 64 * 256 + 256 + 64  # explicit gelu dims keep GPT's biases
+    with pytest.raises(ConfigError, match="ffn_bias must be true, false or null"):
+        shape_from_dims({"layers": 2, "hidden": 64, "heads": 4, "vocab": 100, "ffn_bias": "no"})
 
 
 def test_simulate_parameter_keys_match_workbench_models():

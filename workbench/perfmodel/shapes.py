@@ -127,12 +127,18 @@ class ModelShape:
     qk_norm: bool = False
     mtp_layers: int = 0
     indexer: IndexerShape | None = None
+    # FFN biases: None = the ffn_type's convention (GPT-style gelu FFNs have them, SwiGLU ones do not); the
+    # workbench's own gelu MLP has none, so shapes built from a ModelConfig say False
+    ffn_bias: bool | None = None
     name: str = "custom"
     source: str = "explicit dims"
 
     def __post_init__(self):
         for name in ("layers", "hidden", "heads", "kv_heads", "vocab"):
             _positive_int("model", name, getattr(self, name))
+        if self.ffn_bias is not None and not isinstance(self.ffn_bias, bool):
+            raise ConfigError(f"model: ffn_bias must be true, false or null (the ffn_type's convention), got "
+                              f"{self.ffn_bias!r}")
         _positive_int("model", "ffn", self.ffn, allow_zero=True)
         _positive_int("model", "mtp_layers", self.mtp_layers, allow_zero=True)
         for name in ("tied_embeddings", "qkv_bias", "qk_norm"):
@@ -219,7 +225,8 @@ class ModelShape:
         return self.layers if self.indexer.full_layers is None else self.indexer.full_layers
 
     def dense_ffn_params(self) -> int:
-        extra = (self.ffn + self.hidden) if self.ffn_type == "gelu" else 0  # GPT-style biases
+        with_bias = self.ffn_type == "gelu" if self.ffn_bias is None else self.ffn_bias
+        extra = (self.ffn + self.hidden) if with_bias else 0  # GPT-style biases
         return self.ffn_mats * self.hidden * self.ffn + extra
 
     def expert_params(self) -> int:
@@ -329,13 +336,15 @@ class ModelShape:
         for name in ("tied_embeddings", "qkv_bias", "qk_norm", "mtp_layers"):
             if getattr(self, name):
                 out[name] = getattr(self, name)
+        if self.ffn_bias is not None:
+            out["ffn_bias"] = self.ffn_bias
         if self.indexer:
             out["indexer"] = dict(self.indexer.__dict__)
         return out
 
 
 _DIM_KEYS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "ffn_type", "vocab", "moe", "mla",
-             "tied_embeddings", "qkv_bias", "qk_norm", "mtp_layers", "indexer", "name"}
+             "tied_embeddings", "qkv_bias", "qk_norm", "mtp_layers", "indexer", "name", "ffn_bias"}
 
 
 def shape_from_dims(dims: dict[str, Any]) -> ModelShape:
@@ -391,7 +400,7 @@ def shape_from_config(config: Any, name: str | None = None) -> ModelShape:
     return ModelShape(
         layers=c.num_layers, hidden=c.hidden_size, heads=c.num_heads,
         kv_heads=c.num_kv_heads if mla is None else c.num_heads, head_dim=c.head_dim if mla is None else None,
-        ffn=c.intermediate_size if (moe is None or moe.first_dense) else 0, ffn_type=c.ffn_act,
+        ffn=c.intermediate_size if (moe is None or moe.first_dense) else 0, ffn_type=c.ffn_act, ffn_bias=False,
         vocab=c.vocab_size, moe=moe, mla=mla, indexer=indexer, tied_embeddings=c.tie_embeddings,
         qkv_bias=c.attention_bias, qk_norm=c.use_qk_norm, mtp_layers=c.mtp_layers, name=name,
         source=f"preset {name!r}",
