@@ -97,7 +97,7 @@ class LightningIndexer(nn.Module):
 
         Queries go in blocks of ``block_rows``; a block scores only the keys it can see (up to its last row), so the
         masked upper triangle is mostly never computed: at S = 2048 the blocks touch 56% of the S^2 scores, and top-k
-        scans rows of that length only. Same picks as the dense version (up to the order of exact ties)."""
+        scans rows of that length only. Same picks as the dense version, up to which of exactly tied keys is taken."""
         B, S = q.shape[:2]
         slots = min(self.topk, S)
         block = max(block_rows, slots)  # the first block must see at least `slots` keys for topk
