@@ -34,6 +34,23 @@ def test_teaching_ddp_and_zero1_match_single_process(tmp_path):
         assert 0.3 * full < rows["zero1"]["optimizer_state_bytes"] < 0.7 * full
 
 
+def test_compare_refuses_a_global_batch_the_ranks_do_not_share_evenly(monkeypatch, capsys):
+    """--global-batch 5 on 2 ranks trained 2 rows per rank against a 5-row reference: every strategy looked wrong."""
+    from workbench.distributed import mesh
+    from workbench.distributed.teaching import compare
+
+    def two_ranks(device):
+        return mesh.DistInfo(0, 2, 0, None, "gloo")
+    monkeypatch.setattr(mesh, "init_distributed", two_ranks)
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--steps", "1", "--global-batch", "5", "--dim", "8", "--depth", "1"])
+    assert exit_info.value.code == 2
+    assert "--global-batch 5 must be divisible by the 2 ranks; use a multiple of 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main(["--steps", "0"])
+    assert "--steps must be >= 1 (got 0)" in capsys.readouterr().err
+
+
 def test_comm_bench_cli_launches_itself_and_writes_json_and_chart(tmp_path):
     out = tmp_path / "cb"
     proc = subprocess.run([sys.executable, "-m", "workbench", "comm-bench", "--nproc", "2", "--min-size", "1K",

@@ -110,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.3)
     parser.add_argument("--bucket-cap-mb", type=float, default=1.0)
     args = parser.parse_args(argv)
+    for name in ("steps", "global_batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
     info = init_distributed("cpu")
+    if args.global_batch % info.world_size:  # each rank trains on an equal share; the rest would be dropped
+        parser.error(f"--global-batch {args.global_batch} must be divisible by the {info.world_size} ranks; use a "
+                     f"multiple of {info.world_size}")
     base = make_mlp(args.dim, args.depth)
     x, y = make_batch(args.global_batch, args.dim)
     ref_losses, ref_model = reference_run(base, x, y, args.steps, args.lr)
