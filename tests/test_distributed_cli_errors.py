@@ -263,3 +263,11 @@ def test_comm_bench_refuses_a_max_size_this_machine_cannot_hold(capsys, no_launc
     monkeypatch.setattr(comm_bench, "_available_host_bytes", lambda: 8 * 2**30)
     assert main(["comm-bench", "--device", "cpu", "--max-size", "4G", "--nproc", "2", "--out", str(tmp_path)]) == 2
     _one_error_line(capsys, "comm-bench", "this machine has 8.0 GiB available; use --max-size")
+
+
+def test_launch_help_says_c10d_ranks_follow_join_order(capsys):
+    """--node-rank 1 became global rank 0 (it joined first) while the help promised "this node's rank"."""
+    with pytest.raises(SystemExit):
+        main(["launch", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "hands out global ranks in join order, not by node rank" in help_text

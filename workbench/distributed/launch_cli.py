@@ -5,7 +5,9 @@
     workbench launch --nproc 2 --max-restarts 1 -- train ... --resume
     workbench launch --slurm job.sbatch --nnodes 4 --nproc 8 -- train ...
 
-The backend comes from the device layer inside each worker (gloo on cpu, nccl on cuda, hccl on npu).
+The backend comes from the device layer inside each worker (gloo on cpu, nccl on cuda, hccl on npu). On several
+nodes the c10d rendezvous numbers the ranks in the order the nodes join: ``--node-rank`` does not decide which node
+holds global rank 0.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ DEFAULT_RUN_DIR = "runs/launch"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=2, help="processes per node (default 2)")
     parser.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
-    parser.add_argument("--node-rank", type=int, default=None, help="this node's rank (0..nnodes-1; default 0)")
+    parser.add_argument("--node-rank", type=int, default=None,
+                        help="this node's rank (0..nnodes-1; default 0). torchrun's c10d rendezvous hands out "
+                             "global ranks in join order, not by node rank: whichever node joins first may hold "
+                             "global rank 0 (the rank that prints results and owns the run folder and checkpoints)")
     parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous (node 0); "
                         "default on one node: a free local port")
     parser.add_argument("--max-restarts", type=int, default=0,
