@@ -271,3 +271,27 @@ def test_launch_help_says_c10d_ranks_follow_join_order(capsys):
         main(["launch", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "hands out global ranks in join order, not by node rank" in help_text
+
+
+@pytest.mark.parametrize("user_value, expected", [("1", "1"), (None, None)])
+def test_launch_keeps_the_users_omp_num_threads(monkeypatch, tmp_path, user_value, expected):
+    """OMP_NUM_THREADS=1 workbench launch --nproc 1 gave the worker cores // nproc threads: a shared host's limit
+    was silently dropped. Without one, cores // nproc stays the default."""
+    import importlib
+    import os
+
+    launch_module = importlib.import_module("workbench.distributed.launcher.launch")  # the module, not launch()
+    seen = {}
+
+    def fake_popen(argv, env, **kwargs):
+        seen.update(env)
+        raise KeyboardInterrupt  # stop before anything starts
+
+    if user_value is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", user_value)
+    monkeypatch.setattr(launch_module.subprocess, "Popen", fake_popen)
+    with pytest.raises(KeyboardInterrupt):
+        launch(["models"], LaunchConfig(nproc=1), run_dir=tmp_path / "run", on_line=None)
+    assert seen["OMP_NUM_THREADS"] == (expected or str(max(1, os.cpu_count() or 1)))

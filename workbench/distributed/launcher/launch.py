@@ -61,7 +61,8 @@ class LaunchConfig:
     rdzv_id: str = "workbench"
     max_restarts: int = 0
     monitor_interval_s: float = 0.5  # how often torchrun checks its workers (its default, 5 s, slows restarts)
-    threads_per_proc: int | None = None  # OMP_NUM_THREADS per worker; None = cores // nproc (at least 1)
+    threads_per_proc: int | None = None  # OMP_NUM_THREADS per worker; None = the caller's OMP_NUM_THREADS if set,
+    #                                      else cores // nproc (at least 1)
 
     def __post_init__(self):
         if self.nproc < 1:
@@ -424,7 +425,9 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
     old_logs = set((run_dir / "logs").glob("*"))
     argv = [sys.executable, "-m", "torch.distributed.run",
             *torchrun_argv(config, command, log_dir=run_dir / "logs")]
-    threads = config.threads_per_proc or max(1, (os.cpu_count() or 1) // config.nproc)
+    # The user's OMP_NUM_THREADS (e.g. a limit on a shared host) wins over the cores // nproc default.
+    threads = config.threads_per_proc or os.environ.get("OMP_NUM_THREADS", "").strip() or \
+        max(1, (os.cpu_count() or 1) // config.nproc)
     child_env = {**os.environ, RESULTS_ENV: str(results_dir.resolve()), "OMP_NUM_THREADS": str(threads),
                  "PYTHONUNBUFFERED": "1", **(env or {})}
     log: list[str] = []
