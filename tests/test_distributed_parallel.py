@@ -78,6 +78,16 @@ def test_a_compute_dtype_needs_fsdp(world_of_one):
     assert parallelize(make_model("glm4-tiny", True, 0), "dp=1", param_dtype="fp32").mesh is None
 
 
+@pytest.mark.parametrize("flag", ["--steps", "--global-batch"])
+def test_runner_needs_at_least_one_step_and_row(flag, capsys):
+    """--steps 0 ended in "statistics.StatisticsError: no median for empty data"; --global-batch 0 was accepted."""
+    from workbench.distributed.runner import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--cases", "glm4-tiny:dp=1", "--tiny", flag, "0"])
+    assert exit_info.value.code == 2 and f"{flag} must be >= 1 (got 0)" in capsys.readouterr().err
+
+
 def test_ddp_accepts_parameters_a_step_leaves_unused(world_of_one):
     """glm5's DSA indexers run only on sequences longer than index_topk (32): at 16 tokens they get no gradient.
     DDP must neither fail on the next step nor touch them: gradients equal one process's (indexers stay None)."""

@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-reference", action="store_true")
     args = parser.parse_args(argv)
+    for name in ("steps", "global_batch", "seq_len"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
     try:  # before the process group: a bad case is one line per rank, with nothing started
         cases = parse_cases(args.cases)
     except ValueError as exc:
