@@ -34,6 +34,38 @@ def test_teaching_ddp_and_zero1_match_single_process(tmp_path):
         assert 0.3 * full < rows["zero1"]["optimizer_state_bytes"] < 0.7 * full
 
 
+def test_overlapped_ddp_refuses_accumulation_clearly_and_recovers(tmp_path):
+    """Two backward passes, then one sync_gradients(): the error said some parameters got no gradient (each got
+    two), and the leftover counts broke every later step. World of one: the same hooks and bucket collectives."""
+    import copy
+
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    from workbench.distributed.teaching import OverlappedDDP
+    from workbench.distributed.teaching.compare import make_batch, make_mlp
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        base = make_mlp(16, 2)
+        x, y = make_batch(4, 16)
+        ddp = OverlappedDDP(copy.deepcopy(base), bucket_cap_mb=0.001)
+        assert len(ddp.buckets) > 1
+        for half in (slice(0, 2), slice(2, 4)):
+            nn.functional.mse_loss(ddp(x[half]), y[half]).backward()
+        with pytest.raises(RuntimeError, match="several backward passes before sync_gradients.*no_sync"):
+            ddp.sync_gradients()
+        ddp.module.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(ddp(x), y).backward()  # the next step works: the state was reset
+        ddp.sync_gradients()
+        nn.functional.mse_loss(base(x), y).backward()
+        for mine, ref in zip(ddp.module.parameters(), base.parameters()):
+            assert torch.allclose(mine.grad, ref.grad, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_compare_refuses_a_global_batch_the_ranks_do_not_share_evenly(monkeypatch, capsys):
     """--global-batch 5 on 2 ranks trained 2 rows per rank against a 5-row reference: every strategy looked wrong."""
     from workbench.distributed import mesh
