@@ -45,6 +45,18 @@ def run_parameter_cells(name: str, tmp_path: Path, **overrides) -> dict:
     ("04_profiling.ipynb", dict(impl_b="reference"), "both 'reference'"),
     ("04_profiling.ipynb", dict(impl_a="foo"), "'impl_a' = 'foo' is not an implementation of attention"),
     ("04_profiling.ipynb", dict(preset="glm-4.5-air"), "is not one of"),
+    # a misspelled papermill name (-p preest ...) was a new global, ignored: the default preset trained
+    ("00_quickstart.ipynb", dict(preest="glm45-tiny"), "unknown parameter 'preest' (did you mean 'preset'?)"),
+    ("01_training.ipynb", dict(step=10), "unknown parameter 'step' (did you mean 'steps'?)"),
+    ("05_hardware_comparison.ipynb", dict(cuont=64), "unknown parameter 'cuont'"),
+    ("03_distributed.ipynb", dict(nprocs=2), "unknown parameter 'nprocs' (did you mean 'nproc'?)"),
+    # a folder as results_path failed in the last cell, after the whole run
+    ("02_kernels.ipynb", dict(results_path="."), "is a folder; give a file"),
+    # notebook 03: a full-size preset (every rank builds the whole model), positions of the tiny model
+    ("03_distributed.ipynb", dict(preset="glm-4.5"), "'preset': 'glm-4.5' is not one of"),
+    ("03_distributed.ipynb", dict(seq_len=300), "beyond the 256 positions of glm4-tiny as tiny=True builds it"),
+    # the naive attention of the memory comparison would not fit (48 GiB at 32768)
+    ("02_kernels.ipynb", dict(memory_seq_len=65536), "the naive attention would hold"),
 ])
 def test_bad_parameters_stop_at_the_validation_cell(tmp_path, name, overrides, message):
     with pytest.raises(WorkbenchError) as err:

@@ -8,8 +8,10 @@ the right types or a ``WorkbenchError`` lists what is wrong and what would be ri
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from workbench.errors import WorkbenchError
@@ -114,12 +116,38 @@ class Param:
             raise WorkbenchError(f"parameter {name!r} = {value!r} is not a valid {what}{self._hint()}") from None
 
 
-def validate_params(values: dict[str, Any], schema: dict[str, Param]) -> dict[str, Any]:
-    """Coerce and check ``values`` against ``schema``. Unknown names and every bad value are reported together."""
+# What an IPython kernel defines itself; with names starting with "_" these are never a notebook's parameters
+_KERNEL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
+_PLAIN_VALUES = (str, int, float, bool, type(None), list, dict, tuple)  # what a parameters cell / papermill assigns
+_CHECKED = "_workbench_parameters_checked"  # set in the notebook's namespace once its parameters passed
+
+
+def _stray_parameters(namespace: dict[str, Any], schema: dict[str, Param]) -> list[str]:
+    """Plain values in a notebook's globals that no parameter is called: papermill's ``-p preest glm45-tiny``
+    defines ``preest`` next to the parameters and says only "Passed unknown parameter" in its log."""
+    return sorted(name for name, value in namespace.items()
+                  if name not in schema and not name.startswith("_") and name not in _KERNEL_NAMES
+                  and not name.isupper()  # constants a cell imported (FULL_SIZE, PRESETS), never a parameter
+                  and isinstance(value, _PLAIN_VALUES))
+
+
+def validate_params(values: dict[str, Any], schema: dict[str, Param],
+                    namespace: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Coerce and check ``values`` against ``schema``. Unknown names and every bad value are reported together.
+
+    ``namespace``: a notebook passes ``globals()``, so a misspelled papermill parameter (a new global beside the
+    parameters) is an error too. Checked on the cell's first successful run only: a re-run, after later cells
+    defined their own variables, must not take those for parameters.
+    A ``results_path`` must name a file, not a folder (it used to fail in the last cell, after the whole run)."""
     problems = []
     unknown = sorted(set(values) - set(schema))
     if unknown:
         problems.append(f"unknown parameter(s) {unknown}; known: {sorted(schema)}")
+    if namespace is not None and not namespace.get(_CHECKED):
+        for name in _stray_parameters(namespace, schema):
+            close = difflib.get_close_matches(name, list(schema), n=1)
+            problems.append(f"unknown parameter {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                            + f"; known: {sorted(schema)} (a leftover variable: `del {name}` or restart the kernel)")
     clean = {}
     for name, spec in schema.items():
         if name not in values:
@@ -129,8 +157,14 @@ def validate_params(values: dict[str, Any], schema: dict[str, Param]) -> dict[st
             clean[name] = spec.coerce(name, values[name])
         except WorkbenchError as exc:
             problems.append(str(exc))
+    results_path = clean.get("results_path")
+    if isinstance(results_path, str) and Path(results_path).expanduser().is_dir():
+        problems.append(f"parameter 'results_path' = {results_path!r} is a folder; give a file, e.g. "
+                        f"{str(Path(results_path) / 'results.json')!r}")
     if problems:
         raise WorkbenchError("; ".join(problems))
+    if namespace is not None:
+        namespace[_CHECKED] = True
     return clean
 
 
