@@ -535,6 +535,20 @@ def test_a_warmup_as_long_as_the_run_is_warned_about_and_memory_names_its_source
     said.clear()
     Trainer(tiny_config(tmp_path / "b", steps=5, warmup_steps=2), model=StandIn(), log=said.append)
     assert not any("warmup_steps" in line for line in said)
+    # a one-step run: the suggestion was "e.g. 1", the value that had just been warned about
+    Trainer(tiny_config(tmp_path / "c", steps=1, warmup_steps=1), model=StandIn(), log=said.append)
+    assert any("below steps, e.g. 0" in line for line in said)
+
+
+def test_a_new_depth_repeats_glm5s_indexer_pattern(tmp_path):
+    """--model num_layers=2 on glm5-tiny failed: 'indexer_types has 4 entries; need one per layer (2): pass a new
+    tuple', and a tuple cannot be written in an override."""
+    from workbench.train.trainer import build_model_config
+
+    config = tiny_config(tmp_path, preset="glm5-tiny", model_overrides={"num_layers": 3})
+    assert build_model_config(config, 300).indexer_types == ("full", "shared", "full")
+    explicit = tiny_config(tmp_path, preset="glm5-tiny", model_overrides={"num_layers": 1, "indexer_types": ["full"]})
+    assert build_model_config(explicit, 300).indexer_types == ("full",)
 
 
 def test_only_rank_zero_speaks(tmp_path, monkeypatch):

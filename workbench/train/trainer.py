@@ -86,7 +86,13 @@ def build_model_config(config: TrainConfig, vocab_size: int):
     if bad:
         raise WorkbenchError(f"unknown model setting(s) {bad} for preset {config.preset!r}; "
                              f"known: {', '.join(sorted(fields))}")
-    model_config = dataclasses.replace(base, **{**config.model_overrides, "vocab_size": vocab_size})
+    overrides = dict(config.model_overrides)
+    depth = overrides.get("num_layers")
+    if isinstance(depth, int) and depth > 0 and "indexer_types" not in overrides and base.indexer_types is not None:
+        # GLM-5's per-layer DSA indexer pattern ("full" / "shared") follows a new depth, repeated: num_layers=2
+        # on glm5-tiny failed with "indexer_types has 4 entries", and a tuple cannot be written in an override
+        overrides["indexer_types"] = tuple(base.indexer_types[i % len(base.indexer_types)] for i in range(depth))
+    model_config = dataclasses.replace(base, **{**overrides, "vocab_size": vocab_size})
     limit = model_max_positions(model_config)
     if limit is not None and config.seq_len > limit:
         raise WorkbenchError(f"seq_len {config.seq_len} is beyond the {limit} positions of preset {config.preset!r}; "
@@ -235,7 +241,8 @@ class Trainer:
         if config.warmup_steps >= config.steps:  # (self.log is silent on ranks other than 0)
             self.log(f"warning: warmup_steps ({config.warmup_steps}) >= steps ({config.steps}): the lr rises to "
                      f"{self.scheduler.multiplier(config.steps - 1):.0%} of --lr at the last step and never decays; "
-                     f"set warmup_steps (--warmup-steps) below steps, e.g. {max(1, config.steps // 10)}")
+                     f"set warmup_steps (--warmup-steps) below steps, e.g. "
+                     f"{min(max(1, config.steps // 10), config.steps - 1)}")
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.num_params = sum(p.numel() for p in self.raw_model.parameters())
         self.flops_per_token = self._flops_per_token()
