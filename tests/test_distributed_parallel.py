@@ -73,6 +73,11 @@ def test_a_compute_dtype_needs_fsdp(world_of_one):
         parse_cases("glm4-tiny:dp=2:banana")
     with pytest.raises(ValueError, match=":bf16 sets FSDP2's compute dtype, and tp=2 has no fsdp"):
         parse_cases("glm4-tiny:tp=2:bf16")
+    # an fsdp degree left to the world size is still fsdp (it was refused: 'fsdp=auto needs a known world size')
+    assert parse_cases("glm4-tiny:fsdp=auto:bf16;glm4-tiny:dp=auto,fsdp=2:bf16") == [
+        ("glm4-tiny", "fsdp=auto", "bf16"), ("glm4-tiny", "dp=auto,fsdp=2", "bf16")]
+    with pytest.raises(ValueError, match="has no fsdp"):
+        parse_cases("glm4-tiny:dp=2,fsdp=1:bf16")
     with pytest.raises(ConfigError, match="param_dtype=bf16 is FSDP2's compute dtype"):
         parallelize(make_model("glm4-tiny", True, 0), "dp=1", param_dtype="bf16")
     assert parallelize(make_model("glm4-tiny", True, 0), "dp=1", param_dtype="fp32").mesh is None

@@ -100,7 +100,6 @@ def parse_cases(text: str) -> list[tuple[str, str, str | None]]:
     The dtype is FSDP2's compute dtype (``parse_dtype`` names: fp32, bf16, fp16), so anything but fp32 needs a
     layout with fsdp; it comes back as its canonical name."""
     from workbench.device.detect import dtype_name, parse_dtype
-    from workbench.distributed.layout import parse_layout
 
     cases = []
     for item in [c.strip() for c in text.split(";") if c.strip()]:
@@ -113,7 +112,10 @@ def parse_cases(text: str) -> list[tuple[str, str, str | None]]:
                 dtype = dtype_name(parse_dtype(parts[2]))
             except ValueError as exc:
                 raise ValueError(f"case {item!r}: {exc}") from None
-            if dtype != "fp32" and parse_layout(parts[1]).fsdp == 1:
+            # read from the spec's own text: fsdp=auto (or -1) is resolved only once the world size is known
+            names_fsdp = any(key.strip() == "fsdp" and value.strip() != "1"
+                             for key, _, value in (entry.partition("=") for entry in parts[1].split(",")))
+            if dtype != "fp32" and not names_fsdp:
                 raise ValueError(f"case {item!r}: :{dtype} sets FSDP2's compute dtype, and {parts[1]} has no fsdp; "
                                  f"drop the suffix or use a layout with fsdp (e.g. fsdp=2:{dtype})")
         cases.append((parts[0], parts[1], dtype))
