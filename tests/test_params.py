@@ -89,9 +89,13 @@ def test_a_misspelled_notebook_parameter_is_an_error_on_the_first_run_only(tmp_p
 
     values = {"steps": 1, "lr": 0.1, "device": "cpu", "compile": False, "data": None, "ops": []}
     namespace = {**values, "steeps": 10, "In": [], "_i1": "", "os": os, "Param": Param,  # kernel names, imports
-                 "FULL_SIZE": ("glm-5",)}  # an imported constant
-    with pytest.raises(WorkbenchError, match=r"unknown parameter 'steeps' \(did you mean 'steps'\?\)"):
+                 "FULL_SIZE": ("glm-5",),  # an imported constant
+                 "home": "/root"}  # an IPython startup file's variable: in every kernel, nobody's typo
+    with pytest.raises(WorkbenchError, match=r"unknown parameter 'steeps' \(did you mean 'steps'\?\)") as err:
         validate_params(values, SCHEMA, namespace=namespace)
+    assert "home" not in str(err.value) and "FULL_SIZE" not in str(err.value)
+    with pytest.raises(WorkbenchError, match=r"unknown parameter 'LR' \(did you mean 'lr'\?\)"):
+        validate_params(values, SCHEMA, namespace={**namespace, "LR": 0.5})
     del namespace["steeps"]
     assert validate_params(values, SCHEMA, namespace=namespace) == values
     namespace["table"] = [1, 2]  # a later cell's variable, then the validation cell again

@@ -122,13 +122,24 @@ _PLAIN_VALUES = (str, int, float, bool, type(None), list, dict, tuple)  # what a
 _CHECKED = "_workbench_parameters_checked"  # set in the notebook's namespace once its parameters passed
 
 
-def _stray_parameters(namespace: dict[str, Any], schema: dict[str, Param]) -> list[str]:
-    """Plain values in a notebook's globals that no parameter is called: papermill's ``-p preest glm45-tiny``
-    defines ``preest`` next to the parameters and says only "Passed unknown parameter" in its log."""
-    return sorted(name for name, value in namespace.items()
-                  if name not in schema and not name.startswith("_") and name not in _KERNEL_NAMES
-                  and not name.isupper()  # constants a cell imported (FULL_SIZE, PRESETS), never a parameter
-                  and isinstance(value, _PLAIN_VALUES))
+def _stray_parameters(namespace: dict[str, Any], schema: dict[str, Param]) -> dict[str, str | None]:
+    """Plain values in a notebook's globals that look like a misspelled parameter -> the parameter they resemble.
+
+    papermill's ``-p preest glm45-tiny`` defines ``preest`` next to the parameters and says only "Passed unknown
+    parameter" in its log. Only names close to a parameter count (``preest``, ``step``, ``SEQ_LEN``): a kernel's
+    startup files and a cell's imported constants define other plain globals that are nobody's typo."""
+    found = {}
+    for name, value in namespace.items():
+        if name in schema or name.startswith("_") or name in _KERNEL_NAMES or not isinstance(value, _PLAIN_VALUES):
+            continue
+        if name.isupper():  # a constant a cell imported (FULL_SIZE, PRESETS) unless it is a parameter in capitals
+            if name.lower() in schema:
+                found[name] = name.lower()
+            continue
+        close = difflib.get_close_matches(name, list(schema), n=1, cutoff=0.75)
+        if close:
+            found[name] = close[0]
+    return found
 
 
 def validate_params(values: dict[str, Any], schema: dict[str, Param],
@@ -136,18 +147,17 @@ def validate_params(values: dict[str, Any], schema: dict[str, Param],
     """Coerce and check ``values`` against ``schema``. Unknown names and every bad value are reported together.
 
     ``namespace``: a notebook passes ``globals()``, so a misspelled papermill parameter (a new global beside the
-    parameters) is an error too. Checked on the cell's first successful run only: a re-run, after later cells
-    defined their own variables, must not take those for parameters.
+    parameters, close to one of their names) is an error too. Checked on the cell's first successful run only: a
+    re-run, after later cells defined their own variables, must not take those for parameters.
     A ``results_path`` must name a file, not a folder (it used to fail in the last cell, after the whole run)."""
     problems = []
     unknown = sorted(set(values) - set(schema))
     if unknown:
         problems.append(f"unknown parameter(s) {unknown}; known: {sorted(schema)}")
     if namespace is not None and not namespace.get(_CHECKED):
-        for name in _stray_parameters(namespace, schema):
-            close = difflib.get_close_matches(name, list(schema), n=1)
-            problems.append(f"unknown parameter {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                            + f"; known: {sorted(schema)} (a leftover variable: `del {name}` or restart the kernel)")
+        for name, meant in sorted(_stray_parameters(namespace, schema).items()):
+            problems.append(f"unknown parameter {name!r} (did you mean {meant!r}?); known: {sorted(schema)} "
+                            f"(a leftover variable: `del {name}` or restart the kernel)")
     clean = {}
     for name, spec in schema.items():
         if name not in values:
