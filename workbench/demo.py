@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run folder: {s['run_dir']}  (config.json, metrics.jsonl, summary.json, checkpoints/, samples.txt)")
     for kind, path in (s.get("figures") or {}).items():
         print(f"figure ({kind}): {path}")
+    print(f"next: .venv/bin/workbench export {s['run_dir']} --out {s['run_dir']}-hf  (the model for transformers)")
     return 0
 
 
