@@ -228,6 +228,24 @@ def test_resume_with_different_settings_is_refused(tmp_path):
         Trainer(tiny_config(tmp_path, steps=4), model=StandIn(), log=quiet)
 
 
+def test_a_folder_that_is_not_a_run_is_never_written_into(tmp_path):
+    """--out naming an existing folder of something else (`--out .` in a project, an exported transformers folder)
+    had its config.json, tokenizer.json and samples.txt overwritten without a word."""
+    foreign = tmp_path / "run"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"model_type": "glm4_moe"}')
+    (foreign / "tokenizer.json").write_text('{"mine": true}')
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="holds files of something other than a training run"):
+            Trainer(tiny_config(tmp_path, steps=2, resume=resume), model=StandIn(), log=quiet)
+    assert sorted(p.name for p in foreign.iterdir()) == ["config.json", "tokenizer.json"]  # no lock file either
+    assert (foreign / "tokenizer.json").read_text() == '{"mine": true}'
+    # an earlier run's folder (no checkpoint kept) is still a run: a new run may write there
+    earlier = tmp_path / "earlier"
+    Trainer(tiny_config(earlier, steps=2, ckpt_every=0, keep_last=1), model=StandIn(), log=quiet)
+    Trainer(tiny_config(earlier, steps=2), model=StandIn(), log=quiet)
+
+
 def test_resume_checks_the_data_by_content_not_by_its_spelling(tmp_path, monkeypatch):
     """An edited file behind the same path resumed silently onto other tokens; the same file given by another
     path was refused as "settings ['data'] differ"."""

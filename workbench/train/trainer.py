@@ -73,6 +73,21 @@ def model_max_positions(model_config: Any) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _is_run_folder_or_empty(folder: Path) -> bool:
+    """A folder a new run may write into: missing, empty, or an earlier run's (its lock file, or a config.json
+    with the run's settings). `--out .` in a project, or an exported transformers folder, is neither."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return True
+    from workbench.train.run_lock import LOCK_FILE
+
+    if (folder / LOCK_FILE).exists():
+        return True
+    try:
+        return "train" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def build_model_config(config: TrainConfig, vocab_size: int):
     """The preset's ModelConfig with the tokenizer's vocab and the user's overrides; checks seq_len fits."""
     from workbench.model import get_preset, list_presets
@@ -187,6 +202,9 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dtype = self.device.training_dtype
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.is_main_process)
+        if self.is_main_process and not _is_run_folder_or_empty(self.run_dir):  # (before the lock file is made)
+            raise WorkbenchError(f"{self.run_dir} holds files of something other than a training run (its "
+                                 "config.json, tokenizer.json, ... would be overwritten); choose a new or empty --out")
         if self.is_main_process and self.run_dir.is_dir():  # before reading its checkpoints (a new folder: below)
             lock_run_folder(self.run_dir)
 
