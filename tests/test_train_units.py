@@ -334,6 +334,10 @@ def test_a_byte_run_resumes_whatever_bpe_vocab_size_says(tmp_path):
     assert resumed.step == 2
     assert TrainConfig(tokenizer="bpe").trajectory_mismatch(TrainConfig(tokenizer="bpe", bpe_vocab_size=4096)) == \
         ["bpe_vocab_size"]
+    # likewise --muon-lr in an AdamW run, which refused the resume; it still counts where Muon runs
+    assert TrainConfig(optimizer="adamw").trajectory_mismatch(TrainConfig(optimizer="adamw", muon_lr=0.05)) == []
+    assert TrainConfig(optimizer="muon").trajectory_mismatch(TrainConfig(optimizer="muon", muon_lr=0.05)) == \
+        ["muon_lr"]
 
 
 def test_a_damaged_tokenizer_file_is_named(tmp_path):

@@ -147,7 +147,11 @@ class TrainConfig:
 
     def trajectory_mismatch(self, other: "TrainConfig") -> list[str]:
         """Names of settings that differ from ``other`` and would change the loss trajectory."""
-        ignored = {"bpe_vocab_size"} if self.tokenizer == other.tokenizer == "byte" else set()  # unused by byte runs
+        ignored = set()  # settings the run never reads: changing them cannot change its trajectory
+        if self.tokenizer == other.tokenizer == "byte":
+            ignored.add("bpe_vocab_size")
+        if self.optimizer == other.optimizer == "adamw":
+            ignored.add("muon_lr")
         return [name for name in TRAJECTORY_FIELDS
                 if name not in ignored and getattr(self, name) != getattr(other, name)]
 
