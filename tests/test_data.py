@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -40,6 +41,8 @@ def test_text_jsonl_and_folder_recipes(tmp_path):
     (b"", "is empty"),
     (b"  \n\n", "is empty"),
     (b"caf\xe9 latin-1", "not UTF-8"),
+    # a compressed corpus was told to run iconv
+    (gzip.compress(b'{"text": "hello"}\n'), r"is gzip-compressed, not text; unpack it first"),
 ])
 def test_bad_data_files_raise_one_clear_error(tmp_path, content, message):
     path = tmp_path / "data.txt"

@@ -116,6 +116,11 @@ def pre_v2_hash(docs: list[str], tokenizer_kind: str) -> str | None:
     return h.hexdigest()
 
 
+# (magic bytes, name, command) of compressed files a data folder may hold
+_ARCHIVES = ((b"\x1f\x8b", "gzip", "gunzip"), (b"BZh", "bzip2", "bunzip2"), (b"\xfd7zXZ\x00", "xz", "unxz"),
+             (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"), (b"PK\x03\x04", "zip", "unzip"))
+
+
 def _read_utf8(path: Path, allow_empty: bool = False) -> str:
     raw = path.read_bytes()
     if not raw.strip():
@@ -125,6 +130,10 @@ def _read_utf8(path: Path, allow_empty: bool = False) -> str:
     try:
         return raw.decode("utf-8-sig")  # "-sig": a leading byte-order mark (Windows editors write one) is dropped
     except UnicodeDecodeError as exc:
+        for magic, kind, unpack in _ARCHIVES:  # iconv cannot help a compressed file
+            if raw.startswith(magic):
+                raise WorkbenchError(f"data file {str(path)!r} is {kind}-compressed, not text; unpack it first, "
+                                     f"e.g. `{unpack} {path}`") from None
         raise WorkbenchError(f"data file {str(path)!r} is not UTF-8 text (bad byte at offset {exc.start}); "
                              f"convert it, e.g. `iconv -t UTF-8`") from None
 
