@@ -571,6 +571,9 @@ def test_a_new_depth_repeats_glm5s_indexer_pattern(tmp_path):
     assert build_model_config(config, 300).indexer_types == ("full", "shared", "full")
     explicit = tiny_config(tmp_path, preset="glm5-tiny", model_overrides={"num_layers": 1, "indexer_types": ["full"]})
     assert build_model_config(explicit, 300).indexer_types == ("full",)
+    # vocab_size was recorded in config.json and then replaced by the tokenizer's without a word
+    with pytest.raises(WorkbenchError, match="the vocabulary comes from the tokenizer"):
+        build_model_config(tiny_config(tmp_path, model_overrides={"vocab_size": 512}), 257)
 
 
 def test_only_rank_zero_speaks(tmp_path, monkeypatch):

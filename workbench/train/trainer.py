@@ -102,6 +102,9 @@ def build_model_config(config: TrainConfig, vocab_size: int):
         raise WorkbenchError(f"unknown model setting(s) {bad} for preset {config.preset!r}; "
                              f"known: {', '.join(sorted(fields))}")
     overrides = dict(config.model_overrides)
+    if "vocab_size" in overrides:  # it was recorded in config.json, then replaced by the tokenizer's without a word
+        raise WorkbenchError(f"--model vocab_size={overrides['vocab_size']}: the vocabulary comes from the tokenizer "
+                             f"(--tokenizer byte: 257 tokens; --tokenizer bpe --bpe-vocab-size N); leave it out")
     depth = overrides.get("num_layers")
     if isinstance(depth, int) and depth > 0 and "indexer_types" not in overrides and base.indexer_types is not None:
         # GLM-5's per-layer DSA indexer pattern ("full" / "shared") follows a new depth, repeated: num_layers=2
