@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 import numpy as np
 import pytest
@@ -349,3 +350,22 @@ def test_loader_windows_reach_the_last_token():
     loader = TokenLoader(np.arange(40, dtype=np.uint16), batch_size=64, seq_len=16)
     starts = {int(o) for step in range(20) for o in loader.offsets(step)}
     assert starts == set(range(40 - 16))
+
+
+@pytest.mark.parametrize("damage", ["truncated train.bin", "broken meta.json"])
+def test_a_damaged_pack_in_the_cache_is_packed_again(tmp_path, damage):
+    """A damaged cached pack failed every later run on that corpus ('mmap length is greater than file size', or a
+    JSON error), naming no folder, until the user found and deleted it."""
+    corpus = load_corpus("default")
+    first = pack_corpus(corpus, ByteTokenizer(), cache_dir=tmp_path)
+    expected = np.array(first.train[:1000]), len(first.train)
+    folder = first.directory
+    del first
+    if damage == "truncated train.bin":
+        os.truncate(folder / "train.bin", 10)
+    else:
+        (folder / "meta.json").write_text('{"version": 2,\n', encoding="utf-8")
+    with pytest.warns(UserWarning, match=f"packed-token cache {folder} is damaged"):
+        again = pack_corpus(corpus, ByteTokenizer(), cache_dir=tmp_path)
+    assert len(again.train) == expected[1] and np.array_equal(np.array(again.train[:1000]), expected[0])
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # the damaged copy is gone

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,17 +59,34 @@ def pack_corpus(corpus: Corpus, tokenizer, val_fraction: float = 0.05, cache_dir
         raise WorkbenchError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     directory = root / pack_key(corpus.sha256, tokenizer.identity, val_fraction)
-    if not (directory / "meta.json").exists():
-        _write_pack(directory, corpus, tokenizer, val_fraction)
+    if (directory / "meta.json").exists():
+        try:
+            return open_pack(directory)
+        except WorkbenchError as exc:  # a damaged cache failed every later run on this corpus: pack it again
+            warnings.warn(f"{exc}; packing the corpus again", stacklevel=2)
+            aside = directory.with_name(f".{directory.name}.damaged-{os.getpid()}")
+            os.replace(directory, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+    _write_pack(directory, corpus, tokenizer, val_fraction)
     return open_pack(directory)
 
 
 def open_pack(directory: str | Path) -> PackedData:
+    """Memory-map a pack, after checking that its files are whole (a ``WorkbenchError`` naming the folder if not:
+    "mmap length is greater than file size" named nothing)."""
     directory = Path(directory)
-    meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
-    dtype = np.dtype(meta["dtype"])
-    train = np.memmap(directory / "train.bin", dtype=dtype, mode="r", shape=(meta["train_tokens"],))
-    val = np.memmap(directory / "val.bin", dtype=dtype, mode="r", shape=(meta["val_tokens"],))
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+        dtype = np.dtype(meta["dtype"])
+        sizes = {name: int(meta[f"{name}_tokens"]) for name in ("train", "val")}
+        for name, tokens in sizes.items():
+            actual = (directory / f"{name}.bin").stat().st_size
+            if actual != tokens * dtype.itemsize:
+                raise ValueError(f"{name}.bin holds {actual} bytes, meta.json says {tokens * dtype.itemsize}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WorkbenchError(f"packed-token cache {directory} is damaged ({exc})") from None
+    train = np.memmap(directory / "train.bin", dtype=dtype, mode="r", shape=(sizes["train"],))
+    val = np.memmap(directory / "val.bin", dtype=dtype, mode="r", shape=(sizes["val"],))
     return PackedData(train, val, meta, directory)
 
 
@@ -105,7 +123,10 @@ def _write_pack(directory: Path, corpus: Corpus, tokenizer, val_fraction: float)
             "eos_id": tokenizer.eos_id, "dtype": dtype.name, "train_tokens": int(n_train), "val_tokens": int(n_val),
             "val_fraction": val_fraction, "documents": len(corpus.documents),
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        with open(tmp / "meta.json", "w", encoding="utf-8") as f:  # on disk before the rename publishes the pack
+            f.write(json.dumps(meta, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
         try:
             os.rename(tmp, directory)
         except OSError:  # another process packed the same corpus meanwhile: theirs is identical
