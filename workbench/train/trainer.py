@@ -76,7 +76,7 @@ def model_max_positions(model_config: Any) -> int | None:
 def _is_run_folder_or_empty(folder: Path) -> bool:
     """A folder a new run may write into: missing, empty, or an earlier run's (its lock file, or a config.json
     with the run's settings). `--out .` in a project, or an exported transformers folder, is neither."""
-    if not folder.is_dir() or not any(folder.iterdir()):
+    if not folder.is_dir() or all(entry.name.startswith(".") for entry in folder.iterdir()):  # (.DS_Store, ...)
         return True
     from workbench.train.run_lock import LOCK_FILE
 
