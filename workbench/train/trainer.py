@@ -74,13 +74,13 @@ def model_max_positions(model_config: Any) -> int | None:
 
 
 def _is_run_folder_or_empty(folder: Path) -> bool:
-    """A folder a new run may write into: missing, empty, or an earlier run's (its lock file, or a config.json
-    with the run's settings). `--out .` in a project, or an exported transformers folder, is neither."""
+    """A folder a new run may write into: missing, empty, or an earlier run's (its lock file, its checkpoints, or a
+    config.json with the run's settings). `--out .` in a project, or an exported transformers folder, is neither."""
     if not folder.is_dir() or all(entry.name.startswith(".") for entry in folder.iterdir()):  # (.DS_Store, ...)
         return True
     from workbench.train.run_lock import LOCK_FILE
 
-    if (folder / LOCK_FILE).exists():
+    if (folder / LOCK_FILE).exists() or (folder / "checkpoints").exists():  # (checkpoints: its own checks follow)
         return True
     try:
         return "train" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
