@@ -122,7 +122,7 @@ _PLAIN_VALUES = (str, int, float, bool, type(None), list, dict, tuple)  # what a
 _CHECKED = "_workbench_parameters_checked"  # set in the notebook's namespace once its parameters passed
 
 
-def _stray_parameters(namespace: dict[str, Any], schema: dict[str, Param]) -> dict[str, str | None]:
+def _stray_parameters(namespace: dict[str, Any], schema: dict[str, Param]) -> dict[str, str]:
     """Plain values in a notebook's globals that look like a misspelled parameter -> the parameter they resemble.
 
     papermill's ``-p preest glm45-tiny`` defines ``preest`` next to the parameters and says only "Passed unknown

@@ -75,10 +75,10 @@ def export_run(run: str | Path, out: str | Path, step: int | None = None) -> dic
     written = {"checkpoint": str(path), "out": str(out), "tokenizer": None}
     tokenizer_file = run / "tokenizer.json"
     if tokenizer_file.is_file():
-        from workbench.data import load_tokenizer
+        from workbench.data import ByteTokenizer, load_tokenizer
 
         tokenizer = load_tokenizer(run)
-        byte_level = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("workbench_tokenizer") == "byte"
+        byte_level = isinstance(tokenizer, ByteTokenizer)
         target = out / ("workbench_tokenizer.json" if byte_level else "tokenizer.json")
         shutil.copyfile(tokenizer_file, target)
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))

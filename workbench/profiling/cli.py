@@ -132,9 +132,8 @@ def run(args: argparse.Namespace) -> int:
             from workbench.distributed.train_hooks import finish_distributed
 
             finish_distributed()
-    if rank != 0:  # rank 0 speaks for the run
+    if rank != 0:  # rank 0 speaks for the run (and its folder is --out itself)
         return 0
-    out = rank_out
     summary = report.summary()
     print(f"profiled {summary['n_steps']} steps of {args.preset} on {run_.device_type} with {run_.backend}: "
           f"{summary['step_ms']:.2f} ms/step")

@@ -179,11 +179,11 @@ def load_trace(source: str | os.PathLike | dict | list) -> Trace:
         ph, name = item.get("ph"), item.get("name", "")
         if ph == "X" and "ts" in item and "dur" in item:
             cat, lane = str(item.get("cat", "")), lanes.get((item.get("pid"), item.get("tid")), "")
-            if lane == "skip" or (lane == "device" and collectives_have_a_lane
-                                  and categorize_name(str(name)) == "communication"):
+            collective = bool(lane) and categorize_name(str(name)) == "communication"
+            if lane == "skip" or (lane == "device" and collective and collectives_have_a_lane):
                 continue
             if lane == COLLECTIVES_BY_NAME:
-                if categorize_name(str(name)) != "communication":
+                if not collective:
                     continue
                 lane = "communication"
             if lane:  # a torch_npu device task or collective: no cat of its own
@@ -226,9 +226,9 @@ def _npu_lanes(items: list[dict]) -> dict[tuple, str]:
         if item.get("ph") != "X":
             continue
         key = (item.get("pid"), item.get("tid"))
-        kind = process.get(key[0], "")
         if key in lanes:
             continue
+        kind = process.get(key[0], "")
         if kind in NPU_DEVICE_LANES:
             lanes[key] = "device"
         elif kind in NPU_COMMUNICATION_LANES:
