@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -574,6 +575,36 @@ def test_a_new_depth_repeats_glm5s_indexer_pattern(tmp_path):
     # vocab_size was recorded in config.json and then replaced by the tokenizer's without a word
     with pytest.raises(WorkbenchError, match="the vocabulary comes from the tokenizer"):
         build_model_config(tiny_config(tmp_path, model_overrides={"vocab_size": 512}), 257)
+
+
+@pytest.mark.parametrize("preset, overrides, named", [
+    ("glm5-tiny", {"head_dim": 64}, "head_dim (GQA-only"),                     # MLA has no head_dim
+    ("glm4-tiny", {"kv_lora_rank": 32}, "kv_lora_rank (MLA-only"),
+    ("glm4-tiny", {"num_experts_per_token": 4}, "num_experts_per_token (a MoE setting"),
+    ("glm45-tiny", {"index_topk": 16}, "index_topk (a DSA setting"),
+    ("glm4-tiny", {"mtp_loss_weight": 1.0}, "mtp_loss_weight (an MTP setting"),
+    ("glm45-tiny", {"first_k_dense": 0, "intermediate_size": 99}, "intermediate_size (the dense FFN width"),
+])
+def test_an_override_the_model_would_not_read_is_refused(tmp_path, preset, overrides, named):
+    """--model head_dim=64 on glm5-tiny trained exactly the preset: MLA never reads the GQA-only head_dim."""
+    from workbench.train.trainer import build_model_config
+
+    with pytest.raises(WorkbenchError, match=re.escape(named)):
+        build_model_config(tiny_config(tmp_path, preset=preset, model_overrides=overrides), 300)
+
+
+def test_an_override_that_turns_its_feature_on_is_read(tmp_path):
+    from workbench.train.trainer import build_model_config
+
+    # switching glm5-tiny to GQA makes head_dim and num_kv_heads count; the MLA fields stay the preset's, unflagged
+    gqa = build_model_config(tiny_config(tmp_path, preset="glm5-tiny", model_overrides={
+        "attention_type": "gqa", "index_n_heads": 0, "head_dim": 32, "num_kv_heads": 2}), 300)
+    assert (gqa.attn_head_dim, gqa.num_kv_heads) == (32, 2)
+    # a dense glm4-tiny made MoE reads its router settings; num_layers on glm5-tiny repeats indexer_types unasked
+    moe = build_model_config(tiny_config(tmp_path, model_overrides={"num_experts": 4, "num_experts_per_token": 2}), 300)
+    assert moe.num_experts_per_token == 2
+    assert build_model_config(tiny_config(tmp_path, preset="glm5-tiny", model_overrides={
+        "num_layers": 2, "index_n_heads": 0}), 300).use_dsa is False
 
 
 def test_only_rank_zero_speaks(tmp_path, monkeypatch):

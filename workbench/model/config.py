@@ -222,6 +222,29 @@ class ModelConfig:
         """Layer index ``layer`` (MTP layers continue the numbering after num_layers) uses the MoE FFN."""
         return self.is_moe and layer >= self.first_k_dense
 
+    def unread_fields(self) -> dict[str, str]:
+        """Fields this configuration never reads, each with the reason: e.g. the GQA-only ``head_dim`` of an MLA
+        model, or the router settings of a dense one. The trainer refuses a ``--model`` override of one of them,
+        which would otherwise change nothing without a word (``head_dim=64`` on glm5-tiny trained the same model)."""
+        groups: list[tuple[bool, tuple[str, ...], str]] = [
+            (self.attention_type == "mla", ("num_kv_heads", "head_dim", "partial_rotary_factor"),
+             "GQA-only; MLA sizes its heads with qk_nope_head_dim, qk_rope_head_dim and v_head_dim"),
+            (self.attention_type == "gqa", ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                                            "v_head_dim", "latent_norm_eps"),
+             "MLA-only; set attention_type='mla' to use it"),
+            (not self.use_dsa, ("index_head_dim", "index_topk", "indexer_types", "indexer_loss_coef",
+                                "dsa_attention"),
+             "a DSA setting, and DSA is off (it needs attention_type='mla' and index_n_heads > 0)"),
+            (not self.is_moe, ("num_experts_per_token", "num_shared_experts", "moe_intermediate_size",
+                               "first_k_dense", "routed_scaling", "norm_topk_prob", "aux_loss_coef",
+                               "bias_update_rate"),
+             "a MoE setting, and this model is dense (num_experts = 0)"),
+            (self.is_moe and self.first_k_dense == 0 and self.ffn_act == "swiglu", ("intermediate_size",),
+             "the dense FFN width, and every layer is MoE (first_k_dense = 0): moe_intermediate_size sizes experts"),
+            (self.mtp_layers == 0, ("mtp_loss_weight",), "an MTP setting, and mtp_layers = 0"),
+        ]
+        return {name: why for unread, names, why in groups if unread for name in names}
+
     def replace(self, **changes) -> "ModelConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -111,6 +111,11 @@ def build_model_config(config: TrainConfig, vocab_size: int):
         # on glm5-tiny failed with "indexer_types has 4 entries", and a tuple cannot be written in an override
         overrides["indexer_types"] = tuple(base.indexer_types[i % len(base.indexer_types)] for i in range(depth))
     model_config = dataclasses.replace(base, **{**overrides, "vocab_size": vocab_size})
+    unread = model_config.unread_fields()
+    ignored = [f"{name} ({unread[name]})" for name in config.model_overrides if name in unread]
+    if ignored:
+        raise WorkbenchError(f"--model sets what preset {config.preset!r} would not read, so nothing would change: "
+                             + "; ".join(ignored) + ". Leave it out, or also change what turns it on")
     limit = model_max_positions(model_config)
     if limit is not None and config.seq_len > limit:
         raise WorkbenchError(f"seq_len {config.seq_len} is beyond the {limit} positions of preset {config.preset!r}; "
