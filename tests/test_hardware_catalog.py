@@ -250,3 +250,12 @@ def test_gaudi_3_can_be_simulated_beyond_one_chip():
     r = simulate({"model": {"preset": "glm4-tiny"}, "seq_len": 1024, "global_batch": 64,
                   "cluster": {"chip": "Gaudi 3", "count": 16}, "layout": {"tp": 8, "dp": 2}})
     assert r["links"] and r["step_time_s"] > 0
+
+
+@pytest.mark.parametrize("world", [1, 0, -2])
+def test_a_gloo_allreduce_needs_two_processes(world):
+    """measure_gloo_allreduce(world=1) spawned one process, then divided by 2(world-1) = 0: a ZeroDivisionError."""
+    from workbench.hardware import measure_gloo_allreduce
+
+    with pytest.raises(WorkbenchError, match="at least 2 processes"):
+        measure_gloo_allreduce(world=world, megabytes=1)

@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 
+from workbench.errors import ConfigError
 from workbench.hardware.catalog import Chip
 
 
@@ -50,7 +51,13 @@ def _allreduce_worker(rank: int, world: int, port: int, megabytes: float, out_pa
 @functools.lru_cache(maxsize=4)
 def measure_gloo_allreduce(world: int = 2, megabytes: float = 16.0) -> dict:
     """Bus bandwidth (bytes/s, nccl-tests convention) and latency (s) of a gloo all-reduce among ``world`` local
-    processes on loopback. Takes a few seconds (process start-up dominates); cached per process."""
+    processes on loopback. Takes a few seconds (process start-up dominates); cached per process.
+
+    ``world`` must be at least 2: one process has no all-reduce to time, and its busbw factor 2(p-1)/p and
+    per-hop latency are undefined (it divided by zero)."""
+    if isinstance(world, bool) or not isinstance(world, int) or world < 2:
+        raise ConfigError(f"measure_gloo_allreduce: world = {world!r} must be an integer of at least 2 processes "
+                          f"(an all-reduce among fewer has no bandwidth to measure)")
     import torch.multiprocessing as mp
 
     from workbench.distributed.launcher import free_port
