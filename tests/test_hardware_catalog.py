@@ -259,3 +259,27 @@ def test_a_gloo_allreduce_needs_two_processes(world):
 
     with pytest.raises(WorkbenchError, match="at least 2 processes"):
         measure_gloo_allreduce(world=world, megabytes=1)
+
+
+def test_this_machine_on_a_catalogued_chip_keeps_the_datasheet_sources(monkeypatch):
+    """On a known GPU the catalog's bf16/fp8 peaks fell back to the chip-level 'measured' label, so the simulator
+    read the datasheet peak as an achieved GEMM rate and skipped gemm_eff_max (+11% tokens/s on an H100)."""
+    from workbench.device import PeakEstimate, detect
+    from workbench.perfmodel.simulator import _rates
+    from workbench.perfmodel.spec import parse_spec
+
+    h100 = find_chip("H100")
+    monkeypatch.setattr(detect.Device, "catalog_entry", lambda self: h100)
+    monkeypatch.setattr(detect.Device, "peak_flops",
+                        lambda self, dtype=None, allow_probe=True: PeakEstimate(6.0e13, "measured: fp32 GEMM probe"))
+    monkeypatch.setattr(detect.Device, "memory_bandwidth",
+                        lambda self, allow_probe=True: PeakEstimate(3.0e12, "measured: 256 MB copy probe"))
+    monkeypatch.setattr(detect.Device, "total_memory_bytes", lambda self: 80 * 2**30)
+    chip = this_machine("cpu")
+    for field in ("bf16_dense_tflops", "fp8_dense_tflops"):
+        assert chip.field_source(field) == h100.field_source(field), field
+    assert chip.field_source("fp32_tflops").confidence == "measured"
+    spec = parse_spec({"model": {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "vocab": 256}, "seq_len": 32,
+                       "global_batch": 4, "precision": "bf16", "cluster": {"chip": chip, "count": 1},
+                       "layout": {"tp": 1}})
+    assert _rates(spec)["gemm"] == pytest.approx(989e12 * spec.efficiency.gemm_eff_max)

@@ -3,8 +3,9 @@
 ``this_machine()`` asks ``workbench.device`` for the peak FLOP/s (a GEMM probe on CPUs and uncatalogued chips) and the
 memory bandwidth (a copy probe), and optionally measures a gloo all-reduce between two local processes on loopback
 (the "interconnect" of a CPU DDP run). The result is a ``Chip`` the simulator accepts like any catalog chip, with
-every number's source saying "measured". Used by ``workbench.perfmodel.local`` (CPU step-time prediction) and the
-roofline in notebooks/05_hardware_comparison.ipynb.
+every probed number's source saying "measured"; figures taken from the catalog (a known accelerator's bf16/fp8
+peaks) keep the catalog's source and confidence. Used by ``workbench.perfmodel.local`` (CPU step-time prediction)
+and the roofline in notebooks/05_hardware_comparison.ipynb.
 """
 
 from __future__ import annotations
@@ -74,13 +75,29 @@ def measure_gloo_allreduce(world: int = 2, megabytes: float = 16.0) -> dict:
             "megabytes": megabytes, "source": f"measured: gloo all-reduce of {megabytes:g} MB, {world} processes"}
 
 
+# Figures a catalogued accelerator takes from its catalog row rather than from a probe here.
+CATALOG_FIELDS = ("bf16_dense_tflops", "fp8_dense_tflops", "measured_gemm_tflops")
+
+
+def _catalog_notes(entry: Chip | None) -> list[tuple[str, str, str]]:
+    """The catalog's own source and confidence for each figure taken from ``entry``.
+
+    Without them those figures fell back to the chip-level "measured" label, and the simulator reads a "measured"
+    peak as an achieved GEMM rate: it skipped gemm_eff_max and priced GEMMs at 100% of the datasheet peak."""
+    if entry is None:
+        return []
+    return [(f, entry.field_source(f).source, entry.field_source(f).confidence)
+            for f in CATALOG_FIELDS if getattr(entry, f) is not None]
+
+
 def this_machine(device: str = "cpu", measure_allreduce: bool = False, allreduce_busbw_gb_s: float | None = None,
                  allow_probe: bool = True, quick: bool = False, register: bool = False) -> Chip:
     """This machine's ``device`` as a Chip: measured fp32 peak and memory bandwidth, plus (optionally) the gloo
-    all-reduce bus bandwidth of local processes as its "scale-up" link. For an accelerator the catalog's bf16
-    figures are kept when the chip is known. ``quick`` runs the device layer's probes at small sizes (~1 s, not
-    cached) instead of asking for the cached full-size ones. ``register`` adds it to the catalog lookups
-    (``find_chip("this machine")``, simulator specs) for the rest of the process."""
+    all-reduce bus bandwidth of local processes as its "scale-up" link. For an accelerator the catalog's bf16/fp8
+    peaks (and measured GEMM rate) are kept when the chip is known, with the catalog's sources. ``quick`` runs the
+    device layer's probes at small sizes (~1 s, not cached) instead of asking for the cached full-size ones.
+    ``register`` adds it to the catalog lookups (``find_chip("this machine")``, simulator specs) for the rest of the
+    process."""
     import torch
 
     from workbench.device import PeakEstimate, get_device
@@ -99,6 +116,7 @@ def this_machine(device: str = "cpu", measure_allreduce: bool = False, allreduce
     total = dev.total_memory_bytes()
     notes = [("fp32_tflops", fp32.source, "measured" if fp32.source.startswith("measured") else "medium"),
              ("hbm_tb_s", bw.source, "measured" if bw.source.startswith("measured") else "medium")]
+    notes += _catalog_notes(entry)
     busbw = allreduce_busbw_gb_s
     if busbw is None and measure_allreduce:
         measured = measure_gloo_allreduce()
@@ -116,6 +134,7 @@ def this_machine(device: str = "cpu", measure_allreduce: bool = False, allreduce
         scale_out_gb_s_per_chip=None, tdp_w=None, confidence="measured", source="workbench.device probes",
         scale_up_domain=os.cpu_count() if dev.type == "cpu" else None,
         scale_up_busbw_gb_s=busbw, fp32_tflops=(fp32.value / 1e12) if fp32.value else None,
+        measured_gemm_tflops=entry.measured_gemm_tflops if entry else None,
         field_sources=tuple(notes),
     )
     if register:
