@@ -156,7 +156,9 @@ def get_device(spec: str | torch.device | "Device" = "auto") -> "Device":
     device = Device(kind, index)
     if index is not None and index >= device.count:
         raise DeviceUnavailableError(f"device {kind}:{index} asked for, but only {device.count} {kind} device(s) exist")
-    return device
+    # An index is a choice: make it the current device, or torch's device=None calls, streams and Triton's launches
+    # stay on device 0 while the tensors live on device `index`.
+    return device.set_current() if index is not None else device
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -227,11 +229,22 @@ class Device:
         return torch.get_num_threads()
 
     def set_current(self, local_rank: int | None = None) -> "Device":
-        """Bind this process to device ``local_rank`` (distributed workers call this). Returns the indexed Device."""
-        if self.type == "cpu" or local_rank is None:
+        """Make device ``local_rank`` (default: this Device's own index) the process's current device and return it,
+        indexed. Distributed workers bind to their LOCAL_RANK; ``get_device("cuda:1")`` binds to 1. Without either
+        index nothing is chosen and this Device comes back unchanged."""
+        index = self.index if local_rank is None else local_rank
+        if self.type == "cpu" or index is None:
             return self
-        self.backend.set_device(local_rank)
-        return Device(self.type, local_rank)
+        self._make_current(index)
+        return Device(self.type, index)
+
+    def _make_current(self, index: int) -> None:
+        """The backend's set_device where it has one, else torch.accelerator's device-generic call."""
+        setter = getattr(self.backend, "set_device", None)
+        if setter is not None:
+            setter(index)
+        elif _torch_accelerator_type() == self.type:
+            torch.accelerator.set_device_index(index)
 
     # ---- synchronisation and timing ---------------------------------------------------------------------------
     def synchronize(self) -> None:
@@ -250,9 +263,10 @@ class Device:
         event_cls = getattr(self.backend, "Event", None) if self.type in ("cuda", "npu", "xpu") else None
         if event_cls is not None:
             start, end = event_cls(enable_timing=True), event_cls(enable_timing=True)
-            start.record()
+            stream = self._current_stream()
+            start.record(stream)
             yield result
-            end.record()
+            end.record(stream)
             end.synchronize()
             result.elapsed_s = start.elapsed_time(end) / 1e3
             return
@@ -271,9 +285,10 @@ class Device:
         backend = self.backend
         if not hasattr(backend, "memory_allocated"):
             return {"allocated_bytes": None, "peak_bytes": None, "source": f"not tracked by torch.{self.type}"}
+        args = self._index_args()
         return {
-            "allocated_bytes": int(backend.memory_allocated()),
-            "peak_bytes": int(backend.max_memory_allocated()) if hasattr(backend, "max_memory_allocated") else None,
+            "allocated_bytes": int(backend.memory_allocated(*args)),
+            "peak_bytes": int(backend.max_memory_allocated(*args)) if hasattr(backend, "max_memory_allocated") else None,
             "source": f"torch.{self.type} caching allocator",
         }
 
@@ -293,7 +308,7 @@ class Device:
         writing 5 to /proc/self/clear_refs resets VmHWM), which otherwise carried one run's peak into the next."""
         backend = self.backend
         if backend is not None and hasattr(backend, "reset_peak_memory_stats"):
-            backend.reset_peak_memory_stats()
+            backend.reset_peak_memory_stats(*self._index_args())
         elif self.type == "cpu":
             try:
                 with open("/proc/self/clear_refs", "w") as f:
@@ -310,11 +325,24 @@ class Device:
     def get_rng_state(self) -> torch.Tensor | None:
         if self.type == "cpu" or not hasattr(self.backend, "get_rng_state"):
             return None
-        return self.backend.get_rng_state()
+        return self.backend.get_rng_state(*self._device_args())
 
     def set_rng_state(self, state: torch.Tensor | None) -> None:
         if state is not None and self.type != "cpu" and hasattr(self.backend, "set_rng_state"):
-            self.backend.set_rng_state(state)
+            self.backend.set_rng_state(state, *self._device_args())
+
+    # torch's memory and RNG calls default to the *current* device ("cuda" = current for get_rng_state): name ours
+    # when this Device has an index, and keep torch's default when it has none.
+    def _index_args(self) -> tuple:
+        return () if self.index is None else (self.index,)
+
+    def _device_args(self) -> tuple:
+        return () if self.index is None else (self.torch_device,)
+
+    def _current_stream(self) -> Any:
+        """This device's current stream for event timing (None = the current device's, when unindexed)."""
+        current_stream = getattr(self.backend, "current_stream", None)
+        return None if self.index is None or current_stream is None else current_stream(self.index)
 
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)  # seeds every device type torch knows, cpu included

@@ -1,0 +1,105 @@
+"""Which device a process computes on: an explicit index (``cuda:1``) in one process, LOCAL_RANK under torchrun,
+the device mesh of a launched run. CUDA is a fake ``torch.cuda`` that records its calls (device argument and
+current device), so the binding logic runs on a CPU-only machine."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from workbench.device import DeviceUnavailableError, detect, get_device
+
+
+class FakeEvent:
+    def __init__(self, backend, enable_timing=False):
+        self.backend = backend
+
+    def record(self, stream=None):
+        self.backend.calls.append(("Event.record", (stream,), {}))
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other):
+        return 1.0
+
+
+def fake_cuda(count=2):
+    """A torch.cuda stand-in: every call is appended to ``.calls`` as (name, args, kwargs); ``.current`` is the
+    device ``set_device`` made current (what torch's device=None calls would read)."""
+    ns = types.SimpleNamespace(calls=[], current=0)
+
+    def log(name, result=None):
+        def call(*args, **kwargs):
+            ns.calls.append((name, args, kwargs))
+            return result
+        return call
+
+    def set_device(index):
+        ns.calls.append(("set_device", (index,), {}))
+        ns.current = index
+
+    ns.is_available = lambda: True
+    ns.device_count = lambda: count
+    ns.current_device = lambda: ns.current
+    ns.get_device_name = lambda i=None: "NVIDIA H100 80GB HBM3"
+    ns.get_device_capability = lambda i=None: (9, 0)
+    ns.set_device = set_device
+    ns.synchronize = log("synchronize")
+    ns.memory_allocated = log("memory_allocated", 123)
+    ns.max_memory_allocated = log("max_memory_allocated", 456)
+    ns.reset_peak_memory_stats = log("reset_peak_memory_stats")
+    ns.get_rng_state = log("get_rng_state", torch.zeros(16, dtype=torch.uint8))
+    ns.set_rng_state = log("set_rng_state")
+    ns.current_stream = lambda device=None: ("stream", device)
+    ns.Event = lambda enable_timing=False: FakeEvent(ns, enable_timing)
+    return ns
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    fake = fake_cuda()
+    monkeypatch.setattr(torch, "cuda", fake)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    return fake
+
+
+def called(fake, name):
+    return [args for n, args, _ in fake.calls if n == name]
+
+
+# ---- one process on an explicit index ------------------------------------------------------------------------
+def test_an_indexed_device_is_made_current(cuda):
+    """`train --device cuda:1` left cuda:0 current: Triton launched there, and torch's device=None calls read it."""
+    dev = get_device("cuda:1")
+    assert dev.torch_device == torch.device("cuda:1") and cuda.current == 1
+    get_device("cuda")  # no index: nothing chosen, nothing changed
+    assert cuda.current == 1
+
+
+def test_memory_rng_and_timer_name_the_index(cuda):
+    """memory_allocated(None), reset_peak_memory_stats(None), get_rng_state('cuda') and Events on the current
+    stream all meant cuda:0 for a run on cuda:1 (its memory logged as ~0 B, cuda:0's RNG checkpointed)."""
+    dev = detect.Device("cuda", 1)
+    stats = dev.memory_stats()
+    dev.reset_peak_memory()
+    dev.get_rng_state()
+    dev.set_rng_state(torch.zeros(16, dtype=torch.uint8))
+    with dev.timer():
+        pass
+    assert (stats["allocated_bytes"], stats["peak_bytes"]) == (123, 456)
+    assert called(cuda, "memory_allocated") == [(1,)] and called(cuda, "max_memory_allocated") == [(1,)]
+    assert called(cuda, "reset_peak_memory_stats") == [(1,)]
+    assert called(cuda, "get_rng_state") == [(torch.device("cuda:1"),)]
+    assert called(cuda, "set_rng_state")[0][1] == torch.device("cuda:1")
+    assert called(cuda, "Event.record") == [(("stream", 1),), (("stream", 1),)]
+
+
+def test_an_unindexed_device_keeps_torchs_defaults(cuda):
+    dev = detect.Device("cuda")
+    dev.memory_stats()
+    dev.get_rng_state()
+    assert called(cuda, "memory_allocated") == [()] and called(cuda, "get_rng_state") == [()]
