@@ -283,3 +283,11 @@ def test_this_machine_on_a_catalogued_chip_keeps_the_datasheet_sources(monkeypat
                        "global_batch": 4, "precision": "bf16", "cluster": {"chip": chip, "count": 1},
                        "layout": {"tp": 1}})
     assert _rates(spec)["gemm"] == pytest.approx(989e12 * spec.efficiency.gemm_eff_max)
+
+
+def test_tpu_v5p_scale_up_domain_is_the_largest_ici_job_not_the_pod():
+    """8960 is the v5p pod; Google: 'The largest job that can be scheduled is a 96 cube (6144 chip) job'. Beyond
+    6144 chips a job is Multislice, across DCN, and was priced on ICI."""
+    v5p = find_chip("TPU v5p")
+    assert v5p.scale_up_domain == 6144
+    assert "6144" in v5p.field_source("scale_up_domain").source
