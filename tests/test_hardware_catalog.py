@@ -36,7 +36,7 @@ def test_every_number_has_a_source_and_a_confidence():
 def test_fp8_figures_have_their_own_source():
     with_fp8 = [c for c in load_catalog() if c.fp8_dense_tflops]
     assert {c.chip for c in with_fp8} >= {"NVIDIA H100 SXM", "NVIDIA H800 SXM", "NVIDIA H200 SXM", "NVIDIA B200",
-                                          "AMD MI300X", "Intel Gaudi 3", "Ascend 950DT"}
+                                          "AMD MI300X", "Intel Gaudi 3", "Ascend 950DT", "Google TPU v5p"}
     for chip in with_fp8:
         src = chip.field_source("fp8_dense_tflops")
         assert src.source != chip.source, f"{chip.chip}: FP8 figure has no specific source"
@@ -291,3 +291,14 @@ def test_tpu_v5p_scale_up_domain_is_the_largest_ici_job_not_the_pod():
     v5p = find_chip("TPU v5p")
     assert v5p.scale_up_domain == 6144
     assert "6144" in v5p.field_source("scale_up_domain").source
+
+
+def test_tpu_v5p_has_its_published_fp8_peak():
+    """Google's v5p table gives 459 TFLOP/s for FP8 as for BF16; without it an fp8 spec on v5p was refused."""
+    from workbench.perfmodel import simulate
+
+    v5p = find_chip("TPU v5p")
+    assert v5p.fp8_dense_tflops == 459 and "FP8" in v5p.field_source("fp8_dense_tflops").source
+    r = simulate({"model": {"preset": "glm4-tiny"}, "seq_len": 1024, "global_batch": 64, "precision": "fp8",
+                  "cluster": {"chip": "TPU v5p", "count": 8}, "layout": {"dp": 8}})
+    assert r["feasible"] and r["step_time_s"] > 0
