@@ -103,3 +103,17 @@ def test_an_unindexed_device_keeps_torchs_defaults(cuda):
     dev.memory_stats()
     dev.get_rng_state()
     assert called(cuda, "memory_allocated") == [()] and called(cuda, "get_rng_state") == [()]
+
+
+# ---- torchrun: each rank binds to its LOCAL_RANK -------------------------------------------------------------
+def test_a_local_rank_beyond_the_devices_is_one_clear_error(cuda, monkeypatch):
+    """`launch --nproc 8` on a 2-GPU node bound rank 5 to cuda:5 and failed inside torch ('invalid device
+    ordinal'); get_device('cuda:5') already said 'only 2 cuda device(s) exist'."""
+    from workbench.distributed.mesh import init_distributed
+
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with pytest.raises(DeviceUnavailableError, match=r"LOCAL_RANK 5.*only 2 cuda.*--nproc.*CUDA_VISIBLE_DEVICES"):
+        init_distributed("cuda")
+    assert called(cuda, "set_device") == []
+    with pytest.raises(DeviceUnavailableError, match="only 2"):
+        detect.Device("cuda").set_current(2)

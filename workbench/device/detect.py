@@ -26,6 +26,9 @@ AUTO_ORDER = ("npu", "cuda", "xpu", "mps", "cpu")
 # Distributed backend per device type (torch_npu registers "hccl" for npu; "xccl" is Intel's).
 DIST_BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl", "xpu": "xccl", "mps": "gloo"}
 
+# The variable that chooses which devices a process sees, named when a launch asks for more than are visible.
+VISIBLE_DEVICES_ENV = {"cuda": "CUDA_VISIBLE_DEVICES", "npu": "ASCEND_RT_VISIBLE_DEVICES", "xpu": "ZE_AFFINITY_MASK"}
+
 # How to get a missing device, said in the error when one is asked for and is not there.
 HOW_TO_GET = {
     "cuda": "install a CUDA build of torch==2.13.0 on a host with an NVIDIA GPU and driver",
@@ -235,8 +238,18 @@ class Device:
         index = self.index if local_rank is None else local_rank
         if self.type == "cpu" or index is None:
             return self
+        if index >= self.count:  # torch would fail later with "invalid device ordinal" and no hint
+            raise DeviceUnavailableError(self._too_few_devices(index, local_rank is not None))
         self._make_current(index)
         return Device(self.type, index)
+
+    def _too_few_devices(self, index: int, from_local_rank: bool) -> str:
+        visible = VISIBLE_DEVICES_ENV.get(self.type)
+        if not from_local_rank:
+            return f"device {self.type}:{index} asked for, but only {self.count} {self.type} device(s) exist"
+        return (f"LOCAL_RANK {index} needs {self.type}:{index}, but only {self.count} {self.type} device(s) are "
+                f"visible here; launch at most {self.count} process(es) per node (--nproc {self.count})"
+                + (f" or make more devices visible ({visible})" if visible else ""))
 
     def _make_current(self, index: int) -> None:
         """The backend's set_device where it has one, else torch.accelerator's device-generic call."""
