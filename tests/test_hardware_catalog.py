@@ -302,3 +302,22 @@ def test_tpu_v5p_has_its_published_fp8_peak():
     r = simulate({"model": {"preset": "glm4-tiny"}, "seq_len": 1024, "global_batch": 64, "precision": "fp8",
                   "cluster": {"chip": "TPU v5p", "count": 8}, "layout": {"dp": 8}})
     assert r["feasible"] and r["step_time_s"] > 0
+
+
+def test_a_measured_gemm_rate_never_exceeds_the_chips_peak():
+    """The generic 910B row had 328 TFLOP/s measured against a 320 dense peak (102%): the figure is from a 910B
+    of unstated variant, whose peak must be >= 328, so a B1 or a B2. Rows and custom chips are now checked."""
+    from workbench.hardware import catalog
+
+    for chip in load_catalog():
+        if chip.measured_gemm_tflops is not None:
+            assert chip.measured_gemm_tflops <= chip.bf16_dense_tflops, chip.chip
+    assert find_chip("910B").measured_gemm_tflops is None
+    for name in ("910B1", "910B2"):
+        chip = find_chip(name)
+        assert chip.measured_gemm_tflops == 328 and "variant not stated" in chip.field_source("measured_gemm_tflops").source
+    row = next(r for r in catalog._read_package_csv("accelerators.csv") if r["chip"] == "Ascend 910B1")
+    with pytest.raises(WorkbenchError, match="measured_gemm_tflops = 400 .*above its bf16 dense peak"):
+        catalog._row_to_chip({**row, "measured_gemm_tflops": "400"})
+    with pytest.raises(WorkbenchError, match="measured_gemm_tflops = 500 .*above its bf16 dense peak"):
+        chip_from_dict({"chip": "lab-npu", "bf16_dense_tflops": 400, "measured_gemm_tflops": 500})

@@ -142,6 +142,17 @@ def _check_number(name: str, value: Any) -> None:
         raise WorkbenchError(f"chip field 'scale_up_domain' = {value!r} must be a whole number of chips")
 
 
+def _check_consistent(chip: "Chip", where: str) -> "Chip":
+    """Refuse a measured GEMM rate above the chip's own dense peak: no GEMM beats the peak, so such a pair is two
+    chips' figures mixed up (the generic 910B row once held a B1/B2 measurement, 102% of its peak). The simulator
+    would read it as a dead cap, and any efficiency from the pair would be above 100%."""
+    measured, peak = chip.measured_gemm_tflops, chip.bf16_dense_tflops
+    if measured is not None and peak is not None and measured > peak:
+        raise WorkbenchError(f"{where} {chip.chip!r}: measured_gemm_tflops = {measured:g} is above its bf16 dense peak "
+                             f"{peak:g} TFLOP/s; give the peak of the chip that was measured, or leave the rate out")
+    return chip
+
+
 def _read_package_csv(name: str) -> list[dict[str, str]]:
     text = resources.files("workbench.hardware").joinpath(name).read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
@@ -160,7 +171,7 @@ def _row_to_chip(row: dict[str, str]) -> Chip:
     specific = sources.get(row["chip"], [])
     # Generic per-field notes ('*') apply only where the chip has that number and no specific note.
     generic = [s for s in sources.get("*", []) if (row.get(s[0]) or "").strip() and s[0] not in {x[0] for x in specific}]
-    return Chip(
+    return _check_consistent(Chip(
         chip=row["chip"], vendor=row["vendor"],
         bf16_dense_tflops=_float(row["bf16_dense_tflops"]), fp8_dense_tflops=_float(row["fp8_dense_tflops"]),
         hbm_gb=_float(row["hbm_gb"]), hbm_tb_s=_float(row["hbm_tb_s"]),
@@ -173,7 +184,7 @@ def _row_to_chip(row: dict[str, str]) -> Chip:
         system_w_per_chip=_float(row.get("system_w_per_chip", "")),
         measured_gemm_tflops=_float(row.get("measured_gemm_tflops", "")),
         field_sources=tuple(specific + generic),
-    )
+    ), "catalog row")
 
 
 @functools.lru_cache(maxsize=1)
@@ -215,15 +226,17 @@ def chip_from_dict(values: dict[str, Any], base: str | Chip | None = None) -> Ch
     if base is not None:
         template = base if isinstance(base, Chip) else find_chip(base)
         notes = tuple((f, source, confidence) for f in values if f in NUMERIC_FIELDS)
-        return dataclasses.replace(template, chip=name, field_sources=notes + template.field_sources, **values)
+        chip = dataclasses.replace(template, chip=name, field_sources=notes + template.field_sources, **values)
+        return _check_consistent(chip, "custom chip")
     # any one peak will do (an FP8-only chip runs with precision 'fp8'): the simulator's spec check then refuses a
     # precision whose peak is missing, naming the field to give
     if all(values.get(f) is None for f in ("bf16_dense_tflops", "fp8_dense_tflops", "fp32_tflops")):
         raise WorkbenchError(f"custom chip {name!r} needs a peak: 'bf16_dense_tflops' (or 'fp8_dense_tflops' or "
                              f"'fp32_tflops'), or a 'base'")
     fields = {f: values.get(f) for f in NUMERIC_FIELDS}
-    return Chip(chip=name, vendor=values.get("vendor", "custom"), scale_up_note=values.get("scale_up_note", ""),
+    chip = Chip(chip=name, vendor=values.get("vendor", "custom"), scale_up_note=values.get("scale_up_note", ""),
                 confidence=confidence, source=source, **fields)
+    return _check_consistent(chip, "custom chip")
 
 
 def load_chip_file(path: str | Path) -> list[Chip]:
