@@ -117,3 +117,69 @@ def test_a_local_rank_beyond_the_devices_is_one_clear_error(cuda, monkeypatch):
     assert called(cuda, "set_device") == []
     with pytest.raises(DeviceUnavailableError, match="only 2"):
         detect.Device("cuda").set_current(2)
+
+
+@pytest.fixture
+def group(monkeypatch):
+    """torch.distributed's group start-up replaced by a recorder: ``group`` lists init_process_group's kwargs."""
+    import torch.distributed as dist
+
+    started = []
+
+    def rendezvous(url, timeout=None):
+        yield object(), int(__import__("os").environ["RANK"]), int(__import__("os").environ["WORLD_SIZE"])
+
+    monkeypatch.setattr(dist, "rendezvous", rendezvous)
+    monkeypatch.setattr(dist, "PrefixStore", lambda prefix, store: store)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: started.append(kwargs))
+    return started
+
+
+def launched(monkeypatch, rank, world, local_rank):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+
+
+@pytest.fixture
+def mps(monkeypatch):
+    """An Apple-silicon host: only torch.mps.is_available is faked; the rest is the real torch.mps."""
+    monkeypatch.setattr(torch.mps, "is_available", lambda: True)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_mps_in_a_world_of_one_binds_nothing(mps, group, monkeypatch):
+    """torch.mps has no set_device: every distributed path on a Mac died with an AttributeError, and gloo was
+    handed device_id=mps."""
+    from workbench.distributed.mesh import init_distributed
+
+    assert init_distributed("mps").device.type == "mps"  # runner --device mps, not launched
+    launched(monkeypatch, 0, 1, 0)
+    info = init_distributed("mps")
+    assert (info.device.type, info.backend) == ("mps", "gloo")
+    assert group and "device_id" not in group[0]
+
+
+def test_several_mps_ranks_run_auto_on_cpu_and_refuse_explicit_mps(mps, group, monkeypatch):
+    """gloo carries cpu (and cuda) tensors only, so ranks on mps cannot all-reduce: `launch --nproc 2 -- train`
+    (device auto) runs on cpu with a warning; --device mps is refused in one line."""
+    from workbench.distributed.mesh import init_distributed
+    from workbench.distributed.train_hooks import distributed_train_kwargs
+    from workbench.train.config import TrainConfig
+
+    launched(monkeypatch, 1, 2, 1)
+    with pytest.warns(UserWarning, match="mps.*cpu"):
+        kwargs = distributed_train_kwargs(TrainConfig(preset="glm4-tiny", parallel="dp=2"))
+    assert "parallelize" in kwargs and group[-1]["backend"] == "gloo" and "device_id" not in group[-1]
+    with pytest.raises(DeviceUnavailableError, match="--device cpu"):
+        init_distributed("mps")
+
+
+def test_a_cuda_group_is_bound_to_the_local_rank(cuda, group, monkeypatch):
+    from workbench.distributed.mesh import init_distributed
+
+    launched(monkeypatch, 1, 2, 1)
+    info = init_distributed("cuda")
+    assert info.device.torch_device == torch.device("cuda:1") and cuda.current == 1
+    assert group[0]["backend"] == "nccl" and group[0]["device_id"] == torch.device("cuda:1")

@@ -252,7 +252,10 @@ class Device:
                 + (f" or make more devices visible ({visible})" if visible else ""))
 
     def _make_current(self, index: int) -> None:
-        """The backend's set_device where it has one, else torch.accelerator's device-generic call."""
+        """The backend's set_device where it has one, else torch.accelerator's device-generic call. mps is one
+        device with nothing to choose, and torch.mps has no set_device."""
+        if self.type == "mps":
+            return
         setter = getattr(self.backend, "set_device", None)
         if setter is not None:
             setter(index)

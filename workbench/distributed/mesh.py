@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from workbench.device import Device, get_device
+from workbench.device import Device, DeviceUnavailableError, get_device
 from workbench.distributed.layout import ParallelLayout, parse_layout
 
 
@@ -43,10 +44,17 @@ def is_launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+# Backends that bind a communicator to one device (init_process_group's device_id); gloo binds none.
+DEVICE_BOUND_BACKENDS = ("nccl", "hccl", "xccl")
+
+
 def init_distributed(device: str | Device = "auto", timeout_s: float = 300.0) -> DistInfo:
-    """Join the process group torchrun set up (idempotent). Outside torchrun: a world of one, no group."""
+    """Join the process group torchrun set up (idempotent). Outside torchrun: a world of one, no group.
+
+    Several ranks on mps cannot all-reduce (gloo carries cpu and cuda tensors only, and torch has no mps
+    backend): ``auto`` then runs them on cpu with a warning, and an explicit mps is refused."""
     rank, world_size, local_rank = env_world()
-    dev = get_device(device)
+    dev = _launch_device(device, world_size)
     dev = dev.set_current(local_rank) if dev.is_accelerator else dev
     backend = dev.dist_backend
     if is_launched() and not dist.is_initialized():
@@ -58,8 +66,20 @@ def init_distributed(device: str | Device = "auto", timeout_s: float = 300.0) ->
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}/", store), rank=rank,
                                 world_size=world_size, timeout=timeout,
-                                **({"device_id": dev.torch_device} if dev.is_accelerator else {}))
+                                **({"device_id": dev.torch_device} if backend in DEVICE_BOUND_BACKENDS else {}))
     return DistInfo(rank, world_size, local_rank, dev, backend)
+
+
+def _launch_device(device: str | Device, world_size: int) -> Device:
+    dev = get_device(device)
+    if dev.type != "mps" or world_size == 1:
+        return dev
+    if str(device).strip().lower() != "auto":
+        raise DeviceUnavailableError(f"{world_size} ranks on mps cannot exchange tensors (torch.distributed has no mps "
+                                     f"backend; gloo carries cpu tensors): run a multi-process launch with --device cpu")
+    warnings.warn(f"device auto is mps here, which {world_size} ranks cannot all-reduce on (torch.distributed has no "
+                  f"mps backend); running them on cpu with gloo")
+    return get_device("cpu")
 
 
 def destroy_distributed() -> None:
