@@ -321,3 +321,19 @@ def test_a_measured_gemm_rate_never_exceeds_the_chips_peak():
         catalog._row_to_chip({**row, "measured_gemm_tflops": "400"})
     with pytest.raises(WorkbenchError, match="measured_gemm_tflops = 500 .*above its bf16 dense peak"):
         chip_from_dict({"chip": "lab-npu", "bf16_dense_tflops": 400, "measured_gemm_tflops": 500})
+
+
+def test_grace_superchip_gpus_are_not_their_hgx_namesakes():
+    """'NVIDIA GB200' (torch's name for a Grace-Blackwell GPU) matched the B200 row by substring, so MFU divided by
+    the HGX B200's 2250 TFLOP/s, with its 180 GB, 1000 W and 8-GPU NVLink domain; 'GH200 144G' got the H200 SXM."""
+    gb200 = match_device_name("NVIDIA GB200")
+    assert gb200 is not None and gb200.chip == "NVIDIA GB200" and find_chip("GB200") is gb200
+    assert (gb200.bf16_dense_tflops, gb200.fp8_dense_tflops, gb200.hbm_gb, gb200.hbm_tb_s, gb200.tdp_w,
+            gb200.scale_up_domain) == (2500, 5000, 186, 8.0, 1200, 72)
+    for field in ("bf16_dense_tflops", "fp8_dense_tflops", "hbm_gb", "scale_up_domain", "scale_out_gb_s_per_chip"):
+        assert gb200.field_source(field).source != gb200.source, field  # each figure says where it is from
+    assert match_device_name("NVIDIA B200").chip == "NVIDIA B200"
+    for name in ("NVIDIA GH200 144G HBM3e", "NVIDIA GH200 480GB", "NVIDIA GB300"):
+        assert match_device_name(name) is None, name
+    with pytest.raises(UnknownChipError):
+        find_chip("GH200")

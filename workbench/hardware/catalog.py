@@ -299,8 +299,8 @@ def _variant_conflict(name: str, chip: Chip) -> str | None:
     """Why ``name`` names another product than ``chip`` although the loose match found it, or None.
 
     Matching ignores memory sizes and form factors ('H100-SXM' = 'H100'), so 'A100 40GB' found the 80 GB part and
-    'H100 PCIe' the SXM one: another memory size or a PCIe / NVL part is a different chip (other HBM, bandwidth,
-    power). A remark in parentheses ('H100-SXM (96GB 500W)') is a note on the same part and is not read."""
+    'H100 PCIe' the SXM one: another memory size, a PCIe / NVL part or a Grace superchip's GPU ('GH200' for the
+    H200) is a different chip (other HBM, bandwidth, power). A remark in parentheses ('H100-SXM (96GB 500W)') is a note on the same part and is not read."""
     core = re.sub(r"\(.*?\)", " ", name).lower()
     memory = re.search(r"(\d+(?:\.\d+)?)\s?gb", core)
     if memory and chip.hbm_gb and abs(float(memory.group(1)) - chip.hbm_gb) > 0.5:
@@ -308,6 +308,11 @@ def _variant_conflict(name: str, chip: Chip) -> str | None:
     form = re.search(r"pcie|nvl(?!ink)", core)
     if form and form.group(0) not in chip.chip.lower():
         return f"{chip.chip} is not the {dict(pcie='PCIe', nvl='NVL')[form.group(0)]} part"
+    # The GPU of a Grace superchip (GH200, GB200, GB300) has other memory, power and NVLink domain than the HGX part
+    # whose name ends its own: 'NVIDIA GB200' matched the B200 row's 'b200' as a substring.
+    grace = re.search(r"(?<![a-z0-9])g[bh]\d{3}", core)
+    if grace and grace.group(0) not in chip.chip.lower().replace(" ", ""):
+        return f"{chip.chip} is not the {grace.group(0).upper()} (Grace superchip) GPU"
     return None
 
 
