@@ -295,3 +295,20 @@ def test_launch_keeps_the_users_omp_num_threads(monkeypatch, tmp_path, user_valu
     with pytest.raises(KeyboardInterrupt):
         launch(["models"], LaunchConfig(nproc=1), run_dir=tmp_path / "run", on_line=None)
     assert seen["OMP_NUM_THREADS"] == (expected or str(max(1, os.cpu_count() or 1)))
+
+
+@pytest.mark.parametrize("cases, named", [
+    ("glm4-tiny:tp=2,fsdp=2;glm45-tiny:fsdp=2,pp=2", "pipeline parallel does not support MTP"),  # a later case
+    ("glm45-tiny:fsdp=2,ep=2", "combining ep+fsdp is not supported"),
+    ("glm4-tiny:dp=2", "the world has 4 process(es)"),
+])
+def test_runner_checks_every_case_before_any_runs(monkeypatch, capsys, cases, named):
+    """A 4-rank runner whose second case could not run trained the first, then died with a traceback per rank."""
+    import workbench.distributed.mesh as mesh
+    from workbench.distributed import runner
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(mesh, "init_distributed", lambda *a, **k: pytest.fail("started before checking the cases"))
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(["--cases", cases, "--tiny"])
+    assert exit_info.value.code == 2 and named in capsys.readouterr().err

@@ -15,12 +15,15 @@ Used by tests/test_distributed_parallel.py and notebooks/03_distributed.ipynb (t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from workbench.errors import ConfigError
 
 
 def tiny_config(config):
@@ -122,6 +125,22 @@ def parse_cases(text: str) -> list[tuple[str, str, str | None]]:
     return cases
 
 
+def check_cases(cases: list[tuple[str, str, str | None]], world_size: int, tiny: bool, global_batch: int,
+                seq_len: int) -> None:
+    """Every case's layout against the world size, its model and the batch, before any case runs: a later case
+    that cannot run (ep+fsdp, pp with MTP) used to fail with a traceback per rank after the earlier cases had
+    trained."""
+    from workbench.distributed.layout import parse_layout
+    from workbench.model import get_preset
+
+    for preset, layout, _ in cases:
+        config = tiny_config(get_preset(preset)) if tiny else get_preset(preset)
+        try:
+            parse_layout(layout, world_size=world_size).check_model(config).check_batch(global_batch, seq_len=seq_len)
+        except ConfigError as exc:
+            raise ConfigError(f"case {preset}:{layout}: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from workbench.distributed.launcher import write_rank_results
     from workbench.distributed.mesh import destroy_distributed, init_distributed
@@ -142,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
     try:  # before the process group: a bad case is one line per rank, with nothing started
         cases = parse_cases(args.cases)
-    except ValueError as exc:
+        check_cases(cases, int(os.environ.get("WORLD_SIZE", "1")), args.tiny, args.global_batch, args.seq_len)
+    except (ValueError, ConfigError) as exc:
         parser.error(str(exc))
     info = init_distributed(args.device)
     results: dict[str, Any] = {"rank": info.rank, "world_size": info.world_size, "cases": [], "reference": {}}
