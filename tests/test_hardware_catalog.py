@@ -337,3 +337,23 @@ def test_grace_superchip_gpus_are_not_their_hgx_namesakes():
         assert match_device_name(name) is None, name
     with pytest.raises(UnknownChipError):
         find_chip("GH200")
+
+
+@pytest.mark.parametrize("device_name", [
+    "Ascend910_9391", "Ascend910_9362", "Ascend910B2C", "Ascend910B4_1", "Ascend910B4-1", "Ascend910A",
+    "Ascend910ProB", "Ascend910_9599", "AMD Instinct MI300X", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3",
+])
+def test_a_name_the_device_layer_reports_is_a_chip_name_too(device_name):
+    """`workbench info` prints torch's device name ('npu (Ascend910_9391)'); copied into a spec or notebook 05's
+    chips, find_chip refused it (and suggested B3/B1/910, never the 910C die) though the device layer matches it."""
+    assert find_chip(device_name).chip == match_device_name(device_name).chip
+
+
+def test_a_typed_name_still_wins_over_a_device_name():
+    """'Ascend910B' is torch_npu's name for a first-generation 910 but what people write for the 2023 910B: the
+    typed-name lookup keeps the latter (the device name is the fallback, not the first choice)."""
+    assert find_chip("Ascend910B").chip == "Ascend 910B (generic)"
+    assert match_device_name("Ascend910B").chip == "Ascend 910 (2019)"
+    for not_a_device_name in ("H1000", "H100 slow net"):  # a device pattern inside a longer name is not enough
+        with pytest.raises(UnknownChipError):
+            find_chip(not_a_device_name)

@@ -1,7 +1,8 @@
 """Load ``accelerators.csv`` (shipped in this package) into ``Chip`` records and look chips up by name.
 
 Two lookups: ``find_chip`` for names people type ("h100", "Ascend 910B", "H100-SXM"; a catalog name's remark in
-parentheses may be left out: "Ascend 910" is "Ascend 910 (2019)"), and ``match_device_name`` for
+parentheses may be left out: "Ascend 910" is "Ascend 910 (2019)"; a device name as ``workbench info`` prints it,
+"Ascend910_9391", is tried last), and ``match_device_name`` for
 the name torch reports for a live device ("NVIDIA H100 80GB HBM3", "Ascend910B2"), through the
 ``device_name_patterns`` column (lower-case substrings; the longest matching pattern wins, so "ascend910b2" beats
 "ascend910b"; a pattern starting with "=" must equal the whole name and wins over every substring: a plain
@@ -289,7 +290,7 @@ def all_chips() -> tuple[Chip, ...]:
 def _normalise(name: str) -> str:
     """Lower-case, drop vendor words, punctuation and form-factor suffixes: 'NVIDIA H100-SXM' -> 'h100'."""
     name = name.lower()
-    name = re.sub(r"\b(nvidia|huawei|amd|intel|google)\b", " ", name)
+    name = re.sub(r"\b(nvidia|huawei|amd|instinct|intel|google)\b", " ", name)  # 'AMD Instinct MI300X'
     name = re.sub(r"(?<=\d)(sxm\d?)\b", " ", name)  # 'H100SXM'
     name = re.sub(r"\b(sxm\d?|pcie|hbm\d?e?|\d+\s?gb|generic)\b", " ", name)
     return re.sub(r"[^a-z0-9]+", "", name)
@@ -365,27 +366,53 @@ def _find_loosely(name: str) -> Chip:
             return _find_loosely(re.sub(r"\(.*?\)", " ", name))
         except UnknownChipError:
             pass
+    as_device = _as_device_name(name)  # 'Ascend910_9391' as `workbench info` prints it; typed names come first
+    if as_device is not None:
+        return as_device
     close = difflib.get_close_matches(wanted, list(by_key), n=4, cutoff=0.5)
     suggestions = list(dict.fromkeys(by_key[k].chip for k in close)) or [c.chip for c in prefixed]
     hint = f"; did you mean: {', '.join(suggestions)}?" if suggestions else f"; known chips: {', '.join(c.chip for c in chips)}"
     raise UnknownChipError(f"unknown chip {name!r}{hint}")
 
 
-def match_device_name(device_name: str) -> Chip | None:
-    """The catalog chip for a name reported by torch for a live device, or None when the chip is not catalogued."""
+def _match_device_pattern(device_name: str) -> tuple[Chip | None, str]:
+    """The catalog chip whose ``device_name_patterns`` match ``device_name`` best, and the pattern that matched."""
     lowered = device_name.lower().replace(" ", "")
-    best, best_len = None, 0
+    best, best_len, best_pattern = None, 0, ""
     for chip in load_catalog():
         for pattern in chip.device_name_patterns:
             pattern = pattern.replace(" ", "")
             if pattern.startswith("="):  # an exact name beats any substring
                 if pattern[1:] == lowered:
-                    best, best_len = chip, float("inf")
+                    best, best_len, best_pattern = chip, float("inf"), pattern[1:]
             elif pattern in lowered and len(pattern) > best_len:
-                best, best_len = chip, len(pattern)
+                best, best_len, best_pattern = chip, len(pattern), pattern
     if best is not None and _variant_conflict(device_name, best):  # 'A100-SXM4-40GB', 'H100 PCIe', 'GH200 480GB'
+        return None, ""
+    return best, best_pattern
+
+
+def match_device_name(device_name: str) -> Chip | None:
+    """The catalog chip for a name reported by torch for a live device, or None when the chip is not catalogued."""
+    return _match_device_pattern(device_name)[0]
+
+
+def _as_device_name(name: str) -> Chip | None:
+    """The chip for ``name`` read as a device name torch reports ('Ascend910_9391', 'Ascend910B4-1'), or None.
+
+    ``workbench info`` prints those names, and users copy them into specs. A device pattern is a substring, so the
+    name must be that pattern plus at most a short suffix (a SoC revision: '91' of 'ascend910_93', 'C', '-1')
+    once vendor words and memory sizes are dropped: 'H100 slow net' is a custom chip's name, not an H100. A model
+    number may not run on ('H1000' is a typo, not an H100) unless the pattern names a SoC series ('_93' = 93xx)."""
+    chip, pattern = _match_device_pattern(name)
+    if chip is None:
         return None
-    return best
+    lowered = name.lower().replace(" ", "")
+    after = lowered[lowered.find(pattern) + len(pattern):]
+    if after[:1].isdigit() and pattern[-1:].isdigit() and not re.search(r"_\d+$", pattern):
+        return None
+    rest = _normalise(name).replace(_normalise(pattern), "", 1)
+    return chip if len(rest) <= 2 else None
 
 
 def catalog_table(chips: tuple[Chip, ...] | list[Chip] | None = None) -> list[dict[str, Any]]:
