@@ -183,3 +183,81 @@ def test_a_cuda_group_is_bound_to_the_local_rank(cuda, group, monkeypatch):
     info = init_distributed("cuda")
     assert info.device.torch_device == torch.device("cuda:1") and cuda.current == 1
     assert group[0]["backend"] == "nccl" and group[0]["device_id"] == torch.device("cuda:1")
+
+
+# ---- one device per rank, the same in every component ---------------------------------------------------------
+def test_an_explicit_index_under_a_multi_process_launch_is_refused(cuda, group, monkeypatch):
+    """`launch --nproc 2 -- train --device cuda:0`: the group of rank 1 was bound to cuda:1 while the trainer and
+    comm_bench put its model and tensors on cuda:0 (DDP device_ids=[0] on a cuda:1 communicator)."""
+    from workbench.distributed.mesh import init_distributed
+    from workbench.errors import ConfigError
+
+    launched(monkeypatch, 1, 2, 1)
+    with pytest.raises(ConfigError, match=r"--device cuda:0.*LOCAL_RANK.*--device cuda\b.*CUDA_VISIBLE_DEVICES"):
+        init_distributed("cuda:0")
+    assert called(cuda, "set_device") == [] and group == []
+
+
+@pytest.mark.parametrize("env", [None, (0, 1, 0)], ids=["not-launched", "launched-alone"])
+def test_one_process_keeps_the_index_it_was_given(cuda, group, monkeypatch, env):
+    """runner/comm_bench --device cuda:1 in one process was bound to cuda:0 (LOCAL_RANK defaults to 0)."""
+    from workbench.distributed.mesh import destroy_distributed, init_distributed, process_device
+
+    if env:
+        launched(monkeypatch, *env)
+    info = init_distributed("cuda:1")
+    assert info.device.torch_device == torch.device("cuda:1") and cuda.current == 1
+    assert process_device("cuda:1").torch_device == torch.device("cuda:1")
+    assert not env or group[0]["device_id"] == torch.device("cuda:1")
+    destroy_distributed()
+
+
+@pytest.fixture
+def rank_one(cuda, group, monkeypatch):
+    """Rank 1 of 2 under torchrun, after its (recorded) process group started: what init_distributed bound."""
+    import torch.distributed as dist
+
+    from workbench.distributed.mesh import destroy_distributed, init_distributed
+
+    launched(monkeypatch, 1, 2, 1)
+    info = init_distributed("cuda")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
+    yield info
+    destroy_distributed()
+
+
+def test_the_trainer_uses_the_device_its_rank_was_bound_to(rank_one, monkeypatch, tmp_path):
+    from workbench.train.config import TrainConfig
+    from workbench.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_build", lambda self, *args: None)  # only the device choice is under test
+    trainer = Trainer(TrainConfig(preset="glm4-tiny", device="cuda", out_dir=str(tmp_path / "run")))
+    assert trainer.device.torch_device == torch.device("cuda:1") == rank_one.device.torch_device
+
+
+def test_comm_bench_puts_its_buffers_on_the_bound_device(rank_one, monkeypatch):
+    from workbench.distributed import comm_bench
+
+    seen = []
+
+    def stop(op, nbytes, world, device):
+        seen.append(device)
+        raise StopIteration
+
+    monkeypatch.setattr(comm_bench, "_make_call", stop)
+    with pytest.raises(StopIteration):
+        comm_bench.bench_collectives(["all_reduce"], [1024])
+    assert seen == [torch.device("cuda:1")]
+
+
+def test_a_device_of_another_type_than_the_bound_one_is_refused(rank_one):
+    from workbench.distributed.mesh import process_device
+    from workbench.errors import ConfigError
+
+    assert process_device("auto") is rank_one.device
+    with pytest.raises(ConfigError, match="bound to cuda:1"):
+        process_device("cpu")

@@ -125,6 +125,14 @@ def auto_device_type() -> str:
     return available_device_types()[0]
 
 
+def parse_device_spec(spec: "str | torch.device | Device") -> tuple[str, int | None]:
+    """(type, index) of a device spec without resolving or binding it: 'cuda:1' -> ('cuda', 1), 'auto' -> ('auto',
+    None). Raises ValueError for an index that is not a number."""
+    if isinstance(spec, (Device, torch.device)):
+        return spec.type, spec.index
+    return _parse_device_string(spec)
+
+
 def _parse_device_string(spec: str) -> tuple[str, int | None]:
     spec = str(spec).strip().lower()
     if ":" in spec:
@@ -143,10 +151,7 @@ def get_device(spec: str | torch.device | "Device" = "auto") -> "Device":
     """
     if isinstance(spec, Device):
         return spec
-    if isinstance(spec, torch.device):
-        kind, index = spec.type, spec.index
-    else:
-        kind, index = _parse_device_string(spec)
+    kind, index = parse_device_spec(spec)
     if kind == "auto":
         kind = auto_device_type()
     if kind not in SUPPORTED_DEVICE_TYPES:

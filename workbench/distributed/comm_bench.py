@@ -100,13 +100,14 @@ def _make_call(op: str, nbytes: int, world: int, device: torch.device):
 
 
 def bench_collectives(ops: Sequence[str] = OPS, sizes: Sequence[int] | None = None, iters: int = 5,
-                      warmup: int = 2, device: str = "auto") -> list[dict[str, Any]]:
-    """Time every (op, size) on the current process group; every rank returns the same rows."""
-    from workbench.device import get_device
+                      warmup: int = 2, device: Any = "auto") -> list[dict[str, Any]]:
+    """Time every (op, size) on the current process group; every rank returns the same rows. The buffers live on
+    the device ``init_distributed`` bound this rank to (``process_device``), not on a re-read --device."""
+    from workbench.distributed.mesh import process_device
 
     if not dist.is_initialized():
         raise RuntimeError("bench_collectives needs an initialised process group (run under torchrun / launch)")
-    dev = get_device(device)
+    dev = process_device(device)
     torch_device = dev.torch_device if dist.get_backend() != "gloo" else torch.device("cpu")
     world, backend = dist.get_world_size(), dist.get_backend()
     rows = []
@@ -170,7 +171,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factor", type=int, default=4, help="size step multiplier (default 4)")
     parser.add_argument("--iters", type=int, default=5, help="timed calls per size (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per size (default 2)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, npu")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, npu (no index: each rank takes the device of its LOCAL_RANK)")
     parser.add_argument("--out", type=output_folder, default="figures/comm_bench",
                         help="folder for comm_bench.json and the chart")
     parser.add_argument("--timeout", type=float, default=None, help="kill the launched run after this many s")
@@ -257,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
 
     info = init_distributed(args.device)
     try:
-        rows = bench_collectives(ops, sizes, iters=args.iters, warmup=args.warmup, device=args.device)
+        rows = bench_collectives(ops, sizes, iters=args.iters, warmup=args.warmup, device=info.device)
     finally:
         destroy_distributed()
     if info.is_main:

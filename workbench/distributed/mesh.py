@@ -2,6 +2,9 @@
 
 ``init_distributed()`` reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), takes the
 backend from the device layer (gloo on cpu, nccl on cuda, hccl on npu) and binds the process to its local device.
+Under a launch of several processes each rank takes the device of its LOCAL_RANK, so ``--device cuda`` (not
+``cuda:0``: an explicit index is refused there; pick the devices with CUDA_VISIBLE_DEVICES); a single process keeps
+the index it is given. ``process_device()`` is that bound device: the trainer and comm_bench compute on it.
 ``build_mesh(layout)`` turns a ``ParallelLayout`` into a named ``DeviceMesh`` (pp, dp, fsdp, ep, tp).
 Used by the trainer, the tests and notebooks/03_distributed.ipynb (through the launched workers).
 """
@@ -18,7 +21,9 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from workbench.device import Device, DeviceUnavailableError, get_device
+from workbench.device.detect import VISIBLE_DEVICES_ENV, parse_device_spec
 from workbench.distributed.layout import ParallelLayout, parse_layout
+from workbench.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -53,9 +58,11 @@ def init_distributed(device: str | Device = "auto", timeout_s: float = 300.0) ->
 
     Several ranks on mps cannot all-reduce (gloo carries cpu and cuda tensors only, and torch has no mps
     backend): ``auto`` then runs them on cpu with a warning, and an explicit mps is refused."""
+    global _BOUND
     rank, world_size, local_rank = env_world()
-    dev = _launch_device(device, world_size)
-    dev = dev.set_current(local_rank) if dev.is_accelerator else dev
+    dev = _launch_device(device, world_size, local_rank)
+    if dev.is_accelerator:  # a kept index is already current (get_device); otherwise bind the LOCAL_RANK's device
+        dev = dev.set_current(None if dev.index is not None else local_rank)
     backend = dev.dist_backend
     if is_launched() and not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
@@ -67,10 +74,37 @@ def init_distributed(device: str | Device = "auto", timeout_s: float = 300.0) ->
         dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}/", store), rank=rank,
                                 world_size=world_size, timeout=timeout,
                                 **({"device_id": dev.torch_device} if backend in DEVICE_BOUND_BACKENDS else {}))
-    return DistInfo(rank, world_size, local_rank, dev, backend)
+    info = DistInfo(rank, world_size, local_rank, dev, backend)
+    if is_launched():
+        _BOUND = info
+    return info
 
 
-def _launch_device(device: str | Device, world_size: int) -> Device:
+# What init_distributed bound this launched process to, until destroy_distributed.
+_BOUND: DistInfo | None = None
+
+
+def process_device(device: str | Device = "auto") -> Device:
+    """The device this process computes on: inside a launched run, the one ``init_distributed`` bound (each rank
+    its LOCAL_RANK's), so the model, batches and buffers sit where the process group expects them; elsewhere
+    ``get_device(device)``. Parsing --device again put every rank of ``--device cuda:0`` on device 0."""
+    info = _BOUND
+    if info is None or not dist.is_initialized():
+        return get_device(device)
+    kind, _ = parse_device_spec(device)
+    if kind not in ("auto", info.device.type):
+        raise ConfigError(f"device {device} asked for, but this process joined its process group bound to "
+                          f"{info.device.torch_device}; use the same --device for both")
+    return info.device
+
+
+def _launch_device(device: str | Device, world_size: int, local_rank: int) -> Device:
+    kind, index = parse_device_spec(device)
+    if world_size > 1 and index is not None and kind not in ("cpu", "auto"):  # checked before anything is bound
+        visible = VISIBLE_DEVICES_ENV.get(kind, "the visible-devices variable")
+        raise ConfigError(f"--device {kind}:{index}: under a launch of {world_size} processes each rank takes the "
+                          f"device of its LOCAL_RANK (this one {kind}:{local_rank}); pass --device {kind} and choose "
+                          f"the devices with {visible}")
     dev = get_device(device)
     if dev.type != "mps" or world_size == 1:
         return dev
@@ -83,6 +117,8 @@ def _launch_device(device: str | Device, world_size: int) -> Device:
 
 
 def destroy_distributed() -> None:
+    global _BOUND
+    _BOUND = None
     if dist.is_initialized():
         dist.destroy_process_group()
 

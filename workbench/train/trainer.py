@@ -190,7 +190,9 @@ class Trainer:
         say = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.log = say if self.is_main_process else (lambda message: None)
         self.callbacks = list(callbacks)
-        self.device = get_device(config.device)
+        from workbench.distributed.mesh import process_device  # under torchrun: the device init_distributed bound
+
+        self.device = process_device(config.device)
         self.run_dir = Path(config.out_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise WorkbenchError(f"--out {str(self.run_dir)!r} is a file; the run folder must be a folder (new or "
