@@ -315,7 +315,8 @@ def test_a_measured_gemm_rate_never_exceeds_the_chips_peak():
     assert find_chip("910B").measured_gemm_tflops is None
     for name in ("910B1", "910B2"):
         chip = find_chip(name)
-        assert chip.measured_gemm_tflops == 328 and "variant not stated" in chip.field_source("measured_gemm_tflops").source
+        assert chip.measured_gemm_tflops == 328
+        assert "variant not stated" in chip.field_source("measured_gemm_tflops").source
     row = next(r for r in catalog._read_package_csv("accelerators.csv") if r["chip"] == "Ascend 910B1")
     with pytest.raises(WorkbenchError, match="measured_gemm_tflops = 400 .*above its bf16 dense peak"):
         catalog._row_to_chip({**row, "measured_gemm_tflops": "400"})
@@ -357,3 +358,42 @@ def test_a_typed_name_still_wins_over_a_device_name():
     for not_a_device_name in ("H1000", "H100 slow net"):  # a device pattern inside a longer name is not enough
         with pytest.raises(UnknownChipError):
             find_chip(not_a_device_name)
+
+
+def test_a_custom_variant_does_not_hide_the_catalogued_part(monkeypatch):
+    """Registered chips were keyed by the loose name ('H100 PCIe', 'H100 SXM' and 'A100 40GB' all became 'h100' or
+    'a100'): a custom 'H100 PCIe' replaced the catalog's H100 SXM, even for a spec naming 'NVIDIA H100 SXM'."""
+    from workbench.hardware import catalog
+
+    monkeypatch.setattr(catalog, "_REGISTERED", {})
+    pcie = register_chip({"chip": "H100 PCIe", "base": "H100", "bf16_dense_tflops": 756, "hbm_tb_s": 2.0})
+    a100_40 = register_chip({"chip": "A100 40GB", "base": "A100", "hbm_gb": 40})
+    names = {c.chip for c in all_chips()}
+    assert {"NVIDIA H100 SXM", "H100 PCIe", "NVIDIA A100 SXM 80GB", "A100 40GB"} <= names
+    assert {r["chip"] for r in catalog_table()} == names
+    assert find_chip("NVIDIA H100 SXM").bf16_dense_tflops == 989 and find_chip("H100-SXM").chip == "NVIDIA H100 SXM"
+    assert find_chip("h100").chip == "NVIDIA H100 SXM"  # the loose name keeps meaning the catalogued part
+    assert find_chip("H100 PCIe") is pcie and find_chip("h100-pcie") is pcie
+    assert find_chip("NVIDIA A100 SXM 80GB").hbm_gb == 80 and find_chip("A100-80GB").hbm_gb == 80
+    assert find_chip("A100 40GB") is a100_40 and find_chip("a100-40gb") is a100_40
+    with pytest.raises(UnknownChipError, match="has 80 GB, not 94 GB"):  # neither: the variant check still speaks
+        find_chip("A100 94GB")
+    # the same exact name (any case) replaces the catalog chip, as documented
+    mine = register_chip({"chip": "nvidia h100 sxm", "base": "H100", "scale_out_gb_s_per_chip": 12.5})
+    assert find_chip("NVIDIA H100 SXM") is mine and "NVIDIA H100 SXM" not in {c.chip for c in all_chips()}
+    unregister_chip("NVIDIA H100 SXM")
+    assert find_chip("NVIDIA H100 SXM").scale_out_gb_s_per_chip == 50
+
+
+def test_a_custom_variant_chip_in_a_spec_file_leaves_the_exact_catalog_name_alone(tmp_path, monkeypatch, capsys):
+    from workbench.cli import main
+    from workbench.hardware import catalog
+
+    monkeypatch.setattr(catalog, "_REGISTERED", {})
+    (tmp_path / "pcie.json").write_text(json.dumps({"chip": "H100 PCIe", "base": "H100", "bf16_dense_tflops": 756,
+                                                    "hbm_tb_s": 2.0}))
+    (tmp_path / "spec.json").write_text(json.dumps({
+        "model": {"preset": "glm4-tiny"}, "seq_len": 256, "global_batch": 16, "precision": "bf16",
+        "layout": {"dp": 8}, "cluster": {"chip": "NVIDIA H100 SXM", "count": 8}}))
+    assert main(["simulate", str(tmp_path / "spec.json"), "--chips", str(tmp_path / "pcie.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["chip"] == "NVIDIA H100 SXM"

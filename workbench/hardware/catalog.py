@@ -265,21 +265,33 @@ def load_chip_file(path: str | Path) -> list[Chip]:
     return [chip_from_dict(d) for d in (data if isinstance(data, list) else [data])]
 
 
+def _exact_key(name: str) -> str:
+    """A chip's own name, case and runs of spaces aside: the key that registering and replacing go by."""
+    return " ".join(name.lower().split())
+
+
 def register_chip(chip: Chip | dict) -> Chip:
-    """Make ``chip`` findable by name (``find_chip``, the simulator) for the rest of this process."""
+    """Make ``chip`` findable by name (``find_chip``, the simulator) for the rest of this process.
+
+    Keyed by its exact name: a custom 'H100 PCIe' sits beside the catalog's 'NVIDIA H100 SXM' (the loose key, 'h100'
+    for both, made it replace the SXM part); only a chip of the very same name is replaced."""
     if isinstance(chip, dict):
         chip = chip_from_dict(chip)
-    _REGISTERED[_normalise(chip.chip)] = chip
+    _REGISTERED[_exact_key(chip.chip)] = chip
     return chip
 
 
 def unregister_chip(name: str) -> None:
-    _REGISTERED.pop(_normalise(name), None)
+    """Forget a registered chip, by its exact name (or a loose one that names a single registered chip)."""
+    if _REGISTERED.pop(_exact_key(name), None) is None:
+        loose = [k for k, c in _REGISTERED.items() if _normalise(c.chip) == _normalise(name)]
+        if len(loose) == 1:
+            del _REGISTERED[loose[0]]
 
 
 def all_chips() -> tuple[Chip, ...]:
-    """Catalog chips plus registered ones (a registered chip replaces a catalog chip of the same name)."""
-    catalog = {_normalise(c.chip): c for c in load_catalog()}
+    """Catalog chips plus registered ones (a registered chip replaces a catalog chip of the same exact name)."""
+    catalog = {_exact_key(c.chip): c for c in load_catalog()}
     catalog.update(_REGISTERED)
     return tuple(catalog.values())
 
@@ -301,7 +313,8 @@ def _variant_conflict(name: str, chip: Chip) -> str | None:
 
     Matching ignores memory sizes and form factors ('H100-SXM' = 'H100'), so 'A100 40GB' found the 80 GB part and
     'H100 PCIe' the SXM one: another memory size, a PCIe / NVL part or a Grace superchip's GPU ('GH200' for the
-    H200) is a different chip (other HBM, bandwidth, power). A remark in parentheses ('H100-SXM (96GB 500W)') is a note on the same part and is not read."""
+    H200) is a different chip (other HBM, bandwidth, power). A remark in parentheses ('H100-SXM (96GB 500W)') is a
+    note on the same part and is not read."""
     core = re.sub(r"\(.*?\)", " ", name).lower()
     memory = re.search(r"(\d+(?:\.\d+)?)\s?gb", core)
     if memory and chip.hbm_gb and abs(float(memory.group(1)) - chip.hbm_gb) > 0.5:
@@ -320,12 +333,16 @@ def _variant_conflict(name: str, chip: Chip) -> str | None:
 def find_chip(name: str | Chip) -> Chip:
     """The chip named ``name`` (loosely: case, spaces, vendor and 'SXM' don't matter), registered chips included.
 
-    Raises ``UnknownChipError`` (a KeyError and a WorkbenchError) listing close matches when there is no such chip.
+    A chip's exact name (any case) is that chip. Raises ``UnknownChipError`` (a KeyError and a WorkbenchError)
+    listing close matches when there is no such chip.
     """
     if isinstance(name, Chip):
         return name
     if not isinstance(name, str) or not name.strip():
         raise UnknownChipError(f"a chip name must be a non-empty string, got {name!r}")
+    exact = {_exact_key(c.chip): c for c in all_chips()}
+    if _exact_key(name) in exact:  # its own name: nothing to second-guess
+        return exact[_exact_key(name)]
     chip = _find_loosely(name)
     conflict = _variant_conflict(name, chip)
     if conflict:
@@ -334,10 +351,37 @@ def find_chip(name: str | Chip) -> Chip:
     return chip
 
 
+def _variant_marks(name: str) -> set[str]:
+    """The words of a name that the loose key drops but that make another product: memory size, PCIe / NVL form
+    factor, a Grace superchip ('80gb', 'pcie', 'gb200'); a remark in parentheses is not read."""
+    core = re.sub(r"\(.*?\)", " ", name).lower()
+    marks = {f"{float(m):g}gb" for m in re.findall(r"(\d+(?:\.\d+)?)\s?gb", core)}
+    return marks | set(re.findall(r"pcie|nvl(?!ink)", core)) | set(re.findall(r"(?<![a-z0-9])g[bh]\d{3}", core))
+
+
+def _pick(name: str, same_key: list[Chip]) -> Chip:
+    """One of several chips whose names share a loose key ('NVIDIA H100 SXM' and a custom 'H100 PCIe': 'h100').
+
+    The chips ``name`` is no variant conflict with; of those, the ones whose own variant words ``name`` also has
+    ('h100-pcie' -> 'H100 PCIe'; 'h100' -> the SXM part, which has none); a catalog chip before a custom one ('A100'
+    stays the catalogued 80 GB part beside a custom 'A100 40GB'). When none fits, the first, so that find_chip
+    names the conflict; a tie left after that is an error naming the candidates."""
+    fitting = [c for c in same_key if not _variant_conflict(name, c)] or same_key[:1]
+    asked, catalogued = _variant_marks(name), {id(c) for c in load_catalog()}
+    rank = {id(c): (bool(_variant_marks(c.chip) - asked), id(c) not in catalogued) for c in fitting}
+    best = min(rank.values())
+    chosen = [c for c in fitting if rank[id(c)] == best]
+    if len(chosen) > 1:
+        raise UnknownChipError(f"chip {name!r} is ambiguous: {', '.join(c.chip for c in chosen)}; give the full name")
+    return chosen[0]
+
+
 def _find_loosely(name: str) -> Chip:
     wanted = _normalise(name)
     chips = all_chips()
-    by_key = {_normalise(c.chip): c for c in chips}
+    by_key: dict[str, list[Chip]] = {}  # several chips can share a loose key: 'NVIDIA H100 SXM' and 'H100 PCIe'
+    for c in chips:
+        by_key.setdefault(_normalise(c.chip), []).append(c)
     # A remark in parentheses is no more part of a catalog name than of a query: 'Ascend 910' is 'Ascend 910 (2019)'.
     # Each chip is also keyed without its remark, unless that key is another chip's name or two chips share it.
     bare: dict[str, list[Chip]] = {}
@@ -346,21 +390,24 @@ def _find_loosely(name: str) -> Chip:
             bare.setdefault(_normalise(re.sub(r"\(.*?\)", " ", c.chip)), []).append(c)
     for key, same in bare.items():
         if key and key not in by_key and len(same) == 1:
-            by_key[key] = same[0]
+            by_key[key] = same
     if wanted in by_key:
-        return by_key[wanted]
+        return _pick(name, by_key[wanted])
 
-    def distinct(found: list[Chip]) -> list[Chip]:  # a chip keyed twice (with and without its remark) counts once
-        return list({id(c): c for c in found}.values())
+    def one(keys: list[str]) -> Chip | None:  # the chip those keys name, if they name one product
+        found = list({id(c): c for k in keys for c in by_key[k]}.values())  # keyed with and without remark: once
+        if len({_normalise(c.chip) for c in found}) == 1:
+            return _pick(name, found)
+        return None
 
     # a part of a name must be distinctive: 'X' or '5' alone matched the one chip whose name ended in it (MI300X)
     partial_ok = len(wanted) >= 3
-    prefixed = distinct([c for key, c in by_key.items() if key.startswith(wanted) and partial_ok])
-    if len(prefixed) == 1:
-        return prefixed[0]
-    suffixed = distinct([c for key, c in by_key.items() if key.endswith(wanted) and partial_ok])  # '910B' -> 'Ascend 910B'
-    if len(suffixed) == 1:
-        return suffixed[0]
+    prefixed = [k for k in by_key if partial_ok and k.startswith(wanted)]
+    suffixed = [k for k in by_key if partial_ok and k.endswith(wanted)]  # '910B' -> 'Ascend 910B'
+    for keys in (prefixed, suffixed):
+        chip = one(keys)
+        if chip is not None:
+            return chip
     if "(" in name:  # 'H100-SXM (96GB 500W)', 'Ascend 910B (Atlas 900 A2)': retry without the remark
         try:
             return _find_loosely(re.sub(r"\(.*?\)", " ", name))
@@ -369,9 +416,10 @@ def _find_loosely(name: str) -> Chip:
     as_device = _as_device_name(name)  # 'Ascend910_9391' as `workbench info` prints it; typed names come first
     if as_device is not None:
         return as_device
-    close = difflib.get_close_matches(wanted, list(by_key), n=4, cutoff=0.5)
-    suggestions = list(dict.fromkeys(by_key[k].chip for k in close)) or [c.chip for c in prefixed]
-    hint = f"; did you mean: {', '.join(suggestions)}?" if suggestions else f"; known chips: {', '.join(c.chip for c in chips)}"
+    close = difflib.get_close_matches(wanted, list(by_key), n=4, cutoff=0.5) or prefixed
+    suggestions = list(dict.fromkeys(c.chip for k in close for c in by_key[k]))
+    hint = (f"; did you mean: {', '.join(suggestions)}?" if suggestions
+            else f"; known chips: {', '.join(c.chip for c in chips)}")
     raise UnknownChipError(f"unknown chip {name!r}{hint}")
 
 
