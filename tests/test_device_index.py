@@ -261,3 +261,68 @@ def test_a_device_of_another_type_than_the_bound_one_is_refused(rank_one):
     assert process_device("auto") is rank_one.device
     with pytest.raises(ConfigError, match="bound to cuda:1"):
         process_device("cpu")
+
+
+# ---- the mesh is the run's device, not "auto" -----------------------------------------------------------------
+@pytest.fixture
+def gloo_world_of_one(cuda):
+    """A real one-rank gloo group on a host whose (fake) cuda is what "auto" would pick."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_a_cpu_run_on_a_gpu_host_gets_a_cpu_mesh(gloo_world_of_one, monkeypatch):
+    """--device cpu on a GPU/NPU host (notebook 03 and the runner default to cpu) built a cuda mesh over a gloo
+    group: FSDP2 moved shards to cuda, TP placed DTensors on cuda while the inputs stayed on cpu."""
+    from workbench.distributed import mesh
+
+    seen = []
+    monkeypatch.setattr(mesh, "init_device_mesh", lambda kind, shape, mesh_dim_names=None: seen.append(kind))
+    mesh.build_mesh("dp=1")
+    mesh.build_mesh("dp=1", device="cuda")  # an explicit device still wins
+    assert seen == ["cpu", "cuda"]
+    assert mesh.comm_device() == torch.device("cpu")
+
+
+def test_parallelize_builds_its_mesh_on_the_given_device(gloo_world_of_one, monkeypatch):
+    import torch.distributed as dist
+
+    from workbench.distributed import mesh
+    from workbench.distributed.parallelize import parallelize
+
+    seen = []
+
+    def record(kind, shape, mesh_dim_names=None):
+        seen.append(kind)
+        raise StopIteration
+
+    monkeypatch.setattr(mesh, "init_device_mesh", record)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    for device in (None, "cpu", detect.Device("cuda", 1)):
+        with pytest.raises(StopIteration):
+            parallelize(torch.nn.Linear(2, 2), "dp=2", device=device)
+    assert seen == ["cpu", "cpu", "cuda"]
+
+
+def test_collectives_on_an_nccl_group_use_the_bound_device(rank_one):
+    from workbench.distributed.mesh import comm_device
+
+    assert comm_device() == torch.device("cuda:1")
+
+
+def test_the_train_hook_parallelizes_on_the_bound_device(rank_one, monkeypatch):
+    import sys
+
+    from workbench.distributed.train_hooks import distributed_train_kwargs
+    from workbench.train.config import TrainConfig
+
+    seen = []
+    module = sys.modules["workbench.distributed.parallelize"]
+    monkeypatch.setattr(module, "parallelize", lambda model, layout, **kw: seen.append(kw) or
+                        types.SimpleNamespace(module=model))
+    hook = distributed_train_kwargs(TrainConfig(preset="glm4-tiny", device="cuda", parallel="dp=2"))["parallelize"]
+    hook(torch.nn.Linear(2, 2), rank_one.device, types.SimpleNamespace(seq_len=16))
+    assert seen[0]["device"].torch_device == torch.device("cuda:1")

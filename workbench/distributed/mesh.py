@@ -123,12 +123,21 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def build_mesh(layout: ParallelLayout | str, device: str | Device = "auto") -> DeviceMesh:
-    """A DeviceMesh with one named dim per active parallelism (``mesh["tp"]``, ``mesh["dp"]``...)."""
+def build_mesh(layout: ParallelLayout | str, device: str | Device | None = None) -> DeviceMesh:
+    """A DeviceMesh with one named dim per active parallelism (``mesh["tp"]``, ``mesh["dp"]``...), on ``device``
+    (the run's: ``DistInfo.device``). Without one, the device type the process group's backend carries (gloo: cpu),
+    never "auto": ``--device cpu`` on a GPU host got a cuda mesh over a gloo group. No group yet: cpu."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     layout = parse_layout(layout, world_size=world)
     names, shape = layout.mesh_shape()
-    return init_device_mesh(get_device(device).type, shape, mesh_dim_names=names)
+    return init_device_mesh(_mesh_device_type(device), shape, mesh_dim_names=names)
+
+
+def _mesh_device_type(device: str | Device | None) -> str:
+    if device is None:
+        return comm_device().type if dist.is_initialized() else "cpu"
+    kind, _ = parse_device_spec(device)  # only the type: naming the device must not rebind this rank
+    return get_device(kind).type if kind == "auto" else kind
 
 
 def submesh(mesh: DeviceMesh, name: str) -> DeviceMesh | None:
@@ -136,12 +145,24 @@ def submesh(mesh: DeviceMesh, name: str) -> DeviceMesh | None:
     return mesh[name] if mesh.mesh_dim_names and name in mesh.mesh_dim_names else None
 
 
+# The device type whose tensors a backend's collectives take (gloo also takes cuda; we give it cpu tensors).
+BACKEND_DEVICE_TYPES = {"gloo": "cpu", "nccl": "cuda", "hccl": "npu", "xccl": "xpu"}
+
+
+def comm_device(group=None) -> torch.device:
+    """Where a tensor for a collective on ``group`` lives: cpu under gloo; otherwise the device init_distributed
+    bound this rank to (its LOCAL_RANK's), else the backend's device type (the current device)."""
+    kind = BACKEND_DEVICE_TYPES.get(dist.get_backend(group), "cpu")
+    if kind == "cpu":
+        return torch.device("cpu")
+    bound = _BOUND.device if _BOUND is not None else None
+    return bound.torch_device if bound is not None and bound.type == kind else torch.device(kind)
+
+
 def all_reduce_mean(value: float, group=None) -> float:
     """Average a python number over a process group (a no-op outside a distributed run)."""
     if not dist.is_initialized():
         return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64)
-    if dist.get_backend(group) != "gloo":
-        tensor = tensor.to(get_device().torch_device)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=comm_device(group))
     dist.all_reduce(tensor, group=group)
     return float(tensor.item()) / dist.get_world_size(group)

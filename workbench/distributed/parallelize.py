@@ -21,7 +21,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from workbench.distributed.layout import ParallelLayout, parse_layout
-from workbench.distributed.mesh import build_mesh, submesh
+from workbench.distributed.mesh import build_mesh, comm_device, submesh
 from workbench.errors import ConfigError
 
 
@@ -88,15 +88,9 @@ class ParallelModel:
         if self.mesh is None or not dist.is_initialized():  # a world of one (launched or not): nothing to average
             return float(loss)
         pair = torch.tensor([0.0 if loss is None else float(loss), 0.0 if loss is None else 1.0],
-                            dtype=torch.float64, device=_comm_device(self.mesh))
+                            dtype=torch.float64, device=comm_device())
         dist.all_reduce(pair)
         return float(pair[0] / pair[1])
-
-
-def _comm_device(mesh: DeviceMesh) -> torch.device:
-    from workbench.device import get_device
-
-    return torch.device("cpu") if mesh.device_type == "cpu" else get_device(mesh.device_type).torch_device
 
 
 def data_coordinates(layout: ParallelLayout, mesh: DeviceMesh) -> tuple[int, int]:
@@ -111,8 +105,11 @@ def data_coordinates(layout: ParallelLayout, mesh: DeviceMesh) -> tuple[int, int
 
 def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = None, *,
                 mesh: DeviceMesh | None = None, param_dtype: torch.dtype | str | None = None,
-                sequence_parallel: bool = True) -> ParallelModel:
+                sequence_parallel: bool = True, device: Any = None) -> ParallelModel:
     """Apply ``layout`` to ``model`` (in place) inside an initialised process group; see the module docstring.
+
+    ``device``: the run's device (``init_distributed(...).device``), the mesh's device type; None takes the device
+    type of the process group's backend (gloo: cpu), so a cpu model gets a cpu mesh on any host.
 
     ``param_dtype``: FSDP2's compute dtype (bf16 = mixed precision; None/fp32 = full precision); anything but fp32
     is refused for a layout without fsdp.
@@ -132,7 +129,7 @@ def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = N
         layout.check_model(config)  # every model-dependent refusal lives there (notebook 03 plans with it)
     if world == 1:  # nothing to split; mesh stays None unless given (global_loss then needs no collective)
         return ParallelModel(layout, mesh, model, model)
-    mesh = mesh if mesh is not None else build_mesh(layout)
+    mesh = mesh if mesh is not None else build_mesh(layout, device)
     data_rank, data_size = data_coordinates(layout, mesh)
     pm = ParallelModel(layout, mesh, model, model, data_rank=data_rank, data_size=data_size)
 

@@ -87,7 +87,7 @@ def distributed_train_kwargs(config) -> dict[str, Any]:
 
         sync_expert_load(model)
         layout.check_sequence(cfg.seq_len)  # sequence parallel under tp: one clear message, not a crash in backward
-        return parallelize(model, layout).module
+        return parallelize(model, layout, device=info.device).module  # the mesh on the device this rank is bound to
 
     kwargs: dict[str, Any] = {"parallelize": parallelize_hook}
     callback = fault_injection_callback()
