@@ -377,10 +377,11 @@ class Device:
 
     @property
     def training_dtype(self) -> torch.dtype:
-        """bf16 (autocast) where bf16 is fast; fp32 otherwise. ``WORKBENCH_DTYPE=fp32|bf16`` overrides."""
+        """bf16 (autocast) where bf16 is fast; fp32 otherwise. ``WORKBENCH_DTYPE=fp32|bf16`` overrides; fp16 is
+        refused (``check_training_dtype``): the trainer has no loss scaling."""
         forced = os.environ.get("WORKBENCH_DTYPE", "").strip().lower()
         if forced:
-            return parse_dtype(forced)
+            return check_training_dtype(parse_dtype(forced), "WORKBENCH_DTYPE")
         return torch.bfloat16 if self.fast_bf16()[0] else torch.float32
 
     def autocast(self, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager:
@@ -457,6 +458,19 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if key not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of: fp32, bf16, fp16")
     return _DTYPES[key]
+
+
+def check_training_dtype(dtype: torch.dtype, setting: str) -> torch.dtype:
+    """Refuse fp16 as a training dtype. fp16's 5-bit exponent underflows small gradients to zero unless the loss is
+    scaled (a GradScaler), and nothing here scales it: measured on a glm4-small-sized batch, 1.6% of the hidden
+    gradients were zero (12.6% with 8-step accumulation). bf16 has fp32's range and needs no scaling."""
+    if dtype == torch.float16:
+        from workbench.errors import ConfigError
+
+        raise ConfigError(f"{setting}=fp16 is refused: fp16 training needs loss scaling, which the workbench does "
+                             f"not do, and without it small gradients underflow to zero; use bf16 or fp32 (a chip "
+                             f"without fast bf16, e.g. V100 or Ascend 910A, trains in fp32)")
+    return dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:

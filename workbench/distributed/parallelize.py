@@ -112,15 +112,17 @@ def parallelize(model: nn.Module, layout: ParallelLayout | str | dict | None = N
     type of the process group's backend (gloo: cpu), so a cpu model gets a cpu mesh on any host.
 
     ``param_dtype``: FSDP2's compute dtype (bf16 = mixed precision; None/fp32 = full precision); anything but fp32
-    is refused for a layout without fsdp.
+    is refused for a layout without fsdp, and fp16 always (no loss scaling).
     ``sequence_parallel``: under tp, shard the norms' activations over the sequence (the sequence length must then
     be divisible by tp; ``forward_backward`` checks it). MTP blocks always run without it (tp.apply_tp).
     """
+    from workbench.device.detect import check_training_dtype, parse_dtype
+
     world = dist.get_world_size() if dist.is_initialized() else 1
     layout = parse_layout(layout, world_size=world)
+    if param_dtype is not None:  # fp16 compute computes fp16 gradients, and nothing scales the loss
+        check_training_dtype(parse_dtype(param_dtype), "param_dtype")
     if param_dtype is not None and layout.fsdp == 1:
-        from workbench.device.detect import parse_dtype
-
         if parse_dtype(param_dtype) != torch.float32:  # nothing else would apply it: refuse, do not ignore
             raise ConfigError(f"param_dtype={param_dtype} is FSDP2's compute dtype and layout {layout} has no fsdp; "
                               f"leave it unset or use a layout with fsdp")
