@@ -296,3 +296,31 @@ def test_an_fsdp_compute_dtype_of_fp16_is_refused():
 
     with pytest.raises(ConfigError, match="loss scaling"):
         parallelize(torch.nn.Linear(2, 2), "dp=1", param_dtype="fp16")
+
+
+GRAVITON3_CPUINFO = """processor\t: 0
+BogoMIPS\t: 2100.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x1
+CPU part\t: 0xd40
+CPU revision\t: 1
+"""
+
+
+def test_arm_cpus_with_bf16_are_probed(monkeypatch):
+    """arm64 Linux names the flags line 'Features': Graviton3/Grace were never probed and always trained in fp32
+    with the reason 'CPU lacks AMX/AVX512-BF16'."""
+    import io
+
+    monkeypatch.setattr(detect, "open", lambda path, *a, **k: io.StringIO(GRAVITON3_CPUINFO), raising=False)
+    monkeypatch.setattr(detect.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(probes, "measure_bf16_speedup", lambda device: 2.0)
+    detect.cpu_flags.cache_clear()
+    try:
+        assert {"bf16", "sve", "asimd"} <= detect.cpu_flags()
+        fast, how = detect.Device("cpu").fast_bf16()
+        assert fast and how.startswith("measured: bf16 GEMM runs 2.00x")
+    finally:
+        detect.cpu_flags.cache_clear()

@@ -495,10 +495,12 @@ def cpu_model_name() -> str:
 
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo: x86 names the line 'flags', arm64 'Features' (bf16 on Graviton3,
+    Grace, Neoverse V1/V2)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.split(":", 1)[0].strip() in ("flags", "Features"):
                     return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
