@@ -324,3 +324,30 @@ def test_arm_cpus_with_bf16_are_probed(monkeypatch):
         assert fast and how.startswith("measured: bf16 GEMM runs 2.00x")
     finally:
         detect.cpu_flags.cache_clear()
+
+
+@pytest.fixture
+def mps_host(monkeypatch):
+    """An Apple-silicon host: torch.mps is the real module (no memory_allocated), reporting itself available."""
+    monkeypatch.setattr(torch.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: 1234)
+    return get_device("mps")
+
+
+def test_mps_memory_is_read_from_torch_mps(mps_host):
+    """torch.mps has current_allocated_memory, not memory_allocated: every mps run reported 'not tracked'."""
+    stats = mps_host.memory_stats()
+    assert stats["allocated_bytes"] == 1234 and "current_allocated_memory" in stats["source"]
+
+
+def test_mps_memory_prefers_torch_accelerator_which_keeps_a_peak(mps_host, monkeypatch):
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a: torch.device("mps"))
+    monkeypatch.setattr(torch.accelerator, "memory_allocated", lambda index=None: 10)
+    monkeypatch.setattr(torch.accelerator, "max_memory_allocated", lambda index=None: 20)
+    reset = []
+    monkeypatch.setattr(torch.accelerator, "reset_peak_memory_stats", lambda index=None: reset.append(index))
+    stats = mps_host.memory_stats()
+    mps_host.reset_peak_memory()
+    assert (stats["allocated_bytes"], stats["peak_bytes"]) == (10, 20) and "torch.accelerator" in stats["source"]
+    assert reset == [None]

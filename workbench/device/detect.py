@@ -305,13 +305,29 @@ class Device:
             return {"allocated_bytes": current, "peak_bytes": peak, "source": "process RSS (cpu)"}
         backend = self.backend
         if not hasattr(backend, "memory_allocated"):
-            return {"allocated_bytes": None, "peak_bytes": None, "source": f"not tracked by torch.{self.type}"}
+            return self._memory_stats_without_memory_allocated()
         args = self._index_args()
         return {
             "allocated_bytes": int(backend.memory_allocated(*args)),
             "peak_bytes": int(backend.max_memory_allocated(*args)) if hasattr(backend, "max_memory_allocated") else None,
             "source": f"torch.{self.type} caching allocator",
         }
+
+    def _memory_stats_without_memory_allocated(self) -> dict[str, Any]:
+        """torch.mps has no memory_allocated: torch.accelerator's allocator stats where they work here (they keep a
+        peak), else torch.mps.current_allocated_memory (no peak)."""
+        if _torch_accelerator_type() == self.type:
+            try:
+                return {"allocated_bytes": int(torch.accelerator.memory_allocated(self.index)),
+                        "peak_bytes": int(torch.accelerator.max_memory_allocated(self.index)),
+                        "source": f"torch.accelerator allocator stats ({self.type})"}
+            except Exception:  # an allocator that keeps no device stats
+                pass
+        current = getattr(self.backend, "current_allocated_memory", None)
+        if current is not None:
+            return {"allocated_bytes": int(current()), "peak_bytes": None,
+                    "source": f"torch.{self.type}.current_allocated_memory (no peak kept)"}
+        return {"allocated_bytes": None, "peak_bytes": None, "source": f"not tracked by torch.{self.type}"}
 
     def total_memory_bytes(self) -> int | None:
         if self.type == "cpu":
@@ -330,6 +346,9 @@ class Device:
         backend = self.backend
         if backend is not None and hasattr(backend, "reset_peak_memory_stats"):
             backend.reset_peak_memory_stats(*self._index_args())
+        elif backend is not None and _torch_accelerator_type() == self.type:  # mps: the device-generic peak
+            with contextlib.suppress(Exception):
+                torch.accelerator.reset_peak_memory_stats(self.index)
         elif self.type == "cpu":
             try:
                 with open("/proc/self/clear_refs", "w") as f:
