@@ -4,6 +4,7 @@ every expected number is worked out by hand from the synthetic events."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -223,6 +224,67 @@ def test_waterfall_reports_unknown_mfu_without_a_peak_and_rejects_empty_steps():
     assert sum(b["ms"] for b in wf["bars"] if b["measure"] != "total") == pytest.approx(2.0)
     with pytest.raises(ValueError, match="step time"):
         mfu_waterfall(categories_rows(), 0.0, 0.0, 1e9, 1e12)
+
+
+def test_waterfall_splits_the_ideal_by_the_models_flops_not_by_what_the_profiler_counted():
+    """SDPA / flash kernels report no FLOPs: split by profiler counts, attention got no share of the ideal and the
+    matmuls 'beat the peak' by attention's whole time (glm4-tiny at S=1024: matmul -1350 ms, attention +1174 ms)."""
+    cats = categories_rows(matmul=(6.0, 3.0), attention=(2.0, None), norm=(1.0, None))
+    wf = mfu_waterfall(cats, step_ms=12.0, exposed_comm_ms=0.0, flops_per_step=4e9, peak_flops=1e12,
+                       flops_split={"matmul": 3.0, "attention": 1.0})  # relative: normalized to shares
+    bars = {b["label"]: b["ms"] for b in wf["bars"]}
+    assert bars["matmul below peak"] == pytest.approx(6.0 - 3.0)
+    assert bars["attention below peak"] == pytest.approx(2.0 - 1.0)
+    assert wf["ideal_split"] == pytest.approx({"matmul": 0.75, "attention": 0.25, "moe": 0.0})
+    assert wf["split_source"].startswith("analytic")
+    assert sum(b["ms"] for b in wf["bars"] if b["measure"] != "total") == pytest.approx(12.0)
+
+
+def test_waterfall_gives_routed_expert_flops_to_the_category_that_ran_the_expert_gemms():
+    """A grouped GEMM kernel (torch._grouped_mm on CUDA, npu_grouped_matmul) is moe time; a loop of per-expert
+    aten::mm is matmul, and so is a grouped op that runs counted aten::mm inside itself (torch's CPU _grouped_mm)."""
+    cats = categories_rows(matmul=(4.0, 2.0), attention=(1.0, None), moe=(3.0, None))
+    split = {"matmul": 2.0, "attention": 1.0, "experts": 1.0}
+    grouped = [{"op": "aten::_grouped_mm", "category": "moe"}, {"op": "aten::mm", "category": "matmul"}]
+    wf = mfu_waterfall(cats, 10.0, 0.0, 4e9, 1e12, flops_split=split, ops=grouped)
+    assert wf["ideal_split"] == pytest.approx({"matmul": 0.5, "attention": 0.25, "moe": 0.25})
+    assert "experts in moe" in wf["split_source"]
+    cpu_cats = categories_rows(matmul=(4.0, 3.0), attention=(1.0, None), moe=(3.0, None))  # experts' 1 GFLOP counted
+    wf = mfu_waterfall(cpu_cats, 10.0, 0.0, 4e9, 1e12, flops_split=split, ops=grouped)
+    assert wf["ideal_split"] == pytest.approx({"matmul": 0.75, "attention": 0.25, "moe": 0.0})
+    looped = [{"op": "aten::mm", "category": "matmul"}, {"op": "aten::index_select", "category": "moe"}]
+    wf = mfu_waterfall(cats, 10.0, 0.0, 4e9, 1e12, flops_split=split, ops=looped)
+    assert wf["ideal_split"] == pytest.approx({"matmul": 0.75, "attention": 0.25, "moe": 0.0})
+    with pytest.raises(ValueError, match="flops_split"):
+        mfu_waterfall(cats, 10.0, 0.0, 4e9, 1e12, flops_split={"softmax": 1.0})
+
+
+def test_waterfall_without_a_split_says_which_timed_category_got_no_share():
+    cats = categories_rows(matmul=(6.0, 3.0), attention=(2.0, None))
+    wf = mfu_waterfall(cats, 12.0, 0.0, 4e9, 1e12)
+    assert wf["ideal_split"] == pytest.approx({"matmul": 1.0, "attention": 0.0, "moe": 0.0})
+    assert "profiler-counted" in wf["split_source"] and "attention" in wf["split_source"]
+
+
+def test_model_flops_split_follows_the_accounting():
+    from workbench.model.accounting import expert_params, flops_per_token
+    from workbench.model.presets import get_preset
+    from workbench.profiling.waterfall import model_flops_split
+
+    for preset, seq_len in (("glm4-tiny", 1024), ("glm45-tiny", 256), ("glm5-tiny", 1024)):
+        c = get_preset(preset)
+        fpt = flops_per_token(c, seq_len)
+        split = model_flops_split(c, seq_len)
+        assert sum(split.values()) == pytest.approx(fpt.total)
+        n_moe = sum(c.layer_is_moe(i) for i in range(c.num_layers + c.mtp_layers))
+        assert split["experts"] == pytest.approx(6.0 * n_moe * c.num_experts_per_token * expert_params(c)
+                                                 if c.is_moe else 0.0)
+        per_layer_attention = fpt.attention / c.num_layers
+        assert split["attention"] >= fpt.attention + fpt.indexer + c.mtp_layers * per_layer_attention - 1
+    # the report's example: with the byte tokenizer's 257 tokens, attention is 28.4% of glm4-tiny's FLOPs at S=1024
+    c = dataclasses.replace(get_preset("glm4-tiny"), vocab_size=257)
+    split = model_flops_split(c, 1024)
+    assert split["attention"] / sum(split.values()) == pytest.approx(0.284, abs=0.002)
 
 
 # ---- memory -------------------------------------------------------------------------------------------------------

@@ -277,3 +277,38 @@ def test_cli_profile_unknown_preset_names_toy_and_makes_no_folder(tmp_path, caps
 
     assert main(["profile", "--preset", "nope", "--out", str(tmp_path / "prof")]) == 2
     assert "choose toy" in capsys.readouterr().err and not (tmp_path / "prof").exists()
+
+
+def test_a_trainer_profile_gives_attention_its_share_of_the_ideal(tmp_path):
+    """SDPA reports no FLOPs to the profiler: the ideal went 100% to matmul, so 'matmul below peak' went negative
+    by attention's share. The split now comes from the model's FLOP accounting."""
+    from workbench.model.accounting import flops_per_token
+    from workbench.profiling.trainer_profile import profile_trainer
+    from workbench.train import TrainConfig, Trainer
+
+    trainer = Trainer(TrainConfig(preset="glm4-tiny", steps=100, batch_size=1, seq_len=64, device="cpu",
+                                  out_dir=str(tmp_path / "run"), progress=False, warmup_steps=0, eval_every=0,
+                                  ckpt_every=0, model_overrides={"num_layers": 1, "hidden_size": 32,
+                                                                 "intermediate_size": 64}), log=lambda m: None)
+    try:
+        with use_kernels({"attention": "torch"}):
+            _, report = profile_trainer(trainer, ProfileConfig(wait=0, warmup=0, active=1, with_stack=False),
+                                        top_n=3)
+    finally:
+        trainer.close()
+    fpt = flops_per_token(trainer.model_config, 64)
+    wf = report.waterfall
+    assert wf["split_source"].startswith("analytic")
+    assert wf["ideal_split"]["attention"] == pytest.approx(fpt.attention / fpt.total)
+    assert wf["ideal_split"]["matmul"] == pytest.approx(1 - fpt.attention / fpt.total)
+
+
+def test_the_toy_profile_splits_its_ideal_by_its_own_flops(tmp_path):
+    step, model = toy_training_step(TINY, get_device("cpu"))
+    run = profile_steps(step, ProfileConfig(wait=0, warmup=0, active=1), device=get_device("cpu"),
+                        out_dir=tmp_path)
+    split = model.flops_split()
+    assert sum(split.values()) == pytest.approx(model.flops_per_token())
+    report = analyze(run, flops_per_step=model.flops_per_token() * TINY.batch * TINY.seq_len, peak=1e12,
+                     flops_split=split)
+    assert report.waterfall["ideal_split"]["attention"] == pytest.approx(split["attention"] / sum(split.values()))

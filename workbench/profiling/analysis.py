@@ -85,12 +85,13 @@ class ProfileReport:
 
 
 def analyze(source: ProfileRun | Trace | str | os.PathLike, *, flops_per_step: float | None = None,
-            flops_source: str = "", peak=None, top_n: int = 10) -> ProfileReport:
+            flops_source: str = "", peak=None, top_n: int = 10, flops_split=None) -> ProfileReport:
     """Analyze a profiling run (or a trace, or a trace file).
 
     ``flops_per_step``: model FLOPs of one training step (e.g. ``flops_per_token * tokens per step``); without it the
     waterfall uses the FLOPs the profiler counted. ``peak``: a ``PeakEstimate`` (``dev.peak_flops(dtype)``) or a
-    number in FLOP/s; without it MFU is unknown.
+    number in FLOP/s; without it MFU is unknown. ``flops_split``: the model's FLOPs by kernel kind, which share the
+    ideal time among the waterfall's categories (``waterfall.model_flops_split``); without it, profiler counts.
     """
     run = source if isinstance(source, ProfileRun) else None
     trace = run.trace if run else (source if isinstance(source, Trace) else load_trace(source))
@@ -100,7 +101,8 @@ def analyze(source: ProfileRun | Trace | str | os.PathLike, *, flops_per_step: f
     categories = category_table(ops)
     peak_value, peak_source = _peak(peak)
     waterfall = mfu_waterfall(categories, breakdown["step_ms"], breakdown["communication"]["exposed_ms"],
-                              flops_per_step, peak_value, flops_source=flops_source, peak_source=peak_source)
+                              flops_per_step, peak_value, flops_source=flops_source, peak_source=peak_source,
+                              flops_split=flops_split, ops=ops)
     memory = memory_summary(trace, run.rss_samples if run else None, run.memory_stats if run else None,
                             run.active_start_s if run else None)
     info = {"time_basis": time_basis(trace), "trace_path": str(run.trace_path if run else trace.path)}

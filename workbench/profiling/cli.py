@@ -71,7 +71,8 @@ def _run_toy(args, config, out: Path, train_dir: Path, distributed: dict):
     step, model = toy_training_step(toy, device)
     run = profile_steps(step, config, device=device, out_dir=out)
     report = analyze(run, flops_per_step=model.flops_per_token() * toy.batch * toy.seq_len,
-                     flops_source="toy LM: 6 x matmul params + attention", peak=device.peak_flops(), top_n=args.top)
+                     flops_source="toy LM: 6 x matmul params + attention", peak=device.peak_flops(), top_n=args.top,
+                     flops_split=model.flops_split())
     return run, report
 
 

@@ -19,6 +19,14 @@ def trainer_tokens_per_step(trainer) -> int:
     return int(c.batch_size * c.seq_len * c.grad_accum)
 
 
+def _flops_split(trainer) -> dict | None:
+    """The model's FLOPs by kernel kind, to share the waterfall's ideal time (None for a stand-in model)."""
+    from workbench.profiling.waterfall import model_flops_split
+
+    model_config = getattr(trainer, "model_config", None)
+    return model_flops_split(model_config, trainer.config.seq_len) if model_config is not None else None
+
+
 def profile_trainer(trainer, config: ProfileConfig | None = None, out_dir: str | os.PathLike | None = None,
                     top_n: int = 10) -> tuple[ProfileRun, ProfileReport]:
     """Profile ``trainer.train_step`` and analyze it with the model's FLOPs and the device's peak."""
@@ -26,7 +34,8 @@ def profile_trainer(trainer, config: ProfileConfig | None = None, out_dir: str |
     flops_per_token = getattr(trainer, "flops_per_token", None)
     flops = flops_per_token * trainer_tokens_per_step(trainer) if flops_per_token else None
     report = analyze(run, flops_per_step=flops, peak=getattr(trainer, "peak", None), top_n=top_n,
-                     flops_source="workbench.model.accounting.flops_per_token x tokens per step" if flops else "")
+                     flops_source="workbench.model.accounting.flops_per_token x tokens per step" if flops else "",
+                     flops_split=_flops_split(trainer) if flops else None)
     report.info["tokens_per_step"] = trainer_tokens_per_step(trainer)
     report.info["world_size"] = getattr(trainer, "world_size", 1)
     return run, report
