@@ -312,3 +312,30 @@ def test_the_toy_profile_splits_its_ideal_by_its_own_flops(tmp_path):
     report = analyze(run, flops_per_step=model.flops_per_token() * TINY.batch * TINY.seq_len, peak=1e12,
                      flops_split=split)
     assert report.waterfall["ideal_split"]["attention"] == pytest.approx(split["attention"] / sum(split.values()))
+
+
+def test_cli_profile_toy_divides_by_the_peak_of_the_dtype_it_computes_in(tmp_path, capsys, monkeypatch):
+    """The toy step has fp32 weights and no autocast, yet its MFU divided by the training dtype's peak (bf16 on any
+    GPU or NPU: 989 TF on an H100 against 67 TF fp32), so it came out low by that ratio."""
+    import dataclasses
+
+    import workbench.device as device_module
+    from workbench.cli import main
+    from workbench.device.probes import PeakEstimate
+
+    asked = []
+
+    def peak_flops(dtype=None, allow_probe=True):
+        asked.append(dtype)
+        dtype = dtype or torch.bfloat16  # a GPU's training dtype
+        return PeakEstimate(1e12 if dtype == torch.float32 else 16e12, f"fake {dtype}")
+
+    cpu = dataclasses.replace(get_device("cpu"))
+    monkeypatch.setattr(cpu, "peak_flops", peak_flops)
+    monkeypatch.setattr(device_module, "get_device", lambda spec="auto", *a, **k: cpu)
+    out = tmp_path / "prof"
+    assert main(["profile", "--preset", "toy", "--steps", "1", "--wait", "0", "--warmup", "0", "--seq-len", "16",
+                 "--batch-size", "2", "--out", str(out), "--memory-timeline", "off"]) == 0
+    assert asked == [torch.float32]
+    assert "fake torch.float32" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["mfu_waterfall"]["peak_flops"] == 1e12

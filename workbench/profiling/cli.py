@@ -70,9 +70,11 @@ def _run_toy(args, config, out: Path, train_dir: Path, distributed: dict):
     toy = ToyConfig(seq_len=args.seq_len, batch=args.batch_size)
     step, model = toy_training_step(toy, device)
     run = profile_steps(step, config, device=device, out_dir=out)
+    # the peak of the dtype the toy computes in (fp32 weights, no autocast), not the training dtype's (bf16 on
+    # accelerators, several times fp32's peak)
     report = analyze(run, flops_per_step=model.flops_per_token() * toy.batch * toy.seq_len,
-                     flops_source="toy LM: 6 x matmul params + attention", peak=device.peak_flops(), top_n=args.top,
-                     flops_split=model.flops_split())
+                     flops_source="toy LM: 6 x matmul params + attention", peak=device.peak_flops(model.compute_dtype),
+                     top_n=args.top, flops_split=model.flops_split())
     return run, report
 
 

@@ -73,6 +73,11 @@ class ToyLM(nn.Module):
         h = kernels.rms_norm(x, self.norm)
         return kernels.cross_entropy(h.flatten(0, 1), self.head.weight, labels_BS.flatten())
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype its matmuls run in: its weights' (the step runs no autocast), which MFU's peak must match."""
+        return self.head.weight.dtype
+
     def flops_per_token(self) -> float:
         """6 x matmul parameters + 12 x layers x seq x dim for attention scores and values (PaLM convention)."""
         return sum(self.flops_split().values())
