@@ -426,3 +426,53 @@ def test_the_performance_model_imports_without_torch():
     code = "import sys, workbench.perfmodel; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr[-500:]
+
+
+# ---- DSA attention: keys per causal query, indexers where the model runs them ------------------------------------
+DSA = {"layers": 4, "hidden": 1024, "heads": 16, "kv_heads": 16, "ffn": 4096, "vocab": 32000,
+       "mla": {"q_lora_rank": 512, "kv_lora_rank": 256, "qk_nope_dim": 64, "qk_rope_dim": 32, "v_dim": 64},
+       "indexer": {"heads": 8, "head_dim": 64, "topk": 1024}}
+
+
+def _dsa_attention_by_hand(model: dict, seq_len: int, keys: float, indexer_layers: int) -> float:
+    """breakdown_compute['attention'] of spec(model, seq_len) with tp = pp = 1, dp = 16 (4 micro-batches of one
+    sequence): forward + 2.5x backward of every layer's attention core and of the indexer scores it runs."""
+    from workbench.perfmodel.simulator import _rates
+    from workbench.perfmodel.spec import parse_spec
+
+    r = _rates(parse_spec(spec(model=model, seq_len=seq_len)))
+    mla, ix, H = model["mla"], model["indexer"], model["heads"]
+    d_qk, d_v = mla["qk_nope_dim"] + mla["qk_rope_dim"], mla["v_dim"]
+    core = 2.0 * seq_len * keys * H * (d_qk + d_v)
+    scores = 2.0 * seq_len * (seq_len / 2) * ix["heads"] * ix["head_dim"]  # every causal key, S/2 on average
+    per_micro = model["layers"] * core + indexer_layers * scores
+    return 4 * 3.5 * per_micro / r["attn"]
+
+
+@pytest.mark.parametrize("seq_len, full_layers, keys, indexer_layers", [
+    (2048, None, 1024 - 1024**2 / (2 * 2048), 4),  # S = 2K: a causal query reads K - K^2/2S = 768 keys, not K
+    (8192, None, 1024 - 1024**2 / (2 * 8192), 4),
+    (8192, 2, 1024 - 1024**2 / (2 * 8192), 2),  # "shared" layers reuse the previous top-k: no indexer of their own
+    (1024, None, 512, 0),  # S <= top-k: plain causal attention (S/2 keys), no indexer runs
+    (512, 2, 256, 0),
+])
+def test_dsa_attention_reads_the_mean_causal_keys_and_charges_indexers_where_they_run(seq_len, full_layers, keys,
+                                                                                       indexer_layers):
+    model = {**DSA, "indexer": {**DSA["indexer"], "full_layers": full_layers}}
+    r = simulate(spec(model=model, seq_len=seq_len, layout={"tp": 1, "dp": 16, "zero": 1, "recompute": "none"}))
+    assert r["breakdown_compute"]["attention"] == pytest.approx(
+        _dsa_attention_by_hand(model, seq_len, keys, indexer_layers), rel=1e-9)
+
+
+def test_dsa_indexer_projections_are_charged_only_where_an_indexer_runs():
+    """The indexer's two GEMMs (q from the q latent, k from the hidden state) ran in every layer at every length."""
+    layout = {"tp": 1, "dp": 16, "zero": 1, "recompute": "none"}
+
+    def gemm(model, seq_len):
+        return simulate(spec(model=model, seq_len=seq_len, layout=layout))["breakdown_compute"]["gemm"]
+
+    no_indexer = {**DSA, "indexer": None}
+    half = {**DSA, "indexer": {**DSA["indexer"], "full_layers": 2}}
+    assert gemm(DSA, 1024) == pytest.approx(gemm(no_indexer, 1024))  # S <= top-k: no indexer anywhere
+    extra_all, extra_half = gemm(DSA, 4096) - gemm(no_indexer, 4096), gemm(half, 4096) - gemm(no_indexer, 4096)
+    assert extra_all > 0 and extra_half == pytest.approx(extra_all / 2)

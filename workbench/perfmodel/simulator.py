@@ -3,7 +3,8 @@
 One training step of a Megatron-style run (TP+SP inside the scale-up domain, CP, PP with 1F1B or interleaved
 schedules, DP with ZeRO 0-3, EP for MoE) is priced op by op for the slowest pipeline stage:
 - GEMMs from the model's shapes: ``flops / (rate x size_factor)``, never faster than the memory roofline;
-- flash-attention core at ``attn_eff`` of peak (causal work only; backward 2.5x forward);
+- flash-attention core at ``attn_eff`` of peak (causal work only: S/2 keys per query, with DSA the mean of
+  min(t, top-k); backward 2.5x forward), DSA indexers on the layers that own one, when S > top-k;
 - memory-bound elementwise work (norms, residuals, activations, RoPE) at HBM bandwidth, plus kernel launches;
 - collectives with the alpha-beta costs of ``collectives.py``, partly hidden behind compute (efficiency params);
 - the pipeline bubble (pp-1)/vp stage times; the optimizer step at HBM bandwidth.
@@ -139,6 +140,35 @@ def _gemm(r: dict, eff, m: float, n: float, k: float, count: float = 1.0) -> tup
 # ------------------------------------------------------------------------------------------------------------------
 # one layer, one micro-batch
 # ------------------------------------------------------------------------------------------------------------------
+def dsa_keys_per_query(seq_len: int, topk: int) -> float:
+    """Mean keys a causal DSA query attends to: query t reads min(t, K) keys, so over S queries S/2 when S <= K and
+    K - K^2/(2S) otherwise (continuous sums). min(S/2, K) overstated it by up to a third, at S = 2K (GLM-5's
+    4096-token stage: 2048 keys against 1536)."""
+    if seq_len <= topk:
+        return seq_len / 2
+    return topk - topk * topk / (2.0 * seq_len)
+
+
+def _indexer_forward(spec: Spec, L: Layout, mbs: int, r: dict) -> dict[str, float]:
+    """Forward seconds of one layer's DSA lightning indexer for one micro-batch: its q and k projections and its
+    scores over every causal key (small heads, S/2 keys on average). Zero where no indexer runs: without DSA, or
+    when S <= top-k (nothing to prune: the model skips it, and the accounting counts none). Charged only on the
+    layers that own one (``indexer_layers``; "shared" layers reuse the previous top-k) and on MTP layers."""
+    m, eff = spec.model, spec.efficiency
+    t = {"gemm": 0.0, "attention": 0.0, "flops": 0.0}
+    if not m.indexer or spec.seq_len <= m.indexer.topk:
+        return t
+    ix, h = m.indexer, m.hidden
+    T = mbs * spec.seq_len / L.cp
+    q_in = m.mla.q_lora_rank if (m.mla and m.mla.q_lora_rank) else h
+    for n, k in ((ix.heads * ix.head_dim, q_in), (ix.head_dim + ix.heads, h)):
+        dt, fl = _gemm(r, eff, T, n, k)
+        t["gemm"] += dt
+        t["flops"] += fl
+    t["attention"] = 2.0 * T * (spec.seq_len / 2) * ix.heads * ix.head_dim / r["attn"]
+    return t
+
+
 def _layer_forward(spec: Spec, L: Layout, mbs: int, r: dict, links: dict, moe_layer: bool) -> dict[str, float]:
     """Forward-pass seconds of one transformer layer for one micro-batch on one device, by kind."""
     m, eff = spec.model, spec.efficiency
@@ -167,16 +197,9 @@ def _layer_forward(spec: Spec, L: Layout, mbs: int, r: dict, links: dict, moe_la
         kvh = max(m.kv_heads / tp, 1)
         gemm(T, (H / tp + 2 * kvh) * m.d_head, h)
         gemm(T, h, H * m.d_head / tp)
-    keys = spec.seq_len / 2  # causal: a query sees half the keys on average (CP balances the halves)
-    if m.indexer:
-        ix = m.indexer
-        q_in = m.mla.q_lora_rank if (m.mla and m.mla.q_lora_rank) else h
-        gemm(T, ix.heads * ix.head_dim, q_in)
-        gemm(T, ix.head_dim + ix.heads, h)
-        # indexer scores over all causal keys (small heads), then attention on the top-k keys only
-        idx_flops = 2.0 * T * keys * ix.heads * ix.head_dim
-        t["attention"] += idx_flops / r["attn"]
-        keys = min(keys, ix.topk)
+    # causal: a query sees half the keys on average (CP balances the halves); DSA: at most its top-k of them. The
+    # layer's indexer, where it has one, is priced apart (_indexer_forward).
+    keys = dsa_keys_per_query(spec.seq_len, m.indexer.topk) if m.indexer else spec.seq_len / 2
     attn_flops = 2.0 * T * keys * (H / tp) * (m.d_qk + m.d_v)
     t["flops"] += attn_flops
     if spec.attention == "flash":
@@ -371,11 +394,14 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
     dense_l = _layer_forward(spec, L, mbs, r, links, False)
     moe_l = _layer_forward(spec, L, mbs, r, links, True) if m.moe else None
     moe_frac = m.moe_layers / m.layers
+    indexer_l = _indexer_forward(spec, L, mbs, r)  # one indexer; the layers that own one are indexer_frac of all
+    indexer_frac = m.indexer_layers / m.layers
 
     def stage_layers(n_layers: float) -> dict[str, float]:
         out = {}
         for key in dense_l:
-            out[key] = n_layers * ((1 - moe_frac) * dense_l[key] + (moe_frac * moe_l[key] if moe_l else 0.0))
+            out[key] = n_layers * ((1 - moe_frac) * dense_l[key] + (moe_frac * moe_l[key] if moe_l else 0.0)
+                                   + indexer_frac * indexer_l.get(key, 0.0))
         return out
 
     T = mbs * spec.seq_len / L.cp
@@ -386,8 +412,8 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
     if m.mtp_layers:
         mtp = _layer_forward(spec, L, mbs, r, links, m.moe is not None)
         proj_t, proj_f = _gemm(r, eff, T, m.hidden, 2 * m.hidden)
-        for key in mtp:
-            last_extra[key] = last_extra.get(key, 0.0) + m.mtp_layers * mtp[key]
+        for key in mtp:  # an MTP layer of a DSA model owns an indexer (the accounting counts one per MTP layer)
+            last_extra[key] = last_extra.get(key, 0.0) + m.mtp_layers * (mtp[key] + indexer_l.get(key, 0.0))
         last_extra["gemm"] += m.mtp_layers * (proj_t + head_t)
         last_extra["flops"] += m.mtp_layers * (proj_f + head_flops)
     # per micro-batch: backward = 2x forward GEMMs and elementwise, 2.5x attention (flash recomputes scores)
