@@ -22,3 +22,34 @@ def test_models_table(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "glm-5" in out and "753.86B" in out and "39.88B" in out and "744.00B/40.00B" in out
+
+
+def test_models_prints_no_flops_at_a_length_a_preset_cannot_take(capsys):
+    """The default column was GFLOP/tok@4096 for the tiny presets too, which `workbench train` refuses beyond their
+    2048 positions: numbers for runs that cannot happen. Those cells are '-' with a footnote saying why."""
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
+    short = [name for name in list_presets() if get_preset(name).max_position_embeddings < 4096]
+    assert short  # the tiny presets
+    for name in list_presets():
+        last = lines[name].split()[-1]
+        assert (last == "-") == (name in short), lines[name]
+    assert "- = beyond the preset's max positions" in out and "glm4-tiny 2048" in out
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    for name in list_presets():
+        assert rows[name]["max_seq_len"] == get_preset(name).max_position_embeddings
+        assert (rows[name]["flops_per_token"] is None) == (name in short)
+    assert main(["models", "--seq-len", "2048"]) == 0
+    assert "beyond the preset's max positions" not in capsys.readouterr().out
+
+
+def test_models_refuses_a_seq_len_no_preset_can_take(capsys):
+    longest = max(get_preset(name).max_position_embeddings for name in list_presets())
+    assert main(["models", "--seq-len", str(longest + 1)]) == 2
+    err = capsys.readouterr().err
+    assert f"--seq-len {longest + 1} is beyond every preset's positions (at most {longest}" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["models", "--seq-len", "0"]) == 2
+    assert "seq_len must be >= 1 (got 0)" in capsys.readouterr().err

@@ -1,6 +1,9 @@
 """``workbench models``: the model presets with their total and active parameters (counted, never instantiated).
 
-``--json`` prints the same as a JSON list; ``--seq-len`` sets the sequence length of the FLOPs column.
+``--json`` prints the same as a JSON list; ``--seq-len`` sets the sequence length of the FLOPs column. A preset
+whose positions (``max_position_embeddings``, what ``workbench train`` allows) stop short of it gets no FLOPs ('-'
+in the table, null in the JSON, with ``max_seq_len`` beside it): a number there would describe a run that cannot
+happen. A length no preset can take is refused.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from workbench.errors import ConfigError
 from workbench.model.accounting import count_parameters, flops_per_token
 from workbench.model.presets import FULL_SIZE, PUBLISHED, get_preset, list_presets
 
@@ -19,16 +23,28 @@ def _fmt(n: float) -> str:
     return str(int(n))
 
 
+def _check_seq_len(seq_len: int, configs: dict) -> None:
+    if seq_len < 1:
+        raise ConfigError(f"seq_len must be >= 1 (got {seq_len})")
+    longest = max(configs, key=lambda name: configs[name].max_position_embeddings)
+    limit = configs[longest].max_position_embeddings
+    if seq_len > limit:
+        raise ConfigError(f"--seq-len {seq_len} is beyond every preset's positions (at most {limit}, {longest})")
+
+
 def rows(seq_len: int = 4096) -> list[dict]:
+    configs = {name: get_preset(name) for name in list_presets()}
+    _check_seq_len(seq_len, configs)
     out = []
-    for name in list_presets():
-        c = get_preset(name)
+    for name, c in configs.items():
         p = count_parameters(c)
+        fits = seq_len <= c.max_position_embeddings
         kind = ("MLA+DSA" if c.use_dsa else c.attention_type.upper()) + (" MoE" if c.is_moe else " dense")
         out.append({"name": name, "kind": kind, "layers": c.num_layers, "hidden": c.hidden_size,
                     "experts": c.num_experts, "top_k": c.num_experts_per_token if c.is_moe else 0,
                     "mtp_layers": c.mtp_layers, "total": p.total, "main": p.main, "mtp": p.mtp, "active": p.active,
-                    "flops_per_token": flops_per_token(c, seq_len).total, "seq_len": seq_len,
+                    "flops_per_token": flops_per_token(c, seq_len).total if fits else None, "seq_len": seq_len,
+                    "max_seq_len": c.max_position_embeddings,
                     "full_size": name in FULL_SIZE,
                     "published_total": PUBLISHED.get(name, (None, None))[0],
                     "published_active": PUBLISHED.get(name, (None, None))[1]})
@@ -51,11 +67,17 @@ def run(args: argparse.Namespace) -> int:
     for r in table:
         pub = (f"{_fmt(r['published_total'])}/{_fmt(r['published_active'])}" if r["published_total"] else "-")
         experts = f"{r['experts']} top-{r['top_k']}" if r["experts"] else "-"
+        flops = "-" if r["flops_per_token"] is None else f"{r['flops_per_token'] / 1e9:.2f}"
         lines.append([r["name"], r["kind"], str(r["layers"]), str(r["hidden"]), experts, _fmt(r["total"]),
-                      _fmt(r["main"]), _fmt(r["active"]), pub, f"{r['flops_per_token'] / 1e9:.2f}"])
+                      _fmt(r["main"]), _fmt(r["active"]), pub, flops])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     for line in lines:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
     print("active = per-token params without embedding/LM head and MTP (model-card convention); "
           "total includes MTP layers.")
+    short = [r for r in table if r["flops_per_token"] is None]
+    if short:
+        names = ", ".join(f"{r['name']} {r['max_seq_len']}" for r in short)
+        print(f"- = beyond the preset's max positions ({names}); pass --seq-len {min(r['max_seq_len'] for r in short)} "
+              f"to see them.")
     return 0
