@@ -487,8 +487,8 @@ def check_training_dtype(dtype: torch.dtype, setting: str) -> torch.dtype:
         from workbench.errors import ConfigError
 
         raise ConfigError(f"{setting}=fp16 is refused: fp16 training needs loss scaling, which the workbench does "
-                             f"not do, and without it small gradients underflow to zero; use bf16 or fp32 (a chip "
-                             f"without fast bf16, e.g. V100 or Ascend 910A, trains in fp32)")
+                          f"not do, and without it small gradients underflow to zero; use bf16 or fp32 (a chip "
+                          f"without fast bf16, e.g. V100 or Ascend 910A, trains in fp32)")
     return dtype
 
 

@@ -52,6 +52,9 @@ def is_launched() -> bool:
 # Backends that bind a communicator to one device (init_process_group's device_id); gloo binds none.
 DEVICE_BOUND_BACKENDS = ("nccl", "hccl", "xccl")
 
+# What init_distributed bound this launched process to, until destroy_distributed (read by process_device).
+_BOUND: DistInfo | None = None
+
 
 def init_distributed(device: str | Device = "auto", timeout_s: float = 300.0) -> DistInfo:
     """Join the process group torchrun set up (idempotent). Outside torchrun: a world of one, no group.
@@ -78,10 +81,6 @@ def init_distributed(device: str | Device = "auto", timeout_s: float = 300.0) ->
     if is_launched():
         _BOUND = info
     return info
-
-
-# What init_distributed bound this launched process to, until destroy_distributed.
-_BOUND: DistInfo | None = None
 
 
 def process_device(device: str | Device = "auto") -> Device:
