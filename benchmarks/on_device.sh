@@ -17,6 +17,7 @@ DEVICE=${1:-cuda}
 OUT=${OUT:-runs/on_device}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
+START=$(date +%s); BUDGET=${BUDGET:-540}  # seconds for the whole script: the device tool allows 600 per call
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -25,19 +26,22 @@ fi
 if [ "$DEVICE" = cpu ]; then SIZES=tiny; REPEATS=1; STEPS=1; CASES=glm4-dense; else SIZES=large; REPEATS=5; STEPS=6
   CASES=glm4-dense,glm4-small-dense,glm45-tiny,glm5-tiny,glm5-tiny-s1024,glm5-tiny-s2048; fi
 
-START=$(date +%s); BUDGET=${BUDGET:-540}  # seconds for the whole script: the device tool allows 600 per call
 step() {  # step NAME SECONDS COMMAND...: run one check with its own limit, log it, never stop the script
   local name=$1 limit=$2; shift 2
   local left=$((START + BUDGET - $(date +%s)))
   if [ "$left" -lt 15 ]; then echo "=== $name: skipped, the ${BUDGET}s budget is spent" | tee -a "$OUT/log.txt"; return; fi
-  [ "$limit" -gt "$left" ] && limit=$left
+  [ "$limit" -gt $((left - 5)) ] && limit=$((left - 5))  # 5 s kept for a KILL if the step ignores the TERM
   echo "=== $name ($(date -u +%H:%M:%S) UTC, limit ${limit}s): $*" | tee -a "$OUT/log.txt"
-  timeout "$limit" "$@" 2>&1 | tee -a "$OUT/log.txt"
+  timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$OUT/log.txt"
   echo "=== $name: exit ${PIPESTATUS[0]}" | tee -a "$OUT/log.txt"
 }
 
 step machine 30 bash -c "nvidia-smi 2>/dev/null || npu-smi info 2>/dev/null || lscpu | head -20; $PY -c 'import torch; print(torch.__version__)'"
 step info 60 bash -c "$PY -m workbench info --device $DEVICE --json > $OUT/info.json"
+# the training numbers first: they are the most valuable result of a few lent minutes, and the script rewrites its
+# JSON after every case, so a step cut off by its limit still brings back the cases that finished
+step train-throughput 240 "$PY" benchmarks/train_throughput.py --device "$DEVICE" --steps "$STEPS" --cases "$CASES" \
+  --out "$OUT/train_throughput.json"
 step kernels-check 120 bash -c "$PY -m workbench kernels check --device $DEVICE > $OUT/kernels_check.txt"
 for mode in forward train; do
   step "kernels-bench-$mode" 120 "$PY" benchmarks/kernels.py --device "$DEVICE" --sizes "$SIZES" --mode "$mode" \
@@ -46,7 +50,5 @@ for mode in forward train; do
   mv -f "$OUT/kernels_$mode/kernels_bench.json" "$OUT/kernels_$mode.json" 2>/dev/null
   rm -rf "$OUT/kernels_$mode"
 done
-step train-throughput 240 "$PY" benchmarks/train_throughput.py --device "$DEVICE" --steps "$STEPS" --cases "$CASES" \
-  --out "$OUT/train_throughput.json"
 step kernel-tests 120 bash -c "WORKBENCH_TEST_DEVICE=$DEVICE $PY -m pytest -q -x tests/test_kernels.py tests/test_kernels_triton_cases.py > $OUT/pytest.txt 2>&1"
 echo "done: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$OUT/log.txt"

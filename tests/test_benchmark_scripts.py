@@ -71,3 +71,81 @@ def test_train_throughput_rejects_unknown_cases():
     pytest.importorskip("transformers")
     with pytest.raises(SystemExit, match="unknown case"):
         _load("train_throughput").main(["--cases", "glm9-huge"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fakes: the plumbing of the scripts is under test here, not the speed of this machine
+# ---------------------------------------------------------------------------------------------------------------
+def _fake_gemm_peak(device, dtype=None, sizes=(512, 1024, 2048), min_time_s=0.25):
+    """measure_gemm_peak without the seconds of GEMMs: the in-round probe (one size) below the whole-run probes."""
+    return (1.0e11, "fake probe at n=2048") if tuple(sizes) == (2048,) else (1.2e11, "fake probe, best at n=1024")
+
+
+def _fake_row(name: str, spec: dict, *args, **kwargs) -> dict:
+    """What run_case returns for a case, without building or timing a model."""
+    return {"case": name, "preset": spec["preset"], "flops_per_token": 1.0e6, "batch_size": 1, "seq_len": 8,
+            "workbench_tokens_per_s": 2.0e4, "hf_tokens_per_s": 1.0e4, "ratio": 2.0,
+            "gemm_peak_in_rounds_flops": 1.0e11, "gemm_peak_in_rounds_range": [0.9e11, 1.1e11]}
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the benchmark started working before its arguments were validated")
+
+
+def test_train_throughput_keeps_finished_cases_when_cut_off(tmp_path, monkeypatch, capsys):
+    """A run killed during a later case (on_device.sh wraps it in `timeout`) keeps every case that finished: the
+    JSON is rewritten after each case and each case's row is printed as it finishes."""
+    bench = _load("train_throughput")
+    monkeypatch.setattr(bench, "measure_gemm_peak", _fake_gemm_peak)
+
+    def run_case(name, spec, *args, **kwargs):
+        if name == "glm45-tiny":
+            raise KeyboardInterrupt  # what `timeout`'s SIGTERM amounts to: nothing after this line runs
+        return _fake_row(name, spec)
+
+    monkeypatch.setattr(bench, "run_case", run_case)
+    out = tmp_path / "tt.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--cases", "glm4-dense,glm45-tiny", "--out", str(out)])
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False
+    (row,) = partial["cases"]
+    assert row["case"] == "glm4-dense" and row["workbench_mfu"] == pytest.approx(2.0e4 * 1.0e6 / 1.0e11)
+    assert row["workbench_mfu_vs_best_peak"] is None  # needs the probe after every case: filled at the end
+    assert '"glm4-dense"' in capsys.readouterr().out  # the row reached stdout (on_device.sh's log) too
+    assert not list(tmp_path.glob(".tt.json.*"))  # written atomically: no temp file left behind
+
+    monkeypatch.setattr(bench, "run_case", _fake_row)
+    report = bench.main(["--cases", "glm4-dense,glm45-tiny", "--out", str(out)])
+    assert report["complete"] is True and json.loads(out.read_text()) == report
+    assert [r["workbench_mfu_vs_best_peak"] for r in report["cases"]] == [pytest.approx(2.0e10 / 1.2e11)] * 2
+
+
+def _run_on_device(tmp_path, mode="cpu", has_pytest=True, budget=None):
+    """Run benchmarks/on_device.sh with a stand-in python that only records how it was called (the script's
+    wiring is under test, not the benchmarks): returns (the calls, one per line; log.txt)."""
+    import os
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "python"
+    stub.write_text("#!/usr/bin/env bash\n"
+                    f'echo "$*" >> {calls}\n'
+                    + ("" if has_pytest else 'case "$*" in *"import pytest"*) exit 1;; esac\n')
+                    + "exit 0\n")
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": str(stub)}
+    if budget is not None:
+        env["BUDGET"] = str(budget)
+    subprocess.run(["bash", "benchmarks/on_device.sh", mode], cwd=ROOT, env=env, check=True, capture_output=True,
+                   timeout=60)
+    return calls.read_text().splitlines(), (out / "log.txt").read_text()
+
+
+def test_on_device_runs_train_throughput_before_the_kernel_steps(tmp_path):
+    """The training numbers are the most valuable result of a few lent device minutes: they come first."""
+    calls, _ = _run_on_device(tmp_path, "cuda")
+    first = {key: next(i for i, c in enumerate(calls) if key in c)
+             for key in ("train_throughput.py", "kernels check", "benchmarks/kernels.py")}
+    assert first["train_throughput.py"] < first["kernels check"] < first["benchmarks/kernels.py"]
