@@ -779,3 +779,101 @@ def test_each_processs_first_step_stays_out_of_the_summary_speed(tmp_path):
     expected = sum(r["step_time_s"] * r["tokens_per_s"] for r in timed) / sum(r["step_time_s"] for r in timed)
     assert resumed.summary(val_loss=1.0)["tokens_per_s"] == pytest.approx(expected)
     resumed.close()
+
+
+def _train_losses(trainer) -> list[tuple]:
+    return [(r["step"], r["kind"], r.get("loss"), r.get("grad_norm"), r.get("val_loss"), json.dumps(r.get("expert")))
+            for r in trainer.history]
+
+
+def _interrupt_at(trainer, where: str, step: int) -> None:
+    """Make ``trainer`` stop once at ``step`` (0-based, the step being trained) the way Ctrl-C would: a
+    KeyboardInterrupt while the 2nd micro-batch is fetched, or a real SIGINT right after the optimizer applied it."""
+    import signal
+
+    armed = [True]
+    if where == "mid-accum":
+        fetch = trainer.train_loader.batch
+
+        def batch(at, micro=0):
+            if at == step and micro == 1 and armed[0]:
+                armed[0] = False
+                raise KeyboardInterrupt
+            return fetch(at, micro)
+
+        trainer.train_loader.batch = batch
+    else:
+        apply = trainer.optimizer.step
+
+        def optimizer_step(*args, **kwargs):
+            out = apply(*args, **kwargs)
+            if trainer.step == step and armed[0]:
+                armed[0] = False
+                signal.raise_signal(signal.SIGINT)  # Python raises KeyboardInterrupt at its next chance
+            return out
+
+        trainer.optimizer.step = optimizer_step
+
+
+@pytest.mark.parametrize("where", ["mid-accum", "sigint-after-optimizer-step"])
+def test_fit_again_after_ctrl_c_continues_the_same_run(tmp_path, where):
+    """fit() called again after Ctrl-C trained on the gradients left from the interrupted step (added on top of the
+    re-run step's), or applied the optimizer step twice when Ctrl-C came after it but before the step counter
+    moved; either way every later step differed silently from an uninterrupted run. The eval and checkpoint due
+    at the interrupted step (4) happen too."""
+    settings = dict(steps=8, grad_accum=2, eval_every=4, ckpt_every=4, sample_tokens=0)
+    torch.manual_seed(0)
+    whole = Trainer(tiny_config(tmp_path / "a", **settings), model=StandIn(), log=quiet)
+    whole.fit()
+    torch.manual_seed(0)
+    stopped = Trainer(tiny_config(tmp_path / "b", **settings), model=StandIn(), log=quiet)
+    _interrupt_at(stopped, where, step=3)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    stopped.fit()
+    assert _train_losses(stopped) == _train_losses(whole)
+    assert all(torch.equal(a, b) for a, b in zip(whole.params, stopped.params))
+    steps = [p.name for p in sorted((tmp_path / "b" / "run" / "checkpoints").glob("step_*"))]
+    assert steps == ["step_0000004", "step_0000008"]
+
+
+def _tiny_moe_config(tmp_path, name: str, **changes) -> TrainConfig:
+    text = tmp_path / "corpus.txt"
+    if not text.exists():
+        text.write_text("".join(f"story {i}: the cat sat on the mat and looked at bird {i % 7}.\n" for i in range(400)))
+    moe = dict(hidden_size=32, num_layers=2, mtp_layers=0, num_heads=2, num_kv_heads=1, head_dim=16,
+               moe_intermediate_size=32, intermediate_size=64)
+    return tiny_config(tmp_path / name, preset="glm45-tiny", model_overrides=moe, data=str(text), batch_size=2, seq_len=16,
+                       eval_batches=1, sample_tokens=0, **changes)
+
+
+def test_fit_again_after_ctrl_c_mid_step_forgets_the_moe_load_counts(tmp_path):
+    """The MoE blocks count expert loads in every training forward; Ctrl-C after a micro-batch kept its counts,
+    and the re-run step's balancing-bias update used them on top of its own."""
+    whole = Trainer(_tiny_moe_config(tmp_path, "a", steps=6, grad_accum=2), log=quiet)
+    whole.fit()
+    stopped = Trainer(_tiny_moe_config(tmp_path, "b", steps=6, grad_accum=2), log=quiet)
+    _interrupt_at(stopped, "mid-accum", step=2)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    stopped.fit()
+    assert _train_losses(stopped) == _train_losses(whole)
+
+
+def test_fit_refuses_to_continue_from_a_half_applied_step(tmp_path, monkeypatch):
+    """An error raised inside the optimizer update (not a Ctrl-C, which waits for the update to finish) leaves the
+    model between two steps: continuing would apply the step again, so fit() says how to continue instead."""
+    trainer = Trainer(tiny_config(tmp_path, steps=6, ckpt_every=2), model=StandIn(), log=quiet)
+    sync, armed = trainer.device.synchronize, [True]
+
+    def failing_sync():
+        if trainer.step == 3 and armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+        return sync()
+
+    monkeypatch.setattr(trainer.device, "synchronize", failing_sync)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    with pytest.raises(WorkbenchError, match=r"step 4 was interrupted while the optimizer applied it.*resume=True"):
+        trainer.fit()

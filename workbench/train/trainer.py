@@ -24,7 +24,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -173,6 +175,31 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> int:
     return len(blocks)
 
 
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it to the handler that was there before.
+
+    A step's optimizer update and its bookkeeping (step counter, tokens, metrics record) must happen together: Ctrl-C
+    between them left a model one update ahead of its step counter, and fit() called again applied that step a
+    second time. Python lets only the main thread install handlers; elsewhere (and where SIGINT is ignored or was
+    not set from Python) this does nothing."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (None, signal.SIG_IGN):
+        yield
+        return
+    caught: list[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])  # the default handler raises KeyboardInterrupt here
+            else:
+                signal.raise_signal(signal.SIGINT)  # SIG_DFL: end the process, as the signal would have
+
+
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
 
@@ -282,6 +309,8 @@ class Trainer:
         self.tokens_seen = 0
         self.steps_this_process = 0  # the first one pays for warm-up (allocations, compilation): kept out of tokens/s
         self.checkpointed_step: int | None = None  # the step of the checkpoint on disk that this state equals
+        self._applying: int | None = None  # a step whose optimizer update began but was never committed (an error)
+        self._follow_up: dict[str, Any] | None = None  # a step's record whose eval/checkpoint/callbacks are due
         self.history: list[dict[str, Any]] = []
         if resume_from is not None:
             self._load(resume_from)
@@ -357,9 +386,27 @@ class Trainer:
             raise WorkbenchError(f"torch.compile failed ({type(exc).__name__}: {first_line[:300]}); run without "
                                  f"--compile") from exc
 
+    def _start_step(self) -> None:
+        """Forget what an interrupted step left behind: its gradients (the re-run step would add its own on top) and
+        the MoE blocks' expert-load counts (the balancing-bias update would count its micro-batches twice). Refuse
+        to go on from a step whose optimizer update began and failed: the model is between two steps."""
+        if self._applying is not None:
+            raise WorkbenchError(f"step {self._applying + 1} was interrupted while the optimizer applied it (an error "
+                                 f"raised inside the update), so the model is between two steps; continue from the last "
+                                 f"checkpoint with a new Trainer(config.replace(resume=True)) (--resume)")
+        self.optimizer.zero_grad(set_to_none=True)
+        for module in self.raw_model.modules():
+            counts = getattr(module, "load_accum", None)
+            if isinstance(counts, torch.Tensor):
+                module.load_accum = torch.zeros_like(counts)
+
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over ``grad_accum`` micro-batches. Returns this step's metrics (also logged)."""
+        """One optimizer step over ``grad_accum`` micro-batches. Returns this step's metrics (also logged).
+
+        Safe to interrupt (Ctrl-C in a notebook): before the update nothing is kept (the next call starts the step
+        afresh); the update and its bookkeeping run with Ctrl-C held until they are done."""
         c = self.config
+        self._start_step()  # (a step Ctrl-C stopped before its update is simply trained again)
         step = self.step
         lr = self.scheduler.apply(step)
         self.model.train()
@@ -377,9 +424,16 @@ class Trainer:
             loss_sum += out.loss.detach().float()
             lm = getattr(out, "lm_loss", None)
             lm_sum += (lm if lm is not None else out.loss).detach().float()
+        with sigint_deferred():
+            return self._apply_step(loss_sum, lm_sum, lr, start)
+
+    def _apply_step(self, loss_sum: torch.Tensor, lm_sum: torch.Tensor, lr: float, start: float) -> dict[str, Any]:
+        """The optimizer update and everything that must go with it (train_step holds Ctrl-C across it)."""
+        c = self.config
         with record_function("workbench/optimizer"):
             max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+            self._applying = self.step  # cleared once the step counter moved: set, the update may be half done
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             expert = {}
@@ -392,6 +446,7 @@ class Trainer:
         tokens = c.batch_size * c.seq_len * c.grad_accum * self.world_size
         self.step += 1
         self.tokens_seen += tokens
+        self._applying = None
         tok_s = tokens / elapsed
         record = {
             "kind": "train", "step": self.step, "loss": loss_mean, "lm_loss": lm_mean,
@@ -414,6 +469,7 @@ class Trainer:
             raise WorkbenchError(f"loss became {loss_mean} at step {self.step}; lower --lr or raise warmup_steps")
         self.metrics.log(record)
         self.history.append(record)
+        self._follow_up = record
         return record
 
     # ---- eval, sampling, checkpoints ---------------------------------------------------------------------------
@@ -572,7 +628,11 @@ class Trainer:
             bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         started = time.perf_counter()
         try:
-            while self.step < c.steps:
+            while True:
+                if self._follow_up is not None:  # also a step whose follow-up an interruption cut short
+                    self._follow_step(self._follow_up, bar is None)
+                if self.step >= c.steps:
+                    break
                 if c.time_limit_s is not None and time.perf_counter() - started > c.time_limit_s:
                     self.log(f"time limit of {c.time_limit_s:g} s reached after {self.step} steps; finishing")
                     break
@@ -582,15 +642,6 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['lm_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 elif self.step % c.log_every == 0 or self.step == 1:
                     self.log(_format_record(record, c.steps))
-                if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps:
-                    val = self.evaluate()
-                    record = {**record, "val_loss": val}
-                    if bar is None:
-                        self.log(f"step {self.step}: val_loss {val:.4f}")
-                if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < c.steps:
-                    self.save_checkpoint()
-                for callback in self.callbacks:
-                    callback(record)
         finally:
             if bar is not None:
                 bar.close()
@@ -613,6 +664,26 @@ class Trainer:
             summary["figures"] = self.write_figures()
             write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
+
+    def _follow_step(self, record: dict[str, Any], say_eval: bool) -> None:
+        """The eval, checkpoint and callbacks due after the step of ``record``. fit() runs them after each step, and
+        again when Ctrl-C cut them short (fit() called once more): each part that was done already is skipped."""
+        c = self.config
+        if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps:
+            last = self.history[-1] if self.history else {}
+            if last.get("kind") == "eval" and last.get("step") == self.step:
+                val = last["val_loss"]
+            else:
+                val = self.evaluate()
+                if say_eval:
+                    self.log(f"step {self.step}: val_loss {val:.4f}")
+            record = {**record, "val_loss": val}
+        due = c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < c.steps
+        if due and self.checkpointed_step != self.step:
+            self.save_checkpoint()
+        self._follow_up = None
+        for callback in self.callbacks:
+            callback(record)
 
     def summary(self, val_loss: float) -> dict[str, Any]:
         train = [r for r in self.history if r.get("kind") == "train"]
