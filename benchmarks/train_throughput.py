@@ -13,6 +13,8 @@ the GEMM speed drifts by 20% and more over minutes, and pairing each step with a
 is the same idea as interleaving the two models. ``workbench_mfu_vs_best_peak`` divides by the best probe of the
 whole run instead (a square-GEMM probe before and after all cases, and every in-round probe): the strictest
 reading, reported next to it.
+Without transformers installed (a device python with only torch) it times the workbench alone: the ``hf_*`` fields,
+``ratio`` and the ratio targets are null, and the JSON's ``note`` (and stderr) says so.
 Cases (MTP is off in all of them because transformers' GLM models ignore the MTP layer; identical work otherwise):
 - ``glm4-dense``: the glm4-tiny shape (hidden 512, 6 layers, GQA, SwiGLU) with half-split RoPE (what transformers'
   GLM expresses), against ``Glm4MoeForCausalLM`` with every layer dense. Context, no target.
@@ -43,6 +45,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -56,6 +59,8 @@ from workbench.model.accounting import flops_per_token
 from workbench.results import write_json_atomic
 
 VOCAB = 2048
+NO_TRANSFORMERS = ("transformers is not installed: timing the workbench alone (hf_* fields, ratio and the ratio "
+                   "targets are null)")
 CASES = {
     # context row: the glm4-tiny shape (hidden 512); at this width elementwise work is a visible share of a step
     "glm4-dense": dict(preset="glm4-tiny", changes=dict(rope_interleaved=False), hf="Glm4MoeForCausalLM",
@@ -124,20 +129,31 @@ def probe_peak(device) -> float:
     return measure_gemm_peak(device, torch.float32, sizes=(2048,), min_time_s=0.1)[0]
 
 
+def transformers_version() -> str | None:
+    """transformers' version, or None where it is not installed (a device python with torch only): the workbench
+    side of every case needs only torch, so it is still timed, and the HF side is reported as null."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    return transformers.__version__
+
+
 def run_case(name: str, spec: dict, device, batch_size: int, seq_len: int, steps: int, warmup: int,
-             compile_too: bool = False) -> dict:
+             compile_too: bool = False, with_hf: bool = True) -> dict:
     batch_size, seq_len = spec.get("batch_size", batch_size), spec.get("seq_len", seq_len)  # per-case shapes win
     config = get_preset(spec["preset"]).replace(vocab_size=VOCAB, **spec["changes"])
     torch.manual_seed(0)
     x = torch.randint(0, VOCAB, (batch_size, seq_len + 1), device=device.torch_device)
     batch = (x[:, :-1].contiguous(), x[:, 1:].contiguous())
     fused = device.supports_fused_adamw()
-    models = {"workbench": build_model(config).to(device.torch_device).train(),
-              "hf": hf_model(config, spec["hf"], device)}
+    models = {"workbench": build_model(config).to(device.torch_device).train()}
+    if with_hf:
+        models["hf"] = hf_model(config, spec["hf"], device)
     if compile_too:  # copies (same weights, so the same routing), so the compiled and eager steps train apart
         resolve_all(device.type)  # as the trainer does before compiling (kernel lookups and probes out of the graph)
-        models["workbench_compiled"] = copy.deepcopy(models["workbench"])
-        models["hf_compiled"] = copy.deepcopy(models["hf"])
+        for kind in list(models):
+            models[f"{kind}_compiled"] = copy.deepcopy(models[kind])
     fp32 = torch.autocast(device.type, enabled=False) if device.type != "cpu" else None
     null = (lambda: fp32) if fp32 is not None else (lambda: __import__("contextlib").nullcontext())
     step_fns = {}
@@ -155,17 +171,19 @@ def run_case(name: str, spec: dict, device, batch_size: int, seq_len: int, steps
             times[kind].append(timed(fn, device))
     tokens = batch_size * seq_len
     fpt = flops_per_token(config, seq_len).total
-    result = {"case": name, "preset": spec["preset"], "changes": spec["changes"], "hf_class": spec["hf"],
+    result = {"case": name, "preset": spec["preset"], "changes": spec["changes"],
+              "hf_class": spec["hf"] if with_hf else None,
               "batch_size": batch_size, "seq_len": seq_len, "flops_per_token": fpt,
               "params": sum(p.numel() for p in models["workbench"].parameters()),
-              "hf_params": sum(p.numel() for p in models["hf"].parameters())}
-    for kind in step_fns:
-        median = statistics.median(times[kind])
+              "hf_params": sum(p.numel() for p in models["hf"].parameters()) if with_hf else None}
+    kinds = ("workbench", "hf") + (("workbench_compiled", "hf_compiled") if compile_too else ())
+    for kind in kinds:  # the HF kinds are null without transformers
+        median = statistics.median(times[kind]) if kind in times else None
         result[f"{kind}_step_s"] = median
-        result[f"{kind}_tokens_per_s"] = tokens / median
-    result["ratio"] = result["workbench_tokens_per_s"] / result["hf_tokens_per_s"]
+        result[f"{kind}_tokens_per_s"] = tokens / median if median else None
+    result["ratio"] = _ratio(result, "workbench", "hf")
     if compile_too:
-        result["ratio_compiled"] = result["workbench_compiled_tokens_per_s"] / result["hf_compiled_tokens_per_s"]
+        result["ratio_compiled"] = _ratio(result, "workbench_compiled", "hf_compiled")
     result["gemm_peak_in_rounds_flops"] = statistics.median(peaks)
     result["gemm_peak_in_rounds_range"] = [min(peaks), max(peaks)]
     if device.type != "cpu":  # bf16 autocast on accelerators, MFU against the catalog's bf16 peak
@@ -179,6 +197,13 @@ def run_case(name: str, spec: dict, device, batch_size: int, seq_len: int, steps
         result.update(bf16_tokens_per_s=tokens / t, bf16_mfu=tokens / t * fpt / peak.value if peak.value else None,
                       bf16_peak_source=peak.source)
     return result
+
+
+def _ratio(result: dict, ours: str, theirs: str) -> float | None:
+    """ours / theirs tokens/s, or None when the HF side was not timed."""
+    if result[f"{theirs}_tokens_per_s"] is None:
+        return None
+    return result[f"{ours}_tokens_per_s"] / result[f"{theirs}_tokens_per_s"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -201,20 +226,23 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [n for n in names if n not in CASES]
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    hf_version = transformers_version()
+    if hf_version is None:
+        print(NO_TRANSFORMERS, file=sys.stderr)
     peaks = [measure_gemm_peak(device, torch.float32)]
     rows = []
     out = Path(args.out)
     for i, name in enumerate(names, 1):  # each case is kept (file and stdout) as it finishes: a timeout loses no case
         row = run_case(name, CASES[name], device, args.batch_size, args.seq_len, args.steps, args.warmup,
-                       args.compile)
+                       args.compile, with_hf=hf_version is not None)
         rows.append(score_case(row))
-        write_json_atomic(out, make_report(device, rows, None, complete=False))
+        write_json_atomic(out, make_report(device, rows, None, hf_version, complete=False))
         print(f"# case {i}/{len(names)} done (partial report in {out}): {json.dumps(row)}", flush=True)
     peaks.append(measure_gemm_peak(device, torch.float32))
     best = max(peaks + [(row["gemm_peak_in_rounds_range"][1], "an in-round probe at n=2048") for row in rows])
     for row in rows:  # the strictest reading needs every case's probes and the one after them all
         row["workbench_mfu_vs_best_peak"] = row["workbench_tokens_per_s"] * row["flops_per_token"] / best[0]
-    report = make_report(device, rows, best, complete=True)
+    report = make_report(device, rows, best, hf_version, complete=True)
     write_json_atomic(out, report)
     print(json.dumps(report, indent=2))
     return report
@@ -223,30 +251,33 @@ def main(argv: list[str] | None = None) -> dict:
 def score_case(row: dict) -> dict:
     """MFU against the case's own in-round probes and its target: all that one finished case needs, so a partial
     report already says it. ``workbench_mfu_vs_best_peak`` stays None until every case has run."""
-    flops_per_s = {kind: row[f"{kind}_tokens_per_s"] * row["flops_per_token"] for kind in ("workbench", "hf")}
-    row["workbench_mfu"] = flops_per_s["workbench"] / row["gemm_peak_in_rounds_flops"]
-    row["hf_mfu"] = flops_per_s["hf"] / row["gemm_peak_in_rounds_flops"]
+    peak = row["gemm_peak_in_rounds_flops"]
+    row["workbench_mfu"] = row["workbench_tokens_per_s"] * row["flops_per_token"] / peak
+    hf = row["hf_tokens_per_s"]  # None without transformers
+    row["hf_mfu"] = hf * row["flops_per_token"] / peak if hf is not None else None
     row["workbench_mfu_vs_best_peak"] = None
     if CASES[row["case"]]["target"] is None:  # a context row: measured, no goal attached
         row["target"], row["target_met"] = None, None
         return row
     kind, goal = CASES[row["case"]]["target"]
     row["target"] = f"{'MFU' if kind == 'mfu' else 'tokens/s ratio'} >= {goal}"
-    row["target_met"] = (row["workbench_mfu"] if kind == "mfu" else row["ratio"]) >= goal
+    value = row["workbench_mfu"] if kind == "mfu" else row["ratio"]
+    row["target_met"] = value >= goal if value is not None else None  # a ratio needs the HF side
     return row
 
 
-def make_report(device, rows: list[dict], best: tuple[float, str] | None, complete: bool) -> dict:
+def make_report(device, rows: list[dict], best: tuple[float, str] | None, hf_version: str | None,
+                complete: bool) -> dict:
     """The JSON object; ``complete`` is False (and the run's best peak None) while cases are still to come."""
     peak, peak_detail = best if best else (None, None)
-    return {
+    report = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "complete": complete,
         "machine": f"{device.name} ({platform.machine()}), {torch.get_num_threads()} threads" if device.type == "cpu"
         else f"{device.name}",
         "device": device.type, "dtype": "fp32", "torch": torch.__version__,
         "omp": {k: os.environ.get(k, "(default)") for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
-        "transformers": __import__("transformers").__version__,
+        "transformers": hf_version,
         "cpu_allocator": loaded_allocator(),  # jemalloc under `make bench` when setup could fetch it
         "gemm_peak_flops": peak,
         "gemm_peak_source": f"{peak_detail} (the best probe of the run: before, after and within the cases)"
@@ -255,6 +286,9 @@ def make_report(device, rows: list[dict], best: tuple[float, str] | None, comple
                           "(workbench_mfu_vs_best_peak: / gemm_peak_flops)",
         "cases": rows,
     }
+    if hf_version is None:
+        report["note"] = NO_TRANSFORMERS
+    return report
 
 if __name__ == "__main__":
     main()

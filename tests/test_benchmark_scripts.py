@@ -149,3 +149,24 @@ def test_on_device_runs_train_throughput_before_the_kernel_steps(tmp_path):
     first = {key: next(i for i, c in enumerate(calls) if key in c)
              for key in ("train_throughput.py", "kernels check", "benchmarks/kernels.py")}
     assert first["train_throughput.py"] < first["kernels check"] < first["benchmarks/kernels.py"]
+
+
+def test_train_throughput_times_the_workbench_alone_without_transformers(tmp_path, monkeypatch, capsys):
+    """A device python with torch only still gets the workbench's tokens/s and MFU; the HF side is null, and the
+    JSON and stderr say why."""
+    import sys
+
+    bench = _load("train_throughput")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
+    monkeypatch.setattr(bench, "measure_gemm_peak", _fake_gemm_peak)
+    out = tmp_path / "tt.json"
+    report = bench.main(["--cases", "glm45-tiny", "--batch-size", "1", "--seq-len", "16", "--steps", "1",
+                         "--warmup", "0", "--out", str(out)])
+    assert json.loads(out.read_text()) == report and report["transformers"] is None
+    assert "transformers is not installed" in report["note"]
+    (row,) = report["cases"]
+    assert row["workbench_tokens_per_s"] > 0 and row["workbench_mfu"] > 0
+    for key in ("hf_class", "hf_params", "hf_step_s", "hf_tokens_per_s", "hf_mfu", "ratio", "target_met"):
+        assert row[key] is None, key
+    assert row["target"] == "tokens/s ratio >= 1.5"  # the target exists; it just cannot be judged here
+    assert "transformers is not installed" in capsys.readouterr().err
