@@ -877,3 +877,28 @@ def test_fit_refuses_to_continue_from_a_half_applied_step(tmp_path, monkeypatch)
         trainer.fit()
     with pytest.raises(WorkbenchError, match=r"step 4 was interrupted while the optimizer applied it.*resume=True"):
         trainer.fit()
+
+
+def test_a_final_checkpoint_that_failed_to_save_is_written_by_the_next_fit(tmp_path, monkeypatch):
+    """The step counted as checkpointed before the save ran: after a failed final save (disk full, Ctrl-C) the next
+    fit() skipped it and wrote summary.json, so steps 5-6 were lost and export/--resume used step 4."""
+    import errno
+
+    from workbench.train import checkpoint as ckpt
+
+    trainer = Trainer(tiny_config(tmp_path, steps=6, ckpt_every=4, eval_every=0), model=StandIn(), log=quiet)
+    save, failed = ckpt.save_checkpoint, []
+
+    def full_disk_once(root, step, *args, **kwargs):
+        if step == 6 and not failed:
+            failed.append(step)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(root, step, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", full_disk_once)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.fit()
+    summary = trainer.fit()
+    run = tmp_path / "run"
+    assert summary["steps"] == 6
+    assert [p.name for p in sorted((run / "checkpoints").glob("step_*"))] == ["step_0000004", "step_0000006"]

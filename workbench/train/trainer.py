@@ -516,11 +516,14 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
+        """Write this step's checkpoint (rank 0). The step counts as checkpointed only once the save returned: a
+        save that failed (disk full, Ctrl-C) is made again by the next fit(), not skipped."""
+        path = None
+        if self.is_main_process:
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.raw_model, self.optimizer,
+                                        self.trainer_state(), keep_last=self.config.keep_last)
         self.checkpointed_step = self.step
-        if not self.is_main_process:
-            return None
-        return ckpt.save_checkpoint(self.ckpt_dir, self.step, self.raw_model, self.optimizer, self.trainer_state(),
-                                    keep_last=self.config.keep_last)
+        return path
 
     def _load(self, path: Path) -> None:
         state = ckpt.verify_checkpoint(path)
