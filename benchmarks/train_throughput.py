@@ -51,12 +51,14 @@ from pathlib import Path
 
 import torch
 
-from workbench.cpu_allocator import loaded_allocator
-from workbench.device import get_device, measure_gemm_peak
-from workbench.kernels.registry import resolve_all
-from workbench.model import build_model, get_preset
-from workbench.model.accounting import flops_per_token
-from workbench.results import write_json_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's workbench, not an installed one
+
+from workbench.cpu_allocator import loaded_allocator  # noqa: E402
+from workbench.device import get_device, measure_gemm_peak  # noqa: E402
+from workbench.kernels.registry import resolve_all  # noqa: E402
+from workbench.model import build_model, get_preset  # noqa: E402
+from workbench.model.accounting import flops_per_token  # noqa: E402
+from workbench.results import write_json_atomic  # noqa: E402
 
 VOCAB = 2048
 NO_TRANSFORMERS = ("transformers is not installed: timing the workbench alone (hf_* fields, ratio and the ratio "
@@ -289,6 +291,7 @@ def make_report(device, rows: list[dict], best: tuple[float, str] | None, hf_ver
     if hf_version is None:
         report["note"] = NO_TRANSFORMERS
     return report
+
 
 if __name__ == "__main__":
     main()

@@ -170,3 +170,25 @@ def test_train_throughput_times_the_workbench_alone_without_transformers(tmp_pat
         assert row[key] is None, key
     assert row["target"] == "tokens/s ratio >= 1.5"  # the target exists; it just cannot be judged here
     assert "transformers is not installed" in capsys.readouterr().err
+
+
+def test_train_throughput_imports_the_workbench_of_its_own_checkout(tmp_path):
+    """Run from another checkout or worktree, the script must time that checkout's code, not whichever workbench
+    is installed: with site-packages reachable but the editable install's .pth not processed (python -S), only
+    the script's own sys.path entry can find workbench. (kernels.py and teaching_ddp.py insert it the same way;
+    one subprocess importing torch is enough for the suite.)"""
+    script = "train_throughput"
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]  # torch and friends, without the .pth of -e installs
+    code = (f"import runpy, sys; sys.argv = [{str(ROOT / 'benchmarks' / f'{script}.py')!r}, '--help']\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('WORKBENCH', sys.modules['workbench'].__file__)")
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"WORKBENCH {ROOT / 'workbench' / '__init__.py'}" in done.stdout
