@@ -312,3 +312,16 @@ def test_runner_checks_every_case_before_any_runs(monkeypatch, capsys, cases, na
     with pytest.raises(SystemExit) as exit_info:
         runner.main(["--cases", cases, "--tiny"])
     assert exit_info.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_runner_refuses_an_fp16_case_before_launching(monkeypatch, capsys):
+    """parse_cases accepted ':fp16', which parallelize refuses (no loss scaling) only once every rank had started."""
+    import workbench.distributed.mesh as mesh
+    from workbench.distributed import runner
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(mesh, "init_distributed", lambda *a, **k: pytest.fail("started before checking the cases"))
+    with pytest.raises(SystemExit):
+        runner.main(["--cases", "glm4-tiny:fsdp=2:fp16", "--tiny"])
+    assert "fp16 is refused" in capsys.readouterr().err
+    assert runner.parse_cases("glm4-tiny:fsdp=2:bf16") == [("glm4-tiny", "fsdp=2", "bf16")]

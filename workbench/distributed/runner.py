@@ -100,9 +100,9 @@ def run_case(preset: str, layout: str, param_dtype: str | None, tiny: bool, seed
 def parse_cases(text: str) -> list[tuple[str, str, str | None]]:
     """"glm4-tiny:dp=2;glm4-tiny:fsdp=2:bf16" -> [(preset, layout, dtype)]. Cases are separated by ';'.
 
-    The dtype is FSDP2's compute dtype (``parse_dtype`` names: fp32, bf16, fp16), so anything but fp32 needs a
-    layout with fsdp; it comes back as its canonical name."""
-    from workbench.device.detect import dtype_name, parse_dtype
+    The dtype is FSDP2's compute dtype (``parse_dtype`` names: fp32, bf16; fp16 is refused, as nothing scales
+    the loss), so anything but fp32 needs a layout with fsdp; it comes back as its canonical name."""
+    from workbench.device.detect import check_training_dtype, dtype_name, parse_dtype
 
     cases = []
     for item in [c.strip() for c in text.split(";") if c.strip()]:
@@ -112,8 +112,8 @@ def parse_cases(text: str) -> list[tuple[str, str, str | None]]:
         dtype = None
         if len(parts) == 3:
             try:
-                dtype = dtype_name(parse_dtype(parts[2]))
-            except ValueError as exc:
+                dtype = dtype_name(check_training_dtype(parse_dtype(parts[2]), "param_dtype"))
+            except (ValueError, ConfigError) as exc:
                 raise ValueError(f"case {item!r}: {exc}") from None
             # read from the spec's own text: fsdp=auto (or -1) is resolved only once the world size is known
             names_fsdp = any(key.strip() == "fsdp" and value.strip() != "1"

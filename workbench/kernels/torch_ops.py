@@ -152,7 +152,7 @@ def _grouped_mm_probe(device_type: str, dtype: torch.dtype) -> bool:
 def probe_before_compile(device_type: str) -> None:
     """Run the grouped-GEMM probes for the dtypes training computes in, ahead of torch.compile (the trainer calls
     this through ``registry.resolve_all``): traced, the probe would break the graph."""
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # WORKBENCH_DTYPE may choose fp16
+    for dtype in (torch.float32, torch.bfloat16):  # the dtypes training may run in (fp16 is refused)
         grouped_mm_works(device_type, dtype)
 
 
