@@ -5,7 +5,9 @@
     python benchmarks/kernels.py --mode train --threads 1 --out runs/kernels
 
 Runs unchanged on cpu, cuda and npu: the same correctness suite (workbench/kernels/correctness.py) and the same
-benchmark (workbench/kernels/bench.py) as ``workbench kernels check`` / ``workbench kernels bench``. Writes
+benchmark (workbench/kernels/bench.py) as ``workbench kernels check`` / ``workbench kernels bench``; the check
+covers the ``--ops`` benchmarked, its results go into the JSON (``correctness``), a failed check makes the exit
+status 1 (as the CLI's), and the failing kernels' rows are flagged ``check_failed`` without a speed-up. Writes
 ``kernels_bench.json`` and ``kernels_bench_roofline.html`` to --out; paste the printed table into
 benchmarks/README.md ("Kernels") with the date and machine.
 """
@@ -23,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     from workbench.device import get_device
     from workbench.device.detect import dtype_name, parse_dtype
     from workbench.kernels.bench import format_table, run_benchmark, write_outputs
-    from workbench.kernels.correctness import check_all
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
@@ -49,23 +50,54 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# kernels on {dev.torch_device} ({dev.name}), {dtype_name(dtype)}, sizes={args.sizes}, mode={args.mode}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} cpu threads")
-    if not args.skip_check:
-        results = check_all(str(dev.torch_device), dtypes=(dtype,) if dtype != parse_dtype("fp32") else
-                            (dtype, parse_dtype("bf16")))
-        failed = [r for r in results if not r.passed]
-        print(f"correctness: {len(results) - len(failed)}/{len(results)} checks passed")
-        for r in failed:
-            print(f"  FAILED {r.op}/{r.impl} {r.case} {r.dtype}: fwd {r.forward_error:.2e} bwd {r.backward_error:.2e}"
-                  f" tol {r.tolerance:.0e} {r.note}")
-    experts = tuple(int(e) for e in args.moe_experts.split(",") if e.strip())
     ops = [op.strip() for op in args.ops.split(",") if op.strip()] if args.ops else None
+    correctness = None if args.skip_check else run_check(str(dev.torch_device), dtype, ops)
+    experts = tuple(int(e) for e in args.moe_experts.split(",") if e.strip())
     result = run_benchmark(str(dev.torch_device), dtype, args.sizes, ops, mode=args.mode, repeats=args.repeats,
                            moe_experts=experts)
+    flag_failed(result, correctness)
     print(format_table(result))
     paths = write_outputs(result, args.out)
     print(f"\nwrote {paths['json']} and {paths['html']}")
+    if correctness and correctness["failed"]:
+        print(f"{len(correctness['failed'])} correctness check(s) failed: exit 1 (their kernels' rows are flagged "
+              "check_failed, without a speed-up)")
+        return 1
     return 0
 
+
+def run_check(device: str, dtype, ops: list[str] | None) -> dict:
+    """The correctness suite of the benchmarked ops (as ``workbench kernels check``), printed and returned for the
+    JSON: {"passed", "total", "failed": [each failed check]}. fp32 runs are also checked in bf16."""
+    from workbench.device.detect import parse_dtype
+    from workbench.kernels.correctness import check_all
+
+    fp32 = parse_dtype("fp32")
+    results = check_all(device, ops, dtypes=(dtype,) if dtype != fp32 else (dtype, parse_dtype("bf16")))
+    failed = [r for r in results if not r.passed]
+    print(f"correctness: {len(results) - len(failed)}/{len(results)} checks passed")
+    for r in failed:
+        print(f"  FAILED {r.op}/{r.impl} {r.case} {r.dtype}: fwd {r.forward_error:.2e} bwd {r.backward_error:.2e}"
+              f" tol {r.tolerance:.0e} {r.note}")
+    return {"passed": len(results) - len(failed), "total": len(results), "failed": [r.as_dict() for r in failed]}
+
+
+def flag_failed(result: dict, correctness: dict | None) -> None:
+    """Record the check in ``result`` and flag what it invalidates: a row whose implementation (or whose op's
+    reference) failed gets ``check_failed`` and no speed-up, and comparisons involving it move to
+    ``comparisons_of_failed_kernels``. A wrong kernel's speed is no result. ``check_failed`` is None unchecked."""
+    result["correctness"] = correctness  # None with --skip-check
+    bad = {(f["op"], f["impl"]) for f in correctness["failed"]} if correctness else set()
+    for row in result["rows"]:
+        row["check_failed"] = (row["op"], row["impl"]) in bad if correctness else None
+        if row["check_failed"] or (row["op"], "reference") in bad:
+            row["speedup_vs_reference"] = None
+    # comparisons (attention / moe: torch vs reference) name their op first in "what"
+    failed_cmp = [c for c in result["comparisons"]
+                  if {(c["what"].split()[0], "torch"), (c["what"].split()[0], "reference")} & bad]
+    result["comparisons"] = [c for c in result["comparisons"] if c not in failed_cmp]
+    if failed_cmp:
+        result["comparisons_of_failed_kernels"] = failed_cmp
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -192,3 +192,56 @@ def test_train_throughput_imports_the_workbench_of_its_own_checkout(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"WORKBENCH {ROOT / 'workbench' / '__init__.py'}" in done.stdout
+
+
+def _fast_kernel_peaks(monkeypatch):
+    from workbench.kernels import bench as kbench
+
+    monkeypatch.setattr(kbench, "device_peaks", lambda *a, **k: kbench.Peaks(1e11, "fake", 1e10, "fake"))
+
+
+def test_kernels_script_fails_and_flags_kernels_that_fail_their_check(tmp_path, monkeypatch, capsys):
+    """The benchmark is "preceded by `workbench kernels check`": a failed check exits 1 (as the CLI does), is
+    recorded in the JSON, and the failing kernel's timings are not presented as valid speed-ups. --ops narrows the
+    correctness suite too."""
+    import dataclasses
+
+    from workbench.kernels import registry
+
+    _fast_kernel_peaks(monkeypatch)
+    good = registry.implementations("rms_norm")["torch"]
+    broken = dataclasses.replace(good, fn=lambda *a, **k: good.fn(*a, **k) * 1.1)
+    monkeypatch.setitem(registry._REGISTRY["rms_norm"], "torch", broken)
+    rc = _load("kernels").main(["--ops", "rms_norm", "--sizes", "tiny", "--repeats", "1", "--moe-experts", "",
+                                "--out", str(tmp_path)])
+    assert rc == 1
+    result = json.loads((tmp_path / "kernels_bench.json").read_text())
+    check = result["correctness"]
+    assert check["failed"] and {f["op"] for f in check["failed"]} == {"rms_norm"}
+    assert {f["impl"] for f in check["failed"]} == {"torch"}
+    assert check["total"] == check["passed"] + len(check["failed"]) < 40  # rms_norm's checks only, not all 92
+    rows = {r["impl"]: r for r in result["rows"]}
+    assert rows["torch"]["check_failed"] is True and rows["torch"]["speedup_vs_reference"] is None
+    assert rows["reference"]["check_failed"] is False
+    assert "FAILED rms_norm/torch" in capsys.readouterr().out
+
+
+def test_kernels_script_records_a_passing_check_and_exits_0(tmp_path, monkeypatch):
+    _fast_kernel_peaks(monkeypatch)
+    rc = _load("kernels").main(["--ops", "rms_norm", "--sizes", "tiny", "--repeats", "1", "--moe-experts", "",
+                                "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "kernels_bench.json").read_text())
+    assert rc == 0 and result["correctness"]["failed"] == [] and result["correctness"]["total"] > 0
+    assert all(r["check_failed"] is False for r in result["rows"])
+
+
+def test_kernels_script_moves_comparisons_of_failed_kernels_aside():
+    kernels = _load("kernels")
+    rows = [{"op": "attention", "impl": impl, "speedup_vs_reference": 1.0} for impl in ("reference", "torch")]
+    comparisons = [{"what": "attention torch (SDPA) vs reference", "speedup": 3.0},
+                   {"what": "moe torch (grouped) vs reference (per-expert loop)", "speedup": 2.0}]
+    result = {"rows": rows, "comparisons": list(comparisons)}
+    failed = {"op": "attention", "impl": "reference"}  # a broken reference invalidates every speed-up against it
+    kernels.flag_failed(result, {"passed": 1, "total": 2, "failed": [failed]})
+    assert [r["speedup_vs_reference"] for r in result["rows"]] == [None, None]
+    assert result["comparisons"] == comparisons[1:] and result["comparisons_of_failed_kernels"] == comparisons[:1]
