@@ -902,3 +902,38 @@ def test_a_final_checkpoint_that_failed_to_save_is_written_by_the_next_fit(tmp_p
     run = tmp_path / "run"
     assert summary["steps"] == 6
     assert [p.name for p in sorted((run / "checkpoints").glob("step_*"))] == ["step_0000004", "step_0000006"]
+
+
+def test_resume_refuses_another_training_dtype_and_warns_about_compile(tmp_path, monkeypatch):
+    """WORKBENCH_DTYPE (or another machine's bf16 verdict) changed the precision of a resumed run without a word, and
+    config.json then said the whole run had used it; --compile toggled on resume changed the trajectory unannounced."""
+    monkeypatch.setenv("WORKBENCH_DTYPE", "fp32")
+    Trainer(tiny_config(tmp_path, steps=4, eval_every=0), model=StandIn(), log=quiet).fit()
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_0000004" / "trainer_state.json").read_text())
+    assert state["dtype"] == "float32"
+    monkeypatch.setenv("WORKBENCH_DTYPE", "bf16")
+    with pytest.raises(WorkbenchError) as refused:
+        Trainer(tiny_config(tmp_path, steps=6, eval_every=0, resume=True), model=StandIn(), log=quiet)
+    message = str(refused.value)
+    assert "\n" not in message and "float32" in message and "bfloat16" in message, message
+    assert "WORKBENCH_DTYPE=fp32" in message, message
+    monkeypatch.setenv("WORKBENCH_DTYPE", "fp32")
+    said = []
+    trainer = Trainer(tiny_config(tmp_path, steps=6, eval_every=0, resume=True, compile=True), model=StandIn(),
+                      log=said.append)
+    trainer.close()
+    assert trainer.step == 4
+    assert any("warning" in line and "--compile" in line for line in said), said
+
+
+def test_a_checkpoint_without_a_recorded_dtype_still_resumes(tmp_path, monkeypatch):
+    """Checkpoints written before the dtype was recorded: unknown, so not compared."""
+    monkeypatch.setenv("WORKBENCH_DTYPE", "fp32")
+    written = Trainer.trainer_state
+    monkeypatch.setattr(Trainer, "trainer_state", lambda self: {k: v for k, v in written(self).items() if k != "dtype"})
+    Trainer(tiny_config(tmp_path, steps=4, eval_every=0), model=StandIn(), log=quiet).fit()
+    monkeypatch.setattr(Trainer, "trainer_state", written)
+    monkeypatch.setenv("WORKBENCH_DTYPE", "bf16")
+    trainer = Trainer(tiny_config(tmp_path, steps=6, eval_every=0, resume=True), model=StandIn(), log=quiet)
+    trainer.close()
+    assert trainer.step == 4

@@ -22,6 +22,8 @@ TOKENIZERS = ("byte", "bpe")
 MIN_BPE_VOCAB, MAX_BPE_VOCAB = 300, 2**24  # 2**24: far above any LM vocabulary (GLM: 151,552), below overflow
 
 # Settings that must equal the checkpoint's on --resume (steps, eval/ckpt cadence, progress, out_dir may change).
+# `compile` is not among them: toggling it only warns (kernels round differently, a change in the last bits);
+# the training dtype, which is no setting here (WORKBENCH_DTYPE, the machine), is refused by the trainer.
 TRAJECTORY_FIELDS = ("preset", "model_overrides", "data", "tokenizer", "bpe_vocab_size", "val_fraction",
                      "batch_size", "seq_len", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
                      "beta1", "beta2", "grad_clip", "optimizer", "muon_lr", "seed", "expert_bias_rate")

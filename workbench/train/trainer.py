@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -392,8 +393,8 @@ class Trainer:
         to go on from a step whose optimizer update began and failed: the model is between two steps."""
         if self._applying is not None:
             raise WorkbenchError(f"step {self._applying + 1} was interrupted while the optimizer applied it (an error "
-                                 f"raised inside the update), so the model is between two steps; continue from the last "
-                                 f"checkpoint with a new Trainer(config.replace(resume=True)) (--resume)")
+                                 f"raised inside the update), so the model is between two steps; continue from the "
+                                 f"last checkpoint with a new Trainer(config.replace(resume=True)) (--resume)")
         self.optimizer.zero_grad(set_to_none=True)
         for module in self.raw_model.modules():
             counts = getattr(module, "load_accum", None)
@@ -513,6 +514,7 @@ class Trainer:
                      "pack": self.packed.meta, "world_size": self.world_size},
             "rng": ckpt.capture_rng_state(self.device), "config": self.config.to_dict(),
             "model_config": _as_dict(self.model_config), "tokenizer": self.tokenizer.identity,
+            "dtype": _dtype_name(self.dtype),  # compared on --resume: another precision is another trajectory
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -572,6 +574,7 @@ class Trainer:
         if different:
             raise WorkbenchError(f"--resume: settings {different} differ from the checkpoint in {path}; "
                                  f"resume with the same settings or start a new --out")
+        self._check_precision(state, saved, path)
         if int(state["step"]) > self.config.steps:
             raise WorkbenchError(f"--resume: the checkpoint in {path} is at step {state['step']}, beyond --steps "
                                  f"{self.config.steps}; pass --steps >= {state['step']}")
@@ -597,6 +600,24 @@ class Trainer:
             hint = f"; to continue it, add --model '{restore}'" if restore else ""
             raise WorkbenchError(f"--resume: the model differs from the checkpoint's in {changed} (the preset "
                                  f"changed since?){hint}; or resume with the code and settings that wrote {path}")
+
+    def _check_precision(self, state: dict[str, Any], saved: TrainConfig, path: Path) -> None:
+        """Refuse another training dtype than the checkpoint's: it comes from WORKBENCH_DTYPE or from the machine's
+        bf16 verdict, so a resume elsewhere (or in another shell) went on in another precision without a word, and
+        config.json then said the whole run had used it. A checkpoint that does not record it is not compared.
+        --compile switched on or off only warns: the kernels round differently, a change in the last bits."""
+        trained, current = state.get("dtype"), _dtype_name(self.dtype)
+        if trained is not None and trained != current:
+            forced = os.environ.get("WORKBENCH_DTYPE", "").strip()
+            why = f"WORKBENCH_DTYPE={forced}" if forced else "this machine's default"
+            setting = _DTYPE_SETTING.get(trained, trained)
+            raise WorkbenchError(f"--resume: the checkpoint in {path} trained in {trained}, this run would train in "
+                                 f"{current} ({why}); resume with WORKBENCH_DTYPE={setting} to continue the same run, "
+                                 f"or start a new --out")
+        if saved.compile != self.config.compile:
+            self.log(f"warning: --resume with --compile {'on' if self.config.compile else 'off'}, but the checkpoint "
+                     f"in {path} trained with it {'on' if saved.compile else 'off'}: compiled and eager kernels round "
+                     f"differently, so the losses will differ in the last digits from a run that never switched")
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -719,6 +740,13 @@ class Trainer:
         from workbench.viz import save_figure
 
         return save_figure(loss_figure(self.history), self.run_dir / "figures" / "loss.html")
+
+
+_DTYPE_SETTING = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # the WORKBENCH_DTYPE value of each
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _as_dict(obj: Any) -> Any:
