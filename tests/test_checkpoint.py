@@ -215,3 +215,29 @@ def test_a_full_disk_while_writing_the_weights_is_an_oserror(tmp_path, monkeypat
     assert caught.value.errno == errno.ENOSPC
     assert ckpt.latest_good_checkpoint(tmp_path) == good
     assert [p.name for p in tmp_path.iterdir()] == [good.name]  # no temp folder left behind
+
+
+def test_a_file_size_limit_while_writing_the_optimizer_names_the_file(tmp_path):
+    """The optimizer state was written through Path.write_bytes, whose EFBIG ("File too large", `ulimit -f`) named
+    no file; the earlier checkpoint stays and no temp folder is left."""
+    import errno
+    import signal
+
+    resource = pytest.importorskip("resource")  # file-size limits are POSIX
+    model, opt = _model_and_optimizer()
+    good = _save(tmp_path, 1, model, opt)
+    sizes = {p.name: p.stat().st_size for p in good.iterdir()}
+    assert sizes["model.safetensors"] < 5000 < sizes["optimizer.pt"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (Python ignores it already: write() gets EFBIG)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (5000, hard))
+    try:
+        with pytest.raises(OSError) as caught:
+            _save(tmp_path, 2, model, opt)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert caught.value.errno == errno.EFBIG
+    assert caught.value.filename and caught.value.filename.endswith("optimizer.pt"), caught.value
+    assert ckpt.latest_good_checkpoint(tmp_path) == good
+    assert [p.name for p in tmp_path.iterdir()] == [good.name]

@@ -269,3 +269,19 @@ def test_a_reader_that_leaves_early_is_not_an_error(capsys, monkeypatch):
     assert main(["models"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "--resume" not in err
+
+
+@pytest.mark.parametrize("code, strerror", [("EFBIG", "File too large"), ("EDQUOT", "Disk quota exceeded")])
+def test_a_file_size_limit_or_quota_is_one_clear_line_with_the_resume_hint(capsys, monkeypatch, code, strerror):
+    """`ulimit -f` or a quota ended a run with a bare "[Errno 27] File too large": the hint to free space and
+    continue with --resume came only for ENOSPC."""
+    import errno
+
+    import workbench.train.trainer as trainer
+
+    def limited(*_args, **_kwargs):
+        raise OSError(getattr(errno, code), strerror, "runs/x/checkpoints/.tmp-step_0000005-1/optimizer.pt")
+
+    monkeypatch.setattr(trainer, "train", limited)
+    err = _one_line_error(capsys, ["train", "--device", "cpu"])
+    assert strerror in err and "optimizer.pt" in err and "--resume" in err, err

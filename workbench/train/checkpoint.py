@@ -215,6 +215,20 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
 
 
+def _write_file(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path``; an OSError from the write itself (a full disk, a file-size limit, a quota) names the
+    file, as the one from opening it does: Path.write_bytes' said only "[Errno 27] File too large"."""
+    try:
+        if isinstance(data, str):
+            path.write_text(data, encoding="utf-8")
+        else:
+            path.write_bytes(data)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+
+
 def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimizer: Any,
                     trainer_state: dict[str, Any], keep_last: int = 2) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically, then delete all but the newest ``keep_last``."""
@@ -229,13 +243,13 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
         save_safetensors(get_model_state(model), tmp / MODEL_FILE, metadata={"step": str(step)})
         buffer = io.BytesIO()
         torch.save(get_optimizer_state(optimizer), buffer)
-        (tmp / OPTIM_FILE).write_bytes(buffer.getvalue())
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True), encoding="utf-8")
+        _write_file(tmp / OPTIM_FILE, buffer.getvalue())
+        _write_file(tmp / STATE_FILE, json.dumps(trainer_state, indent=1, sort_keys=True))
         files = {}
         for name in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
             _fsync_file(tmp / name)
             files[name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-        (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1), encoding="utf-8")
+        _write_file(tmp / MANIFEST_FILE, json.dumps({"step": step, "files": files}, indent=1))
         _fsync_file(tmp / MANIFEST_FILE)
         _fsync_dir(tmp)
         old = None
