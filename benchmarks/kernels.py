@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     flag_failed(result, correctness)
     print(format_table(result))
     paths = write_outputs(result, args.out)
-    print(f"\nwrote {paths['json']} and {paths['html']}")
+    print(f"\nwrote {paths['json']}" + (f" and {paths['html']}" if paths["html"] else f" ({paths['note']})"))
     if correctness and correctness["failed"]:
         print(f"{len(correctness['failed'])} correctness check(s) failed: exit 1 (their kernels' rows are flagged "
               "check_failed, without a speed-up)")

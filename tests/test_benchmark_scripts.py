@@ -245,3 +245,23 @@ def test_kernels_script_moves_comparisons_of_failed_kernels_aside():
     kernels.flag_failed(result, {"passed": 1, "total": 2, "failed": [failed]})
     assert [r["speedup_vs_reference"] for r in result["rows"]] == [None, None]
     assert result["comparisons"] == comparisons[1:] and result["comparisons_of_failed_kernels"] == comparisons[:1]
+
+
+def test_kernel_bench_writes_its_json_without_plotly(tmp_path, monkeypatch, capsys):
+    """A device python with torch only: the JSON is the result, the chart is optional (no traceback, exit 0)."""
+    import sys
+
+    for name in ("plotly", "plotly.graph_objects"):
+        monkeypatch.setitem(sys.modules, name, None)
+    _fast_kernel_peaks(monkeypatch)
+    rc = _load("kernels").main(["--ops", "rms_norm", "--sizes", "tiny", "--repeats", "1", "--moe-experts", "",
+                                "--skip-check", "--out", str(tmp_path)])
+    assert rc == 0 and json.loads((tmp_path / "kernels_bench.json").read_text())["rows"]
+    assert not list(tmp_path.glob("*.html"))
+    assert "plotly is not installed" in capsys.readouterr().out
+
+
+def test_on_device_says_when_the_kernel_tests_are_skipped_for_want_of_pytest(tmp_path):
+    calls, log = _run_on_device(tmp_path, "cpu", has_pytest=False)
+    assert "kernel tests skipped: pytest is not installed" in log
+    assert not any("-m pytest" in c for c in calls)

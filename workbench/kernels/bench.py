@@ -382,15 +382,22 @@ def roofline_figure(result: dict, title: str | None = None):
     return fig
 
 
-def write_outputs(result: dict, out_dir: str | Path, stem: str = "kernels_bench") -> dict[str, str]:
-    """Write ``<stem>.json`` and the roofline chart ``<stem>_roofline.html`` into ``out_dir``."""
+def write_outputs(result: dict, out_dir: str | Path, stem: str = "kernels_bench") -> dict[str, str | None]:
+    """Write ``<stem>.json`` and the roofline chart ``<stem>_roofline.html`` into ``out_dir``.
+
+    The JSON is the result; the chart needs plotly, which a device machine's python (torch only) may lack. Without
+    it ``html`` is None and ``note`` says why, instead of a traceback after the measurements."""
     from workbench.results import write_json_atomic
     from workbench.viz import save_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = write_json_atomic(out_dir / f"{stem}.json", result)
-    written = save_figure(roofline_figure(result), out_dir / f"{stem}_roofline.html")
+    try:
+        figure = roofline_figure(result)
+    except ImportError:
+        return {"json": str(json_path), "html": None, "note": "plotly is not installed: no roofline chart"}
+    written = save_figure(figure, out_dir / f"{stem}_roofline.html")
     return {"json": str(json_path), "html": written["html"]}
 
 
