@@ -39,20 +39,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (1 gives steadier numbers on a machine shared with other jobs)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "figures"))
     args = parser.parse_args(argv)
+    ops, experts = check_args(parser, args)
+    import torch
+
     if args.threads is not None:
-        import torch
-
         torch.set_num_threads(args.threads)
-
     dev = get_device(args.device)
     dtype = parse_dtype(args.dtype) if args.dtype else dev.training_dtype
-    import torch
 
     print(f"# kernels on {dev.torch_device} ({dev.name}), {dtype_name(dtype)}, sizes={args.sizes}, mode={args.mode}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} cpu threads")
-    ops = [op.strip() for op in args.ops.split(",") if op.strip()] if args.ops else None
     correctness = None if args.skip_check else run_check(str(dev.torch_device), dtype, ops)
-    experts = tuple(int(e) for e in args.moe_experts.split(",") if e.strip())
     result = run_benchmark(str(dev.torch_device), dtype, args.sizes, ops, mode=args.mode, repeats=args.repeats,
                            moe_experts=experts)
     flag_failed(result, correctness)
@@ -64,6 +61,41 @@ def main(argv: list[str] | None = None) -> int:
               "check_failed, without a speed-up)")
         return 1
     return 0
+
+
+def check_args(parser: argparse.ArgumentParser, args) -> tuple[list[str] | None, tuple[int, ...]]:
+    """Every argument checked before the correctness suite and the benchmark run (a bad --sizes used to be found
+    only after the whole suite); returns (ops or None for all, MoE expert counts). One line each, via parser.error."""
+    from workbench.device.detect import parse_dtype
+    from workbench.errors import WorkbenchError
+    from workbench.kernels.bench import PRESETS
+    from workbench.kernels.registry import check_choice
+
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.sizes not in PRESETS:
+        parser.error(f"--sizes must be one of {', '.join(PRESETS)}, got {args.sizes!r}")
+    if args.dtype:
+        try:
+            parse_dtype(args.dtype)
+        except ValueError as e:
+            parser.error(f"--dtype: {e}")
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()] if args.ops else None
+    try:
+        check_choice(ops, None)
+    except WorkbenchError as e:
+        parser.error(f"--ops: {e}")
+    try:
+        experts = tuple(int(e) for e in args.moe_experts.split(",") if e.strip())
+    except ValueError:
+        experts = (0,)
+    if any(n < 1 for n in experts):
+        parser.error(f"--moe-experts must be comma-separated positive integers, got {args.moe_experts!r}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out!r} is a file; give a folder for the JSON and HTML")
+    return ops, experts
 
 
 def run_check(device: str, dtype, ops: list[str] | None) -> dict:

@@ -210,24 +210,24 @@ def _ratio(result: dict, ours: str, theirs: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    fixed = " and ".join(f"{n} ({c['batch_size']} x {c['seq_len']})" for n, c in CASES.items() if "seq_len" in c)
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8, help=f"sequences per step ({fixed} ignore --batch-size "
+                   "and --seq-len: their shapes are fixed)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (see --batch-size)")
     p.add_argument("--steps", type=int, default=6, help="timed steps per model (median is reported)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"comma-separated, from {', '.join(CASES)}; {fixed} ignore --batch-size and --seq-len")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--compile", action="store_true",
                    help="also time both models under torch.compile (compiled against compiled)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "figures" / "train_throughput.json"))
     args = p.parse_args(argv)
-    if args.threads:
+    names = check_args(p, args)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = get_device(args.device)
-    names = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        raise SystemExit(f"unknown case(s) {unknown}; choose from {list(CASES)}")
     hf_version = transformers_version()
     if hf_version is None:
         print(NO_TRANSFORMERS, file=sys.stderr)
@@ -248,6 +248,28 @@ def main(argv: list[str] | None = None) -> dict:
     write_json_atomic(out, report)
     print(json.dumps(report, indent=2))
     return report
+
+
+def check_args(parser: argparse.ArgumentParser, args) -> list[str]:
+    """Every argument checked before any model is built or probe run (a bad value used to surface as a traceback,
+    some only after minutes of earlier cases); returns the case names. One line per problem, via parser.error."""
+    for name, low in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("seq_len", 1)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not names:
+        parser.error(f"--cases names no case; choose from {', '.join(CASES)}")
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    for name in names:  # the cases that take --seq-len must fit their preset's positions
+        limit = get_preset(CASES[name]["preset"]).max_position_embeddings
+        seq_len = CASES[name].get("seq_len", args.seq_len)
+        if seq_len > limit:
+            parser.error(f"--seq-len {seq_len} exceeds {name}'s max_position_embeddings ({limit})")
+    return names
 
 
 def score_case(row: dict) -> dict:

@@ -67,12 +67,6 @@ def test_train_throughput_compile_option_times_both_libraries_compiled(tmp_path,
     assert row["target_met"] == (row["ratio"] >= 1.5)
 
 
-def test_train_throughput_rejects_unknown_cases():
-    pytest.importorskip("transformers")
-    with pytest.raises(SystemExit, match="unknown case"):
-        _load("train_throughput").main(["--cases", "glm9-huge"])
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # fakes: the plumbing of the scripts is under test here, not the speed of this machine
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,3 +259,43 @@ def test_on_device_says_when_the_kernel_tests_are_skipped_for_want_of_pytest(tmp
     calls, log = _run_on_device(tmp_path, "cpu", has_pytest=False)
     assert "kernel tests skipped: pytest is not installed" in log
     assert not any("-m pytest" in c for c in calls)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--steps", "0"], "--steps"), (["--warmup", "-1"], "--warmup"), (["--batch-size", "0"], "--batch-size"),
+    (["--seq-len", "0"], "--seq-len"), (["--threads", "0"], "--threads"), (["--threads", "-1"], "--threads"),
+    (["--cases", "glm9-huge"], "unknown case"), (["--cases", ","], "--cases"),
+    (["--cases", "glm4-dense", "--seq-len", "4096"], "max_position_embeddings"),
+])
+def test_train_throughput_rejects_bad_arguments_before_any_work(monkeypatch, capsys, args, says):
+    bench = _load("train_throughput")
+    monkeypatch.setattr(bench, "run_case", _no_work)
+    monkeypatch.setattr(bench, "measure_gemm_peak", _no_work)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(args)
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_train_throughput_help_says_which_cases_have_fixed_shapes(capsys):
+    with pytest.raises(SystemExit):
+        _load("train_throughput").main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "glm5-tiny-s1024 (2 x 1024) and glm5-tiny-s2048 (1 x 2048) ignore --batch-size and --seq-len" in text
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--repeats", "0"], "--repeats"), (["--threads", "0"], "--threads"), (["--moe-experts", "x"], "--moe-experts"),
+    (["--moe-experts", "0"], "--moe-experts"), (["--sizes", "huge"], "--sizes"), (["--ops", "nope"], "--ops"),
+    (["--dtype", "fp64"], "--dtype"),
+])
+def test_kernels_script_rejects_bad_arguments_before_any_work(monkeypatch, capsys, args, says):
+    from workbench.kernels import bench as kbench
+    from workbench.kernels import correctness
+
+    monkeypatch.setattr(correctness, "check_all", _no_work)
+    monkeypatch.setattr(kbench, "run_benchmark", _no_work)
+    with pytest.raises(SystemExit) as exit_:
+        _load("kernels").main(args)
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err.strip().splitlines()[-1]
