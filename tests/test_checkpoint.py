@@ -241,3 +241,27 @@ def test_a_file_size_limit_while_writing_the_optimizer_names_the_file(tmp_path):
     assert caught.value.filename and caught.value.filename.endswith("optimizer.pt"), caught.value
     assert ckpt.latest_good_checkpoint(tmp_path) == good
     assert [p.name for p in tmp_path.iterdir()] == [good.name]
+
+
+def test_a_checkpoint_pruned_while_it_is_verified_is_no_damage(tmp_path, monkeypatch):
+    """A reader without the lock (`workbench export` while the run trains) saw the run's --keep-last pruning delete
+    the checkpoint it was verifying, and warned that it was partial (or failed with "No such file"); it now takes
+    the newer checkpoint the run wrote, without a warning."""
+    import shutil
+
+    model, opt = _model_and_optimizer()
+    _save(tmp_path, 1, model, opt)
+    chosen = _save(tmp_path, 2, model, opt)
+    digest, raced = ckpt._sha256, []
+
+    def pruned_meanwhile(path):
+        if not raced:
+            raced.append(path)
+            shutil.copytree(chosen, tmp_path / "step_0000003")
+            shutil.rmtree(chosen)
+        return digest(path)
+
+    monkeypatch.setattr(ckpt, "_sha256", pruned_meanwhile)
+    warned = []
+    assert ckpt.latest_good_checkpoint(tmp_path, warn=warned.append, read_only=True).name == "step_0000003"
+    assert raced and not warned, warned

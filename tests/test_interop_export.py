@@ -74,3 +74,41 @@ def test_a_bpe_run_exports_its_tokenizer_for_transformers(tmp_path):
     assert fast.encode(text) == list(ours.encode(text))
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["eos_token_id"] == ours.eos_id
+
+
+def _pruned_while_read(monkeypatch, run, times: int) -> list[str]:
+    """Make the first ``times`` checkpoint loads find their checkpoint pruned, as a run still training with
+    --keep-last does: a newer checkpoint appears and the one export chose is deleted before it is read."""
+    import shutil
+
+    load, loaded = ckpt.load_checkpoint, []
+
+    def racing_load(path, *args, **kwargs):
+        loaded.append(path.name)
+        if len(loaded) <= times:
+            steps = [step for step, _ in ckpt.list_checkpoints(path.parent)]
+            shutil.copytree(path, path.parent / ckpt.step_dir_name(max(steps) + 1))
+            shutil.rmtree(path)
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "load_checkpoint", racing_load)
+    return loaded
+
+
+def test_export_of_a_run_that_prunes_its_checkpoints_meanwhile_takes_the_newest(tmp_path, monkeypatch, capsys):
+    """The checkpoint export chose was deleted by the training run's --keep-last pruning while it was read: export
+    failed with "checkpoint ... is partial: no manifest.json", telling the user a sound run was damaged."""
+    run = _train(tmp_path / "run", "glm4-tiny")
+    loaded = _pruned_while_read(monkeypatch, run, times=2)
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 0
+    out, err = capsys.readouterr()
+    assert loaded == ["step_0000002", "step_0000003", "step_0000004"]
+    assert "exported" in out and "step_0000004" in out and "partial" not in out + err, out + err
+
+
+def test_export_gives_up_on_a_run_that_keeps_pruning_with_a_clear_line(tmp_path, monkeypatch, capsys):
+    run = _train(tmp_path / "run", "glm4-tiny")
+    _pruned_while_read(monkeypatch, run, times=100)
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--step" in err and "partial" not in err, err

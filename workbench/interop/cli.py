@@ -22,6 +22,9 @@ from pathlib import Path
 from workbench.errors import WorkbenchError
 from workbench.params import output_folder
 
+# How often export chooses again when the run, still training, deleted the checkpoint it was reading.
+TRIES = 5
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `workbench train` (holds config.json and checkpoints/)")
@@ -50,6 +53,34 @@ def _checkpoint(run: Path, step: int | None) -> Path:
     return path
 
 
+def _load_checkpoint(run: Path, step: int | None, model) -> Path:
+    """Load the checkpoint to export into ``model``; returns its folder. A run that still trains may delete the chosen
+    checkpoint while it is read (its --keep-last pruning, after writing a newer one): that is no damage, so export
+    takes the then-newest one, up to ``TRIES`` times, instead of calling the run's checkpoint partial or corrupt."""
+    from safetensors import SafetensorError
+
+    from workbench.train import checkpoint as ckpt
+
+    root = run / "checkpoints"
+    for _ in range(TRIES):
+        newest = ckpt.newest_step(root)
+        path = _checkpoint(run, step)
+        try:
+            ckpt.load_checkpoint(path, model)
+            return path
+        except (ckpt.CorruptCheckpointError, OSError, SafetensorError) as exc:
+            if not ckpt.was_superseded(path, newest):
+                if isinstance(exc, OSError):
+                    raise
+                raise WorkbenchError(str(exc)) from None
+            if step is not None:
+                raise WorkbenchError(f"the checkpoint of step {step} in {run} was deleted while export read it (the "
+                                     f"run still trains and keeps only its newest --keep-last checkpoints); export "
+                                     f"another --step, or the newest without --step") from None
+    raise WorkbenchError(f"{run} still trains and replaced its newest checkpoint {TRIES} times while export read it; "
+                         f"export again, or export once the run is done (or pass --step N of a checkpoint it keeps)")
+
+
 def export_run(run: str | Path, out: str | Path, step: int | None = None) -> dict:
     """Export run folder ``run`` to ``out`` (which must not hold files yet). Returns what was written."""
     from workbench.interop.hf import config_to_hf, to_hf
@@ -68,9 +99,8 @@ def export_run(run: str | Path, out: str | Path, step: int | None = None) -> dic
         raise WorkbenchError(f"--out {out} already holds files; export into a new or empty folder")
     model_config = ModelConfig.from_dict(settings["model"])
     config_to_hf(model_config)  # a model transformers cannot express fails here, before anything is read or made
-    path = _checkpoint(run, step)
     model = build_model(model_config)
-    ckpt.load_checkpoint(path, model)
+    path = _load_checkpoint(run, step, model)
     to_hf(model, out)
     written = {"checkpoint": str(path), "out": str(out), "tokenizer": None}
     tokenizer_file = run / "tokenizer.json"

@@ -393,15 +393,40 @@ def latest_good_checkpoint(root: str | Path, warn: Callable[[str], None] | None 
     warn = warn or (lambda message: warnings.warn(message, stacklevel=2))
     if not read_only:
         finish_interrupted_saves(root)
-    candidates = list(reversed(list_checkpoints(root)))
-    for i, (_, path) in enumerate(candidates):
-        try:
-            verify_checkpoint(path)
-            return path
-        except CorruptCheckpointError as exc:
-            warn(f"{exc}; " + ("falling back to the previous checkpoint" if i + 1 < len(candidates)
-                               else "no earlier checkpoint is left"))
+    for _ in range(RESCANS):
+        candidates = list(reversed(list_checkpoints(root)))
+        newest = candidates[0][0] if candidates else -1
+        for i, (_, path) in enumerate(candidates):
+            try:
+                verify_checkpoint(path)
+                return path
+            except (CorruptCheckpointError, FileNotFoundError) as exc:
+                if was_superseded(path, newest):  # pruned by the run while read: look again, it is no damage
+                    break
+                warn(f"{exc}; " + ("falling back to the previous checkpoint" if i + 1 < len(candidates)
+                                   else "no earlier checkpoint is left"))
+        else:
+            return None
     return None
+
+
+# How often a reader looks again when the run, still training, replaced the checkpoint it was reading.
+RESCANS = 5
+
+
+def newest_step(root: str | Path) -> int:
+    """The highest step among the checkpoint folders under ``root`` (-1 when there is none)."""
+    found = list_checkpoints(root)
+    return found[-1][0] if found else -1
+
+
+def was_superseded(path: str | Path, newest_seen: int) -> bool:
+    """Whether ``path`` failed to read because a run still training replaced it, not because it is damaged: it is
+    gone, or a checkpoint newer than ``newest_seen`` (the newest before the read began) has appeared. Pruning
+    (``--keep-last``) deletes old checkpoints only after writing a newer one, so a damaged checkpoint in a run that
+    writes nothing never counts as superseded."""
+    path = Path(path)
+    return not path.is_dir() or newest_step(path.parent) > newest_seen
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: Any | None = None,
