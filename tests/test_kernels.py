@@ -547,6 +547,10 @@ def test_cli_list_and_check(capsys):
     assert "torch_npu" in capsys.readouterr().out
     assert main(["kernels", "check", "--device", "cpu", "--ops", "swiglu", "--dtypes", "fp32"]) == 0
     assert "checks passed" in capsys.readouterr().out
+    # --json: stdout is one JSON document (the summary line after the array made json.load fail: "Extra data")
+    assert main(["kernels", "check", "--device", "cpu", "--ops", "swiglu", "--dtypes", "fp32", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert all(row["passed"] for row in json.loads(captured.out)) and "checks passed" in captured.err
     assert main(["kernels", "bench", "--device", "cpu", "--repeats", "0"]) == 2
 
 

@@ -112,7 +112,9 @@ def _check(args) -> int:
             print(f"{r.op:<22}{r.impl:<11}{r.case[:33]:<34}{r.dtype:<6}{r.forward_error:>10.2e}"
                   f"{r.backward_error:>10.2e}{r.tolerance:>8.0e}  {'yes' if r.passed else 'NO ' + r.note}")
     failed = [r for r in results if not r.passed]
-    print(f"{len(results) - len(failed)}/{len(results)} checks passed on {dev.torch_device}")
+    # with --json the summary goes to stderr, so stdout is one JSON document (as `kernels bench --json` does)
+    print(f"{len(results) - len(failed)}/{len(results)} checks passed on {dev.torch_device}",
+          file=sys.stderr if args.json else sys.stdout)
     return 1 if failed else 0
 
 
