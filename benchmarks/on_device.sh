@@ -5,7 +5,7 @@
 # catalog peak), and the kernel tests with WORKBENCH_TEST_DEVICE set. Each step has its own time limit and the
 # script goes on when one fails, so a single call brings back everything that ran.
 #
-#   bash benchmarks/on_device.sh [cuda|npu|cpu]      # cpu: a dry run of the script itself, at tiny sizes
+#   bash benchmarks/on_device.sh [cuda|npu|cpu]      # cpu: a dry run of the script itself at toy sizes (~1 min)
 #
 # Everything fits in BUDGET seconds (default 540: give the device tool timeout_s=600). Writes to $OUT (the device
 # tool's folder) or runs/on_device: log.txt (all output), info.json, kernels_check.txt, kernels_forward.json,
@@ -32,7 +32,9 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   done
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-if [ "$DEVICE" = cpu ]; then SIZES=tiny; REPEATS=1; STEPS=1; CASES=glm4-dense; else SIZES=large; REPEATS=5; STEPS=6
+if [ "$DEVICE" = cpu ]; then  # the dry run: every step at a toy size (one training step of 1 x 32 tokens, one MoE E)
+  SIZES=tiny; REPEATS=1; EXPERTS=8; CASES=glm4-dense; TRAIN_SHAPE=(--batch-size 1 --seq-len 32 --steps 1 --warmup 1)
+else SIZES=large; REPEATS=5; EXPERTS=8,16,32,64; TRAIN_SHAPE=(--steps 6)
   CASES=glm4-dense,glm4-small-dense,glm45-tiny,glm5-tiny,glm5-tiny-s1024,glm5-tiny-s2048; fi
 
 step() {  # step NAME SECONDS COMMAND...: run one check with its own limit, log it, never stop the script
@@ -49,12 +51,12 @@ step machine 30 bash -c "nvidia-smi 2>/dev/null || npu-smi info 2>/dev/null || l
 step info 60 bash -c "$PY -m workbench info --device $DEVICE --json > $OUT/info.json"
 # the training numbers first: they are the most valuable result of a few lent minutes, and the script rewrites its
 # JSON after every case, so a step cut off by its limit still brings back the cases that finished
-step train-throughput 240 "$PY" benchmarks/train_throughput.py --device "$DEVICE" --steps "$STEPS" --cases "$CASES" \
-  --out "$OUT/train_throughput.json"
+step train-throughput 240 "$PY" benchmarks/train_throughput.py --device "$DEVICE" "${TRAIN_SHAPE[@]}" \
+  --cases "$CASES" --out "$OUT/train_throughput.json"
 step kernels-check 120 bash -c "$PY -m workbench kernels check --device $DEVICE > $OUT/kernels_check.txt"
 for mode in forward train; do
   step "kernels-bench-$mode" 120 "$PY" benchmarks/kernels.py --device "$DEVICE" --sizes "$SIZES" --mode "$mode" \
-    --repeats "$REPEATS" --skip-check --out "$OUT/kernels_$mode"
+    --repeats "$REPEATS" --moe-experts "$EXPERTS" --skip-check --out "$OUT/kernels_$mode"
   # only the JSON comes back (the device tool returns at most 8 files): move it up, drop the HTML chart
   mv -f "$OUT/kernels_$mode/kernels_bench.json" "$OUT/kernels_$mode.json" 2>/dev/null
   rm -rf "$OUT/kernels_$mode"

@@ -299,3 +299,11 @@ def test_kernels_script_rejects_bad_arguments_before_any_work(monkeypatch, capsy
         _load("kernels").main(args)
     assert exit_.value.code == 2
     assert says in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_on_device_cpu_dry_run_uses_tiny_training_shapes(tmp_path):
+    """`on_device.sh cpu` is a dry run of the script: the training benchmark at a toy shape, not 8 x 256."""
+    calls, _ = _run_on_device(tmp_path, "cpu")
+    (train,) = [c.split() for c in calls if "train_throughput.py" in c]
+    for flag, value in (("--batch-size", "1"), ("--seq-len", "32"), ("--steps", "1"), ("--warmup", "1")):
+        assert train[train.index(flag) + 1] == value, flag
