@@ -279,6 +279,17 @@ def test_cli_profile_unknown_preset_names_toy_and_makes_no_folder(tmp_path, caps
     assert "choose toy" in capsys.readouterr().err and not (tmp_path / "prof").exists()
 
 
+def test_cli_profile_refuses_a_kernel_this_device_cannot_run_before_profiling(tmp_path, capsys):
+    """`--kernels attention=triton` on a cpu failed only inside the first profiled step, leaving trace.json and a
+    train/ folder behind; `kernels check/bench` refused the same choice up front."""
+    from workbench.cli import main
+
+    out = tmp_path / "prof"
+    assert main(["profile", "--preset", "glm4-tiny", "--device", "cpu", "--kernels", "attention=npu",
+                 "--out", str(out)]) == 2
+    assert "--kernels attention=npu" in capsys.readouterr().err and not out.exists()
+
+
 def test_a_trainer_profile_gives_attention_its_share_of_the_ideal(tmp_path):
     """SDPA reports no FLOPs to the profiler: the ideal went 100% to matmul, so 'matmul below peak' went negative
     by attention's share. The split now comes from the model's FLOP accounting."""

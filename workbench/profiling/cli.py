@@ -99,6 +99,22 @@ def _join_launch(args) -> tuple[dict, int]:
     return kwargs, dist.get_rank()
 
 
+def _check_kernel_choices(choices: dict[str, str], device: str) -> None:
+    """Refuse a --kernels choice that cannot run on this device before anything is profiled: `attention=triton` on
+    a cpu failed only inside the first step, leaving trace.json and a train/ folder in --out."""
+    if not choices:
+        return
+    from workbench.distributed.mesh import process_device
+    from workbench.kernels import registry
+
+    device_type = process_device(device).type
+    for op, impl in choices.items():
+        try:
+            registry.resolve_impl(op, device_type, impl)
+        except registry.KernelUnavailableError as exc:
+            raise WorkbenchError(f"--kernels {op}={impl}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from workbench.kernels import call_counts, use_kernels
     from workbench.profiling.session import ProfileConfig
@@ -120,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise WorkbenchError(f"--out {out} is a file, not a folder")
     distributed, rank = _join_launch(args)
+    _check_kernel_choices(args.kernels, args.device)
     # under `workbench launch` every rank profiles its own share of the data-parallel step: rank 0 writes to --out
     # (the trainer's run folder is rank 0's), the others beside it, so no rank reads another's trace
     rank_out = out if rank == 0 else out / f"rank{rank}"
