@@ -325,3 +325,68 @@ def test_runner_refuses_an_fp16_case_before_launching(monkeypatch, capsys):
         runner.main(["--cases", "glm4-tiny:fsdp=2:fp16", "--tiny"])
     assert "fp16 is refused" in capsys.readouterr().err
     assert runner.parse_cases("glm4-tiny:fsdp=2:bf16") == [("glm4-tiny", "fsdp=2", "bf16")]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for a reaper that never comes does not)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_sigkill_of_the_launcher_takes_torchrun_and_every_worker_with_it(tmp_path):
+    """torchrun runs in its own session, so `kill -9` (or the OOM killer) of the launcher left torchrun and every rank
+    training as orphans, still writing checkpoints, and the user's --resume was refused (the run folder in use)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from workbench.distributed.launcher.launch import _descendants
+
+    worker = tmp_path / "sleeper.py"
+    worker.write_text("import os, pathlib, time\n"
+                      "pathlib.Path(os.environ['PIDS'], os.environ['RANK']).write_text(str(os.getpid()))\n"
+                      "time.sleep(120)\n")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launcher = subprocess.Popen([sys.executable, "-m", "workbench", "launch", "--nproc", "2", "--run-dir",
+                                 str(tmp_path / "run"), "--", str(worker)], env={**env, "PIDS": str(pids)},
+                                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    below = []
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        below = _descendants(launcher.pid)  # torchrun and its workers
+        assert len(list(pids.iterdir())) == 2 and len(below) >= 3, "the workers never started"
+        launcher.kill()
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(_running(pid) for pid in below) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = [pid for pid in below if _running(pid)]
+    finally:  # on a failure, take torchrun and the workers (in their own sessions) down too
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        launcher.kill()
+    assert not alive, f"still running after the launcher was killed: {alive}"
+
+
+def test_the_parent_death_signal_is_a_no_op_off_linux(monkeypatch):
+    import importlib
+
+    launch_module = importlib.import_module("workbench.distributed.launcher.launch")  # the module, not launch()
+    monkeypatch.setattr(launch_module.sys, "platform", "darwin")
+    assert launch_module._die_with_parent_hook() is None

@@ -386,6 +386,35 @@ def _stop_workers_on_termination():
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes torchrun receive SIGTERM when the launcher dies, however it dies.
+
+    torchrun runs in its own session so that a timeout can stop its whole group, which also keeps every signal to
+    the launcher from reaching it: a SIGKILL of the launcher (kill -9, the OOM killer) left torchrun and every rank
+    training as orphans, writing checkpoints into a run folder that refused the user's --resume. Linux's
+    PR_SET_PDEATHSIG has the kernel send SIGTERM to torchrun when the thread that started it ends; torchrun then
+    stops its workers. None (nothing to do) on other systems or where libc cannot be loaded."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # the process's own symbols: libc's (no ldconfig search)
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def die_with_parent() -> None:  # runs in the child between fork and exec: no imports, no allocations to speak of
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before the line above: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return die_with_parent
+
+
 def check_rendezvous_port(config: LaunchConfig) -> None:
     """On one node with a given --rdzv-endpoint on this machine, fail now if its port is taken: torchrun waited
     silently for the holder to go away (another launch on the same endpoint, or any other program)."""
@@ -432,9 +461,11 @@ def launch(command: Sequence[str], config: LaunchConfig | None = None, *, run_di
                  "PYTHONUNBUFFERED": "1", **(env or {})}
     log: list[str] = []
     start = time.perf_counter()
-    # A new session makes torchrun the leader of its own process group, so a timeout can end all of it.
+    # A new session makes torchrun the leader of its own process group, so a timeout can end all of it; the
+    # parent-death signal ends it when the launcher is killed outright.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env,
-                            encoding="utf-8", errors="replace", start_new_session=True, bufsize=1)
+                            encoding="utf-8", errors="replace", start_new_session=True, bufsize=1,
+                            preexec_fn=_die_with_parent_hook())
     timer = None
     timed_out = threading.Event()
     if timeout_s is not None:
