@@ -53,3 +53,14 @@ def test_models_refuses_a_seq_len_no_preset_can_take(capsys):
     assert len(err.strip().splitlines()) == 1
     assert main(["models", "--seq-len", "0"]) == 2
     assert "seq_len must be >= 1 (got 0)" in capsys.readouterr().err
+
+
+def test_models_says_which_vocabulary_it_counted(capsys):
+    """The table counted glm4-tiny at its preset's 2048-token vocabulary (17.84M) without a word, while train and
+    the README say 16.0M with the byte-level tokenizer."""
+    from workbench.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "17.84M" in out and "byte-level: 257 tokens, so glm4-tiny trains 16.00M" in out
+

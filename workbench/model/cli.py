@@ -56,6 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=4096, help="sequence length for the FLOPs column")
 
 
+def _vocabulary_note() -> str:
+    """The tiny presets are counted at their own 2048-token vocabulary, while `workbench train` sizes the embedding
+    to its tokenizer: without this line the table's 17.84M for glm4-tiny contradicted train's and README's 16.0M."""
+    from workbench.data.tokenizer import ByteTokenizer
+    from workbench.model import get_preset
+    from workbench.model.accounting import count_parameters
+
+    tiny = get_preset("glm4-tiny")
+    byte_vocab = ByteTokenizer().vocab_size
+    trained = count_parameters(tiny.replace(vocab_size=byte_vocab)).total
+    return (f"vocabulary: each preset's own (the tiny presets {tiny.vocab_size}); `workbench train` takes its "
+            f"tokenizer's instead (byte-level: {byte_vocab} tokens, so glm4-tiny trains {_fmt(trained)}).")
+
+
 def run(args: argparse.Namespace) -> int:
     table = rows(args.seq_len)
     if args.json:
@@ -75,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
     print("active = per-token params without embedding/LM head and MTP (model-card convention); "
           "total includes MTP layers.")
+    print(_vocabulary_note())
     short = [r for r in table if r["flops_per_token"] is None]
     if short:
         names = ", ".join(f"{r['name']} {r['max_seq_len']}" for r in short)
