@@ -21,13 +21,14 @@ def _load(name: str):
 def test_train_throughput_reports_both_models_targets_and_context_rows(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     bench = _load("train_throughput")
+    monkeypatch.setattr(bench, "measure_gemm_peak", _fake_gemm_peak)  # seconds of GEMM probes: not under test here
     # toy shapes: the per-case shapes of the long-sequence cases are shrunk so the smoke test stays quick
     for name in ("glm5-tiny-s1024", "glm5-tiny-s2048"):
         monkeypatch.setitem(bench.CASES, name, {**bench.CASES[name], "batch_size": 1, "seq_len": 48})
     out = tmp_path / "tt.json"
     report = bench.main(["--cases", "glm4-dense,glm45-tiny,glm5-tiny-s2048", "--batch-size", "1", "--seq-len", "40",
                          "--steps", "1", "--warmup", "0", "--out", str(out)])
-    assert json.loads(out.read_text()) == report
+    assert json.loads(out.read_text()) == report and report["complete"] is True
     assert report["cpu_allocator"] in ("jemalloc", "tcmalloc", "mimalloc", "system malloc", "unknown")
     rows = {r["case"]: r for r in report["cases"]}
     assert set(rows) == {"glm4-dense", "glm45-tiny", "glm5-tiny-s2048"}
@@ -54,6 +55,7 @@ def test_train_throughput_compile_option_times_both_libraries_compiled(tmp_path,
     import torch
 
     bench = _load("train_throughput")
+    monkeypatch.setattr(bench, "measure_gemm_peak", _fake_gemm_peak)
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(type(model).__name__) or model)
     report = bench.main(["--cases", "glm45-tiny", "--batch-size", "1", "--seq-len", "24", "--steps", "1",
