@@ -6,15 +6,34 @@ The trainer never needs this file: ``load_corpus("default")`` generates the same
 """
 
 import argparse
+import sys
 from pathlib import Path
 
-from workbench.data.stories import DEFAULT_NUM_STORIES, VERSION, generate_stories
+# run from a checkout without an installed package too (python datasets/generate_default_corpus.py ...)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workbench.data.stories import DEFAULT_NUM_STORIES, VERSION, generate_stories  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="the text file to write (its folder is created)")
+    parser.add_argument("--stories", type=int, default=DEFAULT_NUM_STORIES, help="how many stories (>= 1)")
+    args = parser.parse_args(argv)
+    # checked before the ~10 s of generating: a bad value or an unwritable path used to end in a traceback after it
+    if args.stories < 1:
+        parser.error(f"--stories must be >= 1, got {args.stories}")
+    if args.out.is_dir():
+        parser.error(f"{args.out} is a folder; give a file name, e.g. {args.out / 'synthstories-v1.txt'}")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        stories = generate_stories(args.stories)
+        args.out.write_text("\n\n".join(stories) + "\n", encoding="utf-8")
+    except OSError as exc:
+        parser.error(f"cannot write {args.out}: {exc.strerror or exc}")
+    print(f"{VERSION}: {len(stories)} stories, {args.out.stat().st_size / 1e6:.1f} MB -> {args.out}")
+    return 0
+
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--stories", type=int, default=DEFAULT_NUM_STORIES)
-    args = parser.parse_args()
-    stories = generate_stories(args.stories)
-    args.out.write_text("\n\n".join(stories) + "\n", encoding="utf-8")
-    print(f"{VERSION}: {len(stories)} stories, {args.out.stat().st_size / 1e6:.1f} MB -> {args.out}")
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -369,3 +370,19 @@ def test_a_damaged_pack_in_the_cache_is_packed_again(tmp_path, damage):
         again = pack_corpus(corpus, ByteTokenizer(), cache_dir=tmp_path)
     assert len(again.train) == expected[1] and np.array_equal(np.array(again.train[:1000]), expected[0])
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # the damaged copy is gone
+
+
+def test_generate_default_corpus_script_checks_its_arguments_first(tmp_path, capsys):
+    """--stories 0 and a path in a missing folder ended in tracebacks, the latter after generating every story."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "generate_default_corpus", Path(__file__).resolve().parents[1] / "datasets" / "generate_default_corpus.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([str(tmp_path / "x.txt"), "--stories", "0"])
+    assert exit_info.value.code == 2 and "--stories must be >= 1" in capsys.readouterr().err
+    nested = tmp_path / "new" / "folder" / "stories.txt"
+    assert script.main([str(nested), "--stories", "2"]) == 0
+    assert nested.read_text(encoding="utf-8").count("\n\n") == 1  # two stories, one paragraph break
