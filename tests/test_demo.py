@@ -64,3 +64,20 @@ def test_an_unwritable_out_and_ctrl_c_are_one_line(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(train_package, "train", interrupted)
     assert demo.main(["--out", str(tmp_path / "demo"), "--device", "cpu", "--steps", "1"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("steps, warmup", [(5, 0), (100, 10), (300, 20)])
+def test_a_short_demo_warms_up_for_fewer_steps(tmp_path, monkeypatch, steps, warmup):
+    """`--steps 10` kept 20 warm-up steps, and the trainer's warning told the user to set --warmup-steps, a flag the
+    demo does not have."""
+    import workbench.train as train_package
+
+    seen = []
+
+    def record(config):
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_package, "train", record)
+    demo.main(["--out", str(tmp_path / "demo"), "--device", "cpu", "--steps", str(steps)])
+    assert seen[0].warmup_steps == warmup and seen[0].warmup_steps < steps

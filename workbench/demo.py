@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             raise WorkbenchError(f"--minutes must be a positive number, got {args.minutes}")
         steps = args.steps if args.steps is not None else (300 if device.type == "cpu" else 2000)
         config = TrainConfig(preset=args.preset, steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                             device=args.device, out_dir=str(out), lr=3e-3, warmup_steps=20, eval_every=50,
+                             device=args.device, out_dir=str(out), lr=3e-3,
+                             # 20 warm-up steps, fewer on a short --steps run: the trainer's warning about warm-up
+                             # >= steps named --warmup-steps, which the demo does not have
+                             warmup_steps=min(20, steps // 10), eval_every=50,
                              ckpt_every=100, log_every=10, progress=not args.no_progress, sample_tokens=120,
                              time_limit_s=60.0 * args.minutes)
         check_early(config)  # the preset exists: checked before anything in --out is touched
