@@ -390,3 +390,17 @@ def test_the_parent_death_signal_is_a_no_op_off_linux(monkeypatch):
     launch_module = importlib.import_module("workbench.distributed.launcher.launch")  # the module, not launch()
     monkeypatch.setattr(launch_module.sys, "platform", "darwin")
     assert launch_module._die_with_parent_hook() is None
+
+
+@pytest.mark.parametrize("value", ["garbage", "4h", "01:00:00:00", "1-", ":30"])
+def test_slurm_refuses_a_time_sbatch_would_refuse(value, capsys, tmp_path):
+    """'--time garbage' went into '#SBATCH --time=garbage': the mistake showed only when sbatch ran on the cluster."""
+    script = tmp_path / "job.sbatch"
+    assert main(["launch", "--slurm", str(script), "--time", value, "--", "models"]) == 2
+    _one_error_line(capsys, "launch", "is not a Slurm time limit")
+    assert not script.exists()
+
+
+@pytest.mark.parametrize("value", ["90", "30:00", "04:00:00", "2-12", "1-00:30", "1-02:03:04", "UNLIMITED"])
+def test_slurm_takes_every_time_form_sbatch_takes(value):
+    assert SlurmConfig(time=value).time == value

@@ -6,12 +6,18 @@ allocation hosts the c10d rendezvous. Used by ``workbench launch --slurm``.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from workbench.errors import ConfigError
+
+
+# sbatch --time's accepted forms (man sbatch): minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds; and the words UNLIMITED / INFINITE
+_SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
 
 
 @dataclass
@@ -44,6 +50,10 @@ class SlurmConfig:
             if not value or any(ch.isspace() or not ch.isprintable() for ch in value):
                 raise ConfigError(f"slurm: {name}={value!r} must be non-empty, without spaces, newlines or "
                                   "control characters")
+        if self.time is not None and not _SLURM_TIME.fullmatch(self.time):
+            # written as is into "#SBATCH --time=": a typo surfaced only when sbatch refused it on the cluster
+            raise ConfigError(f"slurm: time={self.time!r} is not a Slurm time limit; use minutes, MM:SS, HH:MM:SS, "
+                              f"D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED (e.g. 04:00:00)")
 
 
 def slurm_script(config: SlurmConfig, command: Sequence[str]) -> str:
