@@ -404,3 +404,15 @@ def test_slurm_refuses_a_time_sbatch_would_refuse(value, capsys, tmp_path):
 @pytest.mark.parametrize("value", ["90", "30:00", "04:00:00", "2-12", "1-00:30", "1-02:03:04", "UNLIMITED"])
 def test_slurm_takes_every_time_form_sbatch_takes(value):
     assert SlurmConfig(time=value).time == value
+
+
+@pytest.mark.parametrize("results, said", [([None, None], "log in"), ([{"rank": 0}, {"rank": 1}], "2/2 rank results")])
+def test_a_command_that_writes_no_rank_results_is_not_reported_as_0_of_n(results, said, monkeypatch, capsys, tmp_path):
+    """`launch -- profile` ended with '0/2 rank results', which read as a failure of two ranks that had profiled."""
+    from workbench.distributed.launcher.launch import LaunchResult
+
+    monkeypatch.setattr("workbench.distributed.launch_cli.launch", lambda *a, **k: LaunchResult(
+        returncode=0, run_dir=tmp_path, results=results, wall_s=1.0))
+    assert main(["launch", "--nproc", "2", "--run-dir", str(tmp_path), "--", "models"]) == 0
+    out = capsys.readouterr().out
+    assert said in out and "0/2" not in out

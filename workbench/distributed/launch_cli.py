@@ -69,8 +69,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"workbench launch: {result.failure_summary()}", file=sys.stderr)
         return result.cli_returncode
     wrote = sum(r is not None for r in result.results)
-    print(f"workbench launch: exit 0 after {result.wall_s:.1f}s; "
-          f"{wrote}/{len(result.results)} rank results in {result.run_dir / 'results'}")
+    # a command that writes no rank results (profile, a plain script) succeeded all the same: "0/2 rank results"
+    # read as a failure
+    where = (f"{wrote}/{len(result.results)} rank results in {result.run_dir / 'results'}" if wrote else
+             f"log in {result.run_dir / 'launch.log'}")
+    print(f"workbench launch: exit 0 after {result.wall_s:.1f}s; {where}")
     return 0
 
 
