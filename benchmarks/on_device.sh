@@ -14,10 +14,11 @@
 # null), without plotly the kernel benchmarks skip their charts (only their JSON comes back anyway), and without
 # pytest the kernel tests are skipped, saying so. Missing pure-Python packages can travel as wheels in .whl/
 # (untracked; the device tool copies untracked files that git does not ignore), unpacked into /tmp/site first.
-# Nothing fills .whl/ by itself: before the device call, on a machine with the network, run (~12 MB)
+# Nothing fills .whl/ by itself: before the device call, on a machine with the network, run (~13 MB)
 #   .venv/bin/pip download --no-deps --only-binary=:all: -d .whl \
-#       plotly narwhals packaging pytest pluggy iniconfig pygments
-# for the kernel charts and the kernel tests (transformers is not pure Python: it cannot travel this way).
+#       plotly narwhals packaging pytest pluggy iniconfig pygments setuptools
+# for the kernel charts and the kernel tests (setuptools: torch.compile's C++ builds in them). transformers is not
+# pure Python: it cannot travel this way.
 # Record the numbers, with the date and the machine, in benchmarks/README.md.
 set -u
 DEVICE=${1:-cuda}
