@@ -607,6 +607,17 @@ def test_an_override_that_turns_its_feature_on_is_read(tmp_path):
         "num_layers": 2, "index_n_heads": 0}), 300).use_dsa is False
 
 
+def test_config_json_records_the_layout_a_launched_run_trained(tmp_path, monkeypatch):
+    """Under `workbench launch --nproc 2 -- train` with no --parallel the run trains dp=2, and config.json said
+    'dp=1'."""
+    import workbench.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "dist_rank_world", lambda: (0, 2))
+    Trainer(tiny_config(tmp_path, steps=1, warmup_steps=0), model=StandIn(), log=lambda line: None).fit()
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["train"]["parallel"] == "dp=2" and recorded["world_size"] == 2
+
+
 def test_only_rank_zero_speaks(tmp_path, monkeypatch):
     """Under data parallelism every rank printed each step, with its own tokens/s, and the 'done' line."""
     import workbench.train.trainer as trainer_module

@@ -37,7 +37,6 @@ from torch.profiler import record_function
 
 from workbench.data import TokenLoader, build_tokenizer, load_corpus, load_tokenizer, pack_corpus
 from workbench.data.corpus import pre_v2_hash
-from workbench.device import get_device
 from workbench.errors import WorkbenchError
 from workbench.results import write_json_atomic
 from workbench.train import checkpoint as ckpt
@@ -641,8 +640,14 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         c = self.config
         if self.is_main_process:
+            train_settings = c.to_dict()
+            if self.world_size > 1 and c.parallel.strip() in ("", "dp=1"):
+                # under a launch the default "dp=1" means every rank data parallel (resolve_layout): config.json
+                # recorded "dp=1" for a run that trained dp=2
+                train_settings["parallel"] = f"dp={self.world_size}"
             write_json_atomic(self.run_dir / "config.json", {
-                "train": c.to_dict(), "model": _as_dict(self.model_config), "device": str(self.device.torch_device),
+                "train": train_settings, "world_size": self.world_size, "model": _as_dict(self.model_config),
+                "device": str(self.device.torch_device),
                 "dtype": str(self.dtype), "mfu_peak": self.peak.as_dict(), "flops_per_token": self.flops_per_token,
                 "params": self.num_params, "optimizer": getattr(self.optimizer, "implementation", "")})
         bar = None
