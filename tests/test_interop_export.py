@@ -49,6 +49,9 @@ def test_the_default_preset_exports_from_its_run_folder(tmp_path, capsys):
         torch.testing.assert_close(first.eval()(x).logits, _trained_model(run, step=1)(x).logits, rtol=0, atol=1e-4)
     assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 2
     assert "already holds files" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")  # it was told it 'already holds files'
+    assert main(["export", str(run), "--out", str(tmp_path / "a_file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["export", str(run), "--out", str(tmp_path / "x"), "--step", "7"]) == 2
     assert "no checkpoint of step 7; it has: 1, 2" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "y")]) == 2

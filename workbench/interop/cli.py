@@ -95,7 +95,9 @@ def export_run(run: str | Path, out: str | Path, step: int | None = None) -> dic
     if not isinstance(settings.get("model"), dict):
         raise WorkbenchError(f"{config_path} records no model settings (a run of a model that was not a workbench "
                              "GLM): nothing to export")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise WorkbenchError(f"--out {out} is a file, not a folder; export into a new or empty folder")
+    if out.exists() and any(out.iterdir()):
         raise WorkbenchError(f"--out {out} already holds files; export into a new or empty folder")
     model_config = ModelConfig.from_dict(settings["model"])
     config_to_hf(model_config)  # a model transformers cannot express fails here, before anything is read or made

@@ -38,7 +38,8 @@ def _override(text: str) -> tuple[str, object]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="glm4-tiny", help="model preset (see `workbench models`)")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps in total (a resumed run continues to it)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, npu, xpu, mps (optionally :index)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, npu, xpu, mps (optionally :index in a single process; under "
+                   "`workbench launch` each rank takes its LOCAL_RANK's device)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
