@@ -63,7 +63,8 @@ for mode in forward train; do
   rm -rf "$OUT/kernels_$mode"
 done
 if "$PY" -c 'import pytest' 2>/dev/null; then
-  step kernel-tests 120 bash -c "WORKBENCH_TEST_DEVICE=$DEVICE $PY -m pytest -q -x tests/test_kernels.py tests/test_kernels_triton_cases.py > $OUT/pytest.txt 2>&1"
+  step kernel-tests 120 bash -c "WORKBENCH_TEST_DEVICE=$DEVICE $PY -m pytest -q -x tests/test_kernels.py \
+    tests/test_kernels_triton_cases.py > $OUT/pytest.txt 2>&1"
 else  # said in the log and in pytest.txt, not a bare "No module named pytest" in the file alone
   echo "=== kernel-tests: kernel tests skipped: pytest is not installed for $PY (see .whl/ at the top)" \
     | tee -a "$OUT/log.txt" "$OUT/pytest.txt"

@@ -33,7 +33,8 @@ compiled). The targets stay judged on the default, eager, ratio: comparing a com
 transformers would credit the workbench with what torch.compile does for either library.
 Writes the JSON to ``--out`` (atomically) after every case, with ``"complete": false`` and each finished case's
 row printed as it ends, so a run cut off by a time limit keeps what it measured; the end adds the probe after all
-cases (``workbench_mfu_vs_best_peak``), marks it complete and prints the whole object. A benchmark, not a test: numbers depend on the machine and load.
+cases (``workbench_mfu_vs_best_peak``), marks it complete and prints the whole object.
+A benchmark, not a test: numbers depend on the machine and load.
 """
 
 from __future__ import annotations
