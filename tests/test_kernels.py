@@ -710,3 +710,17 @@ def test_grouped_mm_custom_op_passes_opcheck_also_without_rows():
                          (torch.randn(0, 8, requires_grad=True), torch.tensor([0, 0, 0]))):
         for fused in (True, False):
             torch.library.opcheck(torch_ops._grouped_mm_op, (rows, w, counts, fused))
+
+
+def test_cli_bench_without_plotly_says_why_there_is_no_chart(tmp_path, monkeypatch, capsys):
+    """With plotly missing the bench wrote its JSON and then printed 'wrote ... and None'."""
+    import sys
+
+    from workbench.cli import main
+
+    for name in ("plotly", "plotly.graph_objects"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["kernels", "bench", "--device", "cpu", "--ops", "rms_norm", "--sizes", "tiny", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "plotly is not installed" in out and "None" not in out

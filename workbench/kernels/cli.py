@@ -145,5 +145,6 @@ def _bench(args) -> int:
     paths = write_outputs(result, out)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     # with --json, stdout holds only the JSON (pipe it to jq / json.load); the note goes to stderr
-    print(f"\nwrote {paths['json']} and {paths['html']}", file=sys.stderr if args.json else sys.stdout)
+    wrote = f"{paths['json']} and {paths['html']}" if paths.get("html") else f"{paths['json']} ({paths.get('note')})"
+    print(f"\nwrote {wrote}", file=sys.stderr if args.json else sys.stdout)
     return 0
