@@ -266,3 +266,19 @@ def test_cli_bad_spec_exits_2_with_one_line(tmp_path, capsys, changes, field):
     assert code == 2
     assert len(lines) == 1 and field in lines[0] and "Traceback" not in captured.err
     assert captured.out == ""
+
+
+def test_cli_reads_a_utf8_bom_spec_and_names_a_file_that_is_not_utf8(tmp_path, capsys):
+    """A BOM-prefixed UTF-8 file (a Windows editor's default) was 'not valid JSON (Unexpected UTF-8 BOM)', and a
+    UTF-16 file printed the bare codec error, naming neither the file nor the encoding it needs."""
+    from workbench.cli import main
+
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(spec()).encode("utf-8"))
+    assert main(["simulate", str(bom), "--compact"]) == 0
+    assert json.loads(capsys.readouterr().out)["feasible"]
+    utf16 = tmp_path / "u16.json"
+    utf16.write_bytes(json.dumps(spec()).encode("utf-16"))
+    assert main(["simulate", str(utf16)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(utf16) in err[0] and "not UTF-8" in err[0]

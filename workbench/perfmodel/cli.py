@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _read_spec(path: str) -> dict:
-    text = sys.stdin.read() if path == "-" else _read_file(path)
+    text = sys.stdin.read().removeprefix("\ufeff") if path == "-" else _read_file(path)
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -36,8 +36,14 @@ def _read_spec(path: str) -> dict:
 
 
 def _read_file(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    """The spec's text. utf-8-sig: a BOM (a Windows editor's default) was rejected as invalid JSON; a file in another
+    encoding (UTF-16, Latin-1) printed the bare codec error, naming neither the file nor the encoding it needs."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the spec as UTF-8 "
+                             f"JSON") from None
 
 
 def run(args: argparse.Namespace) -> int:
