@@ -476,3 +476,13 @@ def test_dsa_indexer_projections_are_charged_only_where_an_indexer_runs():
     assert gemm(DSA, 1024) == pytest.approx(gemm(no_indexer, 1024))  # S <= top-k: no indexer anywhere
     extra_all, extra_half = gemm(DSA, 4096) - gemm(no_indexer, 4096), gemm(half, 4096) - gemm(no_indexer, 4096)
     assert extra_all > 0 and extra_half == pytest.approx(extra_all / 2)
+
+
+def test_gradient_memory_follows_the_reduced_gradient_bytes():
+    """grad_reduce_bytes changed the gradient traffic but not the gradient buffer: bf16 reduction (2 B) still held
+    4 B per gradient (Llama-8B, ZeRO-0: 32.1 GB where the bf16 buffer is 16.1 GB)."""
+    layout = {"tp": 1, "pp": 1, "dp": 16, "zero": 0, "recompute": "full"}
+    fp32, bf16 = (simulate(spec(layout=layout, efficiency={"grad_reduce_bytes": b})) for b in (4, 2))
+    assert fp32["memory"]["grads_gb"] == pytest.approx(2 * bf16["memory"]["grads_gb"], rel=1e-12)
+    assert bf16["memory"]["grads_gb"] == pytest.approx(8.03e9 * 2 / 1e9, rel=0.01)
+    assert bf16["breakdown"]["dp_comm"] < fp32["breakdown"]["dp_comm"]

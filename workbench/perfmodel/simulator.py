@@ -327,7 +327,8 @@ def memory(spec: Spec, L: Layout, mbs: int) -> dict:
     per_stage = math.ceil(m.layers / L.pp)
     mixed = spec.precision != "fp32"
     w_bytes = 2.0 if mixed else 4.0
-    g_bytes = 4.0  # fp32 main gradients
+    # the gradient buffer is what gets reduced (Megatron's main_grad): fp32 by default, 2 B with bf16 reduction
+    g_bytes = spec.efficiency.grad_reduce_bytes
     o_bytes = 12.0 if mixed else 8.0  # fp32 master + m + v (mixed) or m + v (fp32)
     edp = max(L.tp * L.cp * L.dp // (L.ep * L.etp), 1)
     dpc = L.dp * L.cp
