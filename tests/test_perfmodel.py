@@ -245,7 +245,7 @@ def test_impossible_memory_is_an_error_and_a_tight_layout_is_infeasible():
     with pytest.raises(WorkbenchError, match="impossible memory.*use at least"):
         simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 8}, layout={"tp": 8}))
     with pytest.raises(WorkbenchError, match="impossible memory: no layout fits in the usable 77 GB of 80 GiB"):
-        simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 42, "chips_per_node": 2}, layout="auto",
+        simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 42, "chips_per_node": 2, "scale_up_domain": 2}, layout="auto",
                       seq_len=2048, global_batch=42))
     r = simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 64}, seq_len=2048,
                       layout={"tp": 8, "pp": 1, "dp": 8, "zero": 0}))
@@ -258,7 +258,7 @@ def test_catalog_memory_is_in_gib():
     """Vendors' "80 GB" of HBM is 80 GiB (16 GiB stacks; a "141 GB" H200 shows ~140 GiB to CUDA): read as 10^9
     bytes it understated every chip by 7% and refused layouts that fit. GPT-3 175B on 44 H100 needs ~75 GB per chip:
     more than 90% of 80e9 bytes (72 GB), less than 90% of 80 GiB (77.3 GB)."""
-    r = simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 44, "chips_per_node": 2}, layout="auto",
+    r = simulate(spec(model=GPT175, cluster={"chip": "H100", "count": 44, "chips_per_node": 4, "scale_up_domain": 4}, layout="auto",
                       seq_len=2048, global_batch=44))
     assert r["hbm_gb"] == 80 and r["usable_hbm_gb"] == pytest.approx(0.9 * 80 * 2**30 / 1e9)
     assert r["fits"] and 72 < r["memory_gb_per_chip"] <= r["usable_hbm_gb"]
@@ -486,3 +486,23 @@ def test_gradient_memory_follows_the_reduced_gradient_bytes():
     assert fp32["memory"]["grads_gb"] == pytest.approx(2 * bf16["memory"]["grads_gb"], rel=1e-12)
     assert bf16["memory"]["grads_gb"] == pytest.approx(8.03e9 * 2 / 1e9, rel=0.01)
     assert bf16["breakdown"]["dp_comm"] < fp32["breakdown"]["dp_comm"]
+
+
+def test_a_node_smaller_than_the_scale_up_domain_must_say_where_the_fabric_ends():
+    """chips_per_node was only checked to divide the count: one H100 per node still priced a TP=8 group over an
+    8-way NVLink domain. A node smaller than the chip's domain is ambiguous (the fabric stops at the node, or joins
+    nodes as on NVL72 / CloudMatrix384), so scale_up_domain must say which."""
+    layout = {"tp": 8, "pp": 1, "dp": 2, "zero": 1}
+    for per_node in (4, 1):
+        with pytest.raises(ConfigError, match=f"chips_per_node = {per_node} is smaller than .* scale-up domain of 8"):
+            simulate(spec(layout=layout, cluster={"chip": "H100", "count": 16, "chips_per_node": per_node}))
+    node = simulate(spec(layout=layout, cluster={"chip": "H100", "count": 16, "chips_per_node": 8}))
+    apart = simulate(spec(layout=layout, cluster={"chip": "H100", "count": 16, "chips_per_node": 1,
+                                                  "scale_up_domain": 1}))
+    assert node["links"]["tp"]["link"] == "scale-up" and apart["links"]["tp"]["link"] == "scale-out"
+    assert apart["breakdown"]["tp_comm"] > 3 * node["breakdown"]["tp_comm"]  # the NIC, not NVLink
+    rack = simulate(spec(layout=layout, cluster={"chip": "GB200", "count": 16, "chips_per_node": 4,
+                                                 "scale_up_domain": 72}))
+    assert rack["links"]["tp"]["link"] == "scale-up"  # a fabric that joins nodes, said so
+    default = simulate(spec(layout=layout, cluster={"chip": "Ascend 910C", "count": 16}))
+    assert default["links"]["tp"]["link"] == "scale-up"  # no chips_per_node given: the catalog's domain holds
