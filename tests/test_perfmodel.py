@@ -518,3 +518,14 @@ def test_zero3_is_never_less_exposed_than_zero1():
     assert dp[1]["breakdown"]["dp_comm"] == pytest.approx(dp[2]["breakdown"]["dp_comm"], rel=1e-12)  # one micro-batch
     assert dp[3]["breakdown"]["dp_comm"] >= dp[1]["breakdown"]["dp_comm"] > 0
     assert dp[3]["step_time_s"] >= dp[1]["step_time_s"]
+
+
+def test_interleaving_multiplies_the_pipeline_point_to_point_traffic():
+    """pp_comm was the same for vp = 1, 2, 4: with v chunks per device a micro-batch crosses pp x v - 1 stage
+    boundaries, so each device sends and receives v times as much (Narayanan et al. 2021, section 2.2)."""
+    model = {**LLAMA8B, "layers": 48, "hidden": 8192, "heads": 64, "ffn": 28672}
+    pp = {vp: simulate(spec(model=model, global_batch=64, cluster={"chip": "H100", "count": 64},
+                            layout={"tp": 8, "pp": 8, "dp": 1, "vp": vp, "recompute": "full"}))["breakdown"]["pp_comm"]
+          for vp in (1, 2, 4)}
+    assert pp[1] > 0
+    assert pp[2] == pytest.approx(2 * pp[1], rel=1e-9) and pp[4] == pytest.approx(4 * pp[1], rel=1e-9)

@@ -435,7 +435,9 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
     pp_t = 0.0
     if L.pp > 1:
         n = T * m.hidden * r["el_bytes"] / (L.tp if (L.tp > 1 and L.sp) else 1)
-        pp_t = 2 * C.p2p(n, links["pp"])  # send activations forward, gradients backward
+        # send activations forward, gradients backward, once per model chunk: with vp chunks per device a micro-batch
+        # crosses pp x vp - 1 stage boundaries, vp times as many sends per device (Narayanan et al. 2021, sec. 2.2)
+        pp_t = 2 * L.vp * C.p2p(n, links["pp"])
     # Stages are balanced the way Llama 3 / Megatron's --decoder-last-pipeline-num-layers do it: the head and MTP
     # layers count against the last stage's layers. Layers are whole, and the head + loss + MTP work cannot be split
     # across stages, so the slowest stage is the best integer partition: the last stage holds n layers + that extra
