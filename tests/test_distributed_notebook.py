@@ -108,3 +108,14 @@ def test_one_process_runs_and_results_list_only_this_runs_figures(tmp_path, monk
     results = json.loads((tmp_path / "results.json").read_text())
     assert sorted(Path(p).name for p in results["figures"]) == ["comm_bench.html", "loss_by_layout.html",
                                                                "step_time_by_layout.html"]
+
+
+@pytest.mark.parametrize("nproc, batch", [(2, 32), (3, 33), (5, 35), (40, 40)])
+def test_the_teaching_run_gets_a_batch_every_rank_can_share(tmp_path, monkeypatch, nproc, batch):
+    """The teaching cell launched compare.py with its fixed --global-batch 32, which failed inside the ranks for
+    nproc=3, 5, 6, 7, 9, ... after every layout had run."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr("workbench.distributed.launcher.launch", _fake_launch(calls))
+    _run(tmp_path, nproc=nproc, global_batch=nproc * 2, layouts=f"dp={nproc}", teaching=True)
+    teaching = next(c for c in calls if "workbench.distributed.teaching.compare" in c)
+    assert int(teaching[teaching.index("--global-batch") + 1]) == batch
