@@ -540,3 +540,44 @@ def test_auto_search_tries_every_micro_batch_from_1_to_8():
     found = simulate({**s, "layout": "auto"})
     three = simulate({**s, "layout": {"auto": True}, "micro_batch": 3})
     assert three["feasible"] and found["step_time_s"] <= three["step_time_s"] * (1 + 1e-12)
+
+
+def _stage0_memory(layers, vocab, **layout):
+    model = {**LLAMA8B, "layers": layers, "vocab": vocab}
+    r = simulate(spec(model=model, global_batch=8, cluster={"chip": "H100", "count": 2},
+                      layout={"tp": 1, "pp": 2, "dp": 1, "zero": 0, "recompute": "selective", **layout}))
+    assert r["memory"]["stage"] == 0
+    return r["memory"]["total_gb"]
+
+
+def test_memory_counts_the_layers_the_timing_puts_on_each_stage():
+    """The timing balances stages with the LM head counted against the last one (8 layers, a 128k head of ~2.3 layers'
+    work on pp=2: 5 + 3 layers), but memory priced every stage at ceil(8/2) = 4 layers: the first stage's fifth
+    layer (its weights, gradients, optimizer state and two micro-batches of activations) was missing."""
+    split = _stage0_memory(8, 128256)  # 5 layers on stage 0
+    even = _stage0_memory(10, 1000)  # 5 + 5 layers (a tiny head), a smaller embedding
+    embedding = (128256 - 1000) * LLAMA8B["hidden"] * (2 + 4 + 12) / 1e9  # bf16 weights, fp32 grads, Adam state
+    assert split == pytest.approx(even + embedding, rel=1e-9)
+
+
+def _interleaved(global_batch, vp, stage=None):
+    from workbench.perfmodel.simulator import memory
+    from workbench.perfmodel.spec import Layout, parse_spec
+
+    model = {**LLAMA8B, "layers": 8, "vocab": 1000}  # a tiny head: 2 layers on each of 4 stages
+    s = parse_spec(spec(model=model, global_batch=global_batch, cluster={"chip": "H100", "count": 4}))
+    L = Layout(tp=1, pp=4, dp=1, vp=vp, zero=0, recompute="selective")
+    return memory(s, L, 1, stage=stage)
+
+
+def test_interleaved_activation_memory_follows_megatrons_warmup():
+    """Interleaved in-flight memory was (pp - r) x (1 + (pp-1)/(pp vp)) stage-loads on every stage. Megatron's rank r
+    holds min(2(pp-1-r) + (vp-1)pp + 1, micro x vp) chunks of layers/(pp vp) layers: the last stage ~2x the model's
+    figure here, and with micro == pp every micro-batch is in warmup, exactly the 1F1B first stage."""
+    one_f_one_b = _interleaved(8, 1, stage=0)["activations_gb"]  # 4 micro-batches x 2 layers
+    per_layer = one_f_one_b / 8  # selective recompute: no working buffer on top
+    assert _interleaved(8, 2, stage=0)["activations_gb"] == pytest.approx(11 * per_layer, rel=1e-9)  # 6 + 4 + 1 chunks
+    logits = 4.0 * 4096 * 1000 / 1e9
+    assert _interleaved(8, 2, stage=3)["activations_gb"] == pytest.approx(5 * per_layer + logits, rel=1e-9)  # (vp-1)pp+1
+    # micro-batches per step == pp: all 4 x 2 chunks in warmup, 8 layers, as 1F1B's first stage (it counted 11)
+    assert _interleaved(4, 2)["activations_gb"] == pytest.approx(_interleaved(4, 1)["activations_gb"], rel=1e-9)

@@ -11,7 +11,7 @@ Used by ``workbench.perfmodel.simulate`` and notebooks/05_hardware_comparison.ip
 
 from __future__ import annotations
 
-from workbench.perfmodel.simulator import Evaluation, evaluate, layout_problems, usable_memory_gb
+from workbench.perfmodel.simulator import Evaluation, _stage_work, evaluate, layout_problems, usable_memory_gb
 from workbench.perfmodel.spec import Layout, LayoutError, MemoryCapacityError, Spec
 
 
@@ -87,6 +87,7 @@ def search(spec: Spec) -> list[Evaluation]:
             continue
         best = None
         zero1_rc = len(recomputes)  # index of the recompute ZeRO-1 fitted with (none: past the end)
+        works: dict[str, dict] = {}  # the priced work (memory needs its pipeline split) depends on recompute, not ZeRO
         for zero in zeros:
             for i, rc in enumerate(recomputes):
                 if zero == 2 and i >= zero1_rc:
@@ -95,11 +96,12 @@ def search(spec: Spec) -> list[Evaluation]:
                     # full evaluations)
                     break
                 L = Layout(zero=zero, recompute=rc, **base)
-                ev = evaluate(spec, L, mbs, check_only=True)
+                work = works.get(rc) or works.setdefault(rc, _stage_work(spec, L, mbs))
+                ev = evaluate(spec, L, mbs, check_only=True, work=work)
                 if ev.fits:
                     if zero == 1:
                         zero1_rc = i
-                    ev = evaluate(spec, L, mbs)
+                    ev = evaluate(spec, L, mbs, work=work)
                     if best is None or ev.step_time_s < best.step_time_s:
                         best = ev
                     break

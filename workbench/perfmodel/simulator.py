@@ -320,11 +320,50 @@ def _activation_bytes_per_layer(spec: Spec, L: Layout, mbs: int, moe_layer: bool
     return full, 0.0
 
 
-def memory(spec: Spec, L: Layout, mbs: int) -> dict:
-    """Bytes per device on the fullest pipeline stage (the first holds pp micro-batches of activations)."""
+def pipeline_split(layers: int, pp: int, extra: float) -> list[int]:
+    """Whole layers on each pipeline stage, as the step time balances them (``evaluate``; memory uses the same split).
+
+    Stages are balanced the way Llama 3 / Megatron's --decoder-last-pipeline-num-layers do it: the head, loss and MTP
+    work (``extra``, in layers) cannot be split across stages and counts against the last stage, which holds n whole
+    layers; the other pp - 1 stages share the rest. n minimises the slowest stage (the largest such n on a tie: the
+    last stage holds the fewest micro-batches in flight). The shared layers go lightest first (floor before ceil),
+    since stage i holds the most activations when i is small (Megatron's --pipeline-model-parallel-layout places
+    any split). Memory priced every stage at ceil(layers / pp), fewer than the timing put on the early stages when the
+    head pushes layers off the last stage (8 layers with a 128k head on pp=2: 5 + 3, not 4 + 4)."""
+    if pp <= 1:
+        return [layers]
+
+    def slowest(n: int) -> float:
+        return max(n + extra, math.ceil((layers - n) / (pp - 1)))
+
+    options = range(0, math.ceil(layers / pp) + 1)
+    fastest = min(slowest(n) for n in options)
+    n = max(n for n in options if slowest(n) == fastest)
+    base, more = divmod(layers - n, pp - 1)
+    return [base] * (pp - 1 - more) + [base + 1] * more + [n]
+
+
+def in_flight_layers(L: Layout, micro: int, stage: int, layers: int) -> float:
+    """Layers' worth of stored micro-batch activations on pipeline stage ``stage`` holding ``layers`` layers.
+
+    1F1B: stage i holds min(pp - i, micro) micro-batches. Interleaved (Megatron's warmup): rank r holds
+    min(2 (pp-1-r) + (vp-1) pp + 1, micro x vp) model chunks of layers / vp layers. The old (pp - r) x
+    (1 + (pp-1)/(pp vp)) matched it on the first stage only when micro > pp, and put the last stage 3-10x low."""
+    if L.pp == 1:
+        return float(layers)
+    if L.vp == 1:
+        return float(layers * min(L.pp - stage, micro))
+    chunks = min(2 * (L.pp - 1 - stage) + (L.vp - 1) * L.pp + 1, micro * L.vp)
+    return chunks * layers / L.vp
+
+
+def memory(spec: Spec, L: Layout, mbs: int, split: list[int] | None = None, stage: int | None = None) -> dict:
+    """Bytes per device on the fullest pipeline stage (or on ``stage``), whose layers come from ``split``
+    (``pipeline_split``; computed from the step time when not given)."""
     m = spec.model
     micro = spec.global_batch // (mbs * L.dp)
-    per_stage = math.ceil(m.layers / L.pp)
+    if split is None:
+        split = stage_split(spec, L, mbs)
     mixed = spec.precision != "fp32"
     w_bytes = 2.0 if mixed else 4.0
     # the gradient buffer is what gets reduced (Megatron's main_grad): fp32 by default, 2 B with bf16 reduction
@@ -332,28 +371,29 @@ def memory(spec: Spec, L: Layout, mbs: int) -> dict:
     o_bytes = 12.0 if mixed else 8.0  # fp32 master + m + v (mixed) or m + v (fp32)
     edp = max(L.tp * L.cp * L.dp // (L.ep * L.etp), 1)
     dpc = L.dp * L.cp
+    moe_frac = m.moe_layers / m.layers
+    stored_d, work_d = _activation_bytes_per_layer(spec, L, mbs, False)
+    stored_m, work_m = _activation_bytes_per_layer(spec, L, mbs, True) if m.moe else (0.0, 0.0)
+    per_layer = (1 - moe_frac) * stored_d + moe_frac * stored_m
+    if stage is None:  # each stage that starts a run of equal layer counts holds the most of that run, plus the ends
+        stages = sorted({0, L.pp - 1} | {i for i in range(1, L.pp) if split[i] != split[i - 1]})
+    else:
+        stages = [stage]
     best = None
-    for stage in sorted({0, L.pp - 1}):
-        first, last = stage == 0, stage == L.pp - 1
-        dense, expert = _params_per_device(spec, L, per_stage, first, last)
+    for i in stages:
+        layers, first, last = split[i], i == 0, i == L.pp - 1
+        dense, expert = _params_per_device(spec, L, layers, first, last)
         weights = dense * w_bytes / (dpc if L.zero >= 3 else 1) + expert * w_bytes / (edp if L.zero >= 3 else 1)
         grads = dense * g_bytes / (dpc if L.zero >= 2 else 1) + expert * g_bytes / (edp if L.zero >= 2 else 1)
         optim = dense * o_bytes / (dpc if L.zero >= 1 else 1) + expert * o_bytes / (edp if L.zero >= 1 else 1)
         if L.zero >= 3:  # one layer's parameters gathered at a time (+ prefetch of the next)
-            weights += 2 * (dense + expert) / per_stage * w_bytes
-        moe_frac = m.moe_layers / m.layers
-        stored_d, work_d = _activation_bytes_per_layer(spec, L, mbs, False)
-        stored_m, work_m = _activation_bytes_per_layer(spec, L, mbs, True) if m.moe else (0.0, 0.0)
-        per_layer = (1 - moe_frac) * stored_d + moe_frac * stored_m
-        in_flight = min(L.pp - stage, micro) if L.pp > 1 else 1  # 1F1B: stage i holds pp - i micro-batches
-        if L.vp > 1:
-            in_flight *= 1 + (L.pp - 1) / (L.pp * L.vp)
-        acts = per_layer * per_stage * in_flight + max(work_d, work_m)
+            weights += 2 * (dense + expert) / max(layers, 1) * w_bytes
+        acts = per_layer * in_flight_layers(L, micro, i, layers) + max(work_d, work_m)
         if last:  # fp32 logits of one micro-batch (their gradient reuses the buffer)
             acts += 4.0 * mbs * spec.seq_len / L.cp * m.vocab / L.tp
         total = weights + grads + optim + acts
         entry = {"params_gb": weights / GB, "grads_gb": grads / GB, "optimizer_gb": optim / GB,
-                 "activations_gb": acts / GB, "total_gb": total / GB, "stage": stage}
+                 "activations_gb": acts / GB, "total_gb": total / GB, "stage": i}
         if best is None or total > best["total_gb"] * GB:
             best = entry
     return best
@@ -372,26 +412,13 @@ def links_for(spec: Spec, L: Layout) -> dict[str, C.Link]:
     return links
 
 
-def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evaluation:
-    """Price one layout: problems (does not divide), memory and fit, step time and breakdown."""
-    ev = Evaluation(layout=L, micro_batch=mbs)
-    ev.problems = layout_problems(spec, L, mbs)
-    if ev.problems:
-        return ev
-    ev.memory = memory(spec, L, mbs)
-    ev.fits = ev.memory["total_gb"] <= usable_memory_gb(spec.cluster.chip)  # parse_spec requires hbm_gb
-    if check_only:
-        return ev
+def _stage_work(spec: Spec, L: Layout, mbs: int) -> dict:
+    """One micro-batch's priced work: ``mb_whole`` (seconds by kind for the whole model, head and MTP included),
+    ``total`` (their sum), ``one_layer`` (one average layer), ``extra`` (the last stage's unsplittable head + loss +
+    MTP work, in layers), ``pp_t`` (pipeline sends), with the rates and links they used."""
     m, eff = spec.model, spec.efficiency
     r = _rates(spec)
     links = links_for(spec, L)
-    ev.links = {k: {"link": v.name, "busbw_gb_s": None if math.isinf(v.busbw) else v.busbw / GB} for k, v in links.items()}
-    micro = spec.global_batch // (mbs * L.dp)
-    per_stage = math.ceil(m.layers / L.pp)
-    if m.layers % (L.pp * L.vp):
-        ev.notes.append(f"layers = {m.layers} not divisible by pp x vp = {L.pp}x{L.vp}: uneven stages (at most "
-                        f"{per_stage} layers per stage; Megatron needs --decoder-first/last-pipeline-num-layers)")
-
     dense_l = _layer_forward(spec, L, mbs, r, links, False)
     moe_l = _layer_forward(spec, L, mbs, r, links, True) if m.moe else None
     moe_frac = m.moe_layers / m.layers
@@ -438,22 +465,51 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False) -> Evalu
         # send activations forward, gradients backward, once per model chunk: with vp chunks per device a micro-batch
         # crosses pp x vp - 1 stage boundaries, vp times as many sends per device (Narayanan et al. 2021, sec. 2.2)
         pp_t = 2 * L.vp * C.p2p(n, links["pp"])
-    # Stages are balanced the way Llama 3 / Megatron's --decoder-last-pipeline-num-layers do it: the head and MTP
-    # layers count against the last stage's layers. Layers are whole, and the head + loss + MTP work cannot be split
-    # across stages, so the slowest stage is the best integer partition: the last stage holds n layers + that extra
-    # work, the other pp - 1 stages share the remaining layers (when pp nears the layer count the extra alone can
-    # outweigh a layer several times: GLM-5's head + MTP are ~2.4 layers of work).
     whole = dict(stage_layers(m.layers))
     for key, value in last_extra.items():
         whole[key] = whole.get(key, 0.0) + value
     mb_whole = micro_batch_time(whole)
     total = sum(mb_whole.values())
     one_layer = sum(micro_batch_time(stage_layers(1.0)).values())
-    if L.pp > 1:
-        extra = max(0.0, total / one_layer - m.layers)  # the last stage's unsplittable work, in layers
-        stage_layers_max = min(max(n + extra, math.ceil((m.layers - n) / (L.pp - 1)))
-                               for n in range(0, math.ceil(m.layers / L.pp) + 1))
-        slowest_compute = stage_layers_max * one_layer
+    # when pp nears the layer count the extra alone can outweigh a layer several times (GLM-5's head + MTP)
+    extra = max(0.0, total / one_layer - m.layers) if one_layer > 0 else 0.0
+    return {"r": r, "links": links, "mb_whole": mb_whole, "total": total, "one_layer": one_layer, "extra": extra,
+            "pp_t": pp_t}
+
+
+def stage_split(spec: Spec, L: Layout, mbs: int) -> list[int]:
+    """Whole layers per pipeline stage for this layout (``pipeline_split`` with the priced head + MTP work)."""
+    if L.pp == 1:
+        return [spec.model.layers]
+    return pipeline_split(spec.model.layers, L.pp, _stage_work(spec, L, mbs)["extra"])
+
+
+def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False, work: dict | None = None) -> Evaluation:
+    """Price one layout: problems (does not divide), memory and fit, step time and breakdown. ``work`` is
+    ``_stage_work`` of this layout or of one that differs only in its ZeRO stage (which it does not depend on): the
+    search prices every ZeRO stage of a shape with one."""
+    ev = Evaluation(layout=L, micro_batch=mbs)
+    ev.problems = layout_problems(spec, L, mbs)
+    if ev.problems:
+        return ev
+    m, eff = spec.model, spec.efficiency
+    work = work or _stage_work(spec, L, mbs)
+    split = pipeline_split(m.layers, L.pp, work["extra"])  # the same whole-layer split for time and memory
+    ev.memory = memory(spec, L, mbs, split)
+    ev.fits = ev.memory["total_gb"] <= usable_memory_gb(spec.cluster.chip)  # parse_spec requires hbm_gb
+    if check_only:
+        return ev
+    r, links, pp_t = work["r"], work["links"], work["pp_t"]
+    ev.links = {k: {"link": v.name, "busbw_gb_s": None if math.isinf(v.busbw) else v.busbw / GB} for k, v in links.items()}
+    micro = spec.global_batch // (mbs * L.dp)
+    per_stage = math.ceil(m.layers / L.pp)
+    if m.layers % (L.pp * L.vp):
+        ev.notes.append(f"layers = {m.layers} not divisible by pp x vp = {L.pp}x{L.vp}: uneven stages ({split} layers "
+                        f"per stage; Megatron needs --pipeline-model-parallel-layout or --decoder-first/last-pipeline-"
+                        f"num-layers)")
+    mb_whole, total, one_layer = work["mb_whole"], work["total"], work["one_layer"]
+    if L.pp > 1:  # the slowest stage of the split: a shared stage, or the last with its head + MTP work
+        slowest_compute = max(max(split[:-1]), split[-1] + work["extra"]) * one_layer
     else:
         slowest_compute = total
     mb = {k: v * slowest_compute / total for k, v in mb_whole.items()}
