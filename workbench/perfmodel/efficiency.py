@@ -63,8 +63,10 @@ class Efficiency:
     comm_eff_up: float = 0.75  # scale-up (NVLink/HCCS/UB) busbw / unidirectional nominal, when not measured
     comm_eff_out: float = 0.90  # scale-out busbw / NIC nominal (nccl-tests issue 119: ~48 of 50 GB/s)
     a2a_eff: float = 0.70  # all-to-all vs all-reduce bus bandwidth (DeepEP H800 ~155 GB/s vs nccl-tests 215)
-    alpha_up_s: float = 10e-6  # NCCL latency model: base ~6.6-14 us, per hop 0.6-3.4 us on NVLink
-    alpha_out_s: float = 20e-6  # per hop 2.7-14 us on the network
+    # per hop, lumped: NCCL's model is a base ~6.6-14 us per collective plus 0.6-3.4 us per NVLink hop / 2.7-14 us
+    # per network hop; base + per hop calibrated worse (README, blind spots), so one figure per hop is charged
+    alpha_up_s: float = 10e-6
+    alpha_out_s: float = 20e-6
     tp_exposed: float = 0.7  # fraction of TP/SP collective time not hidden behind compute
     ep_exposed: float = 1.0  # fraction of EP all-to-all not hidden
     dp_overlap: float = 0.9  # fraction of the overlappable backward that hides DP gradient collectives
