@@ -301,6 +301,12 @@ def test_resume_refuses_another_model_or_data_loader(tmp_path):
                                      resume=True), log=quiet)
     assert resumed.step > 0
     resumed.close()
+    # a run trained (before such overrides were refused) with a field this dense model never reads resumes without
+    # it: the message asked for `--model aux_loss_coef=0.01`, which the override check then refused
+    rewrite(lambda state: state["model_config"].update(rope_theta=theta, aux_loss_coef=0.01))
+    resumed = Trainer(config.replace(resume=True), log=quiet)
+    assert resumed.step > 0
+    resumed.close()
     rewrite(lambda state: (state["model_config"].update(intermediate_size=128, rope_theta=theta),
                            state["data"].update(loader="random-windows-v1")))
     with pytest.raises(ValueError, match="data loader 'random-windows-v1'"):

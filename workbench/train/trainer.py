@@ -590,9 +590,12 @@ class Trainer:
                                  f"same number of ranks")
         saved_model = state.get("model_config")
         current_model = json.loads(json.dumps(_as_dict(self.model_config)))  # tuples -> lists, as saved
-        if isinstance(saved_model, dict) and isinstance(current_model, dict) and saved_model != current_model:
-            changed = sorted(k for k in set(saved_model) | set(current_model)
-                             if saved_model.get(k) != current_model.get(k))
+        # fields this model never reads do not change its trajectory: a run trained with such an override (before
+        # they were refused) resumes without it, and the hint never asks for an override that is now refused
+        unread = set(self.model_config.unread_fields()) if hasattr(self.model_config, "unread_fields") else set()
+        changed = sorted(k for k in set(saved_model or {}) | set(current_model or {})
+                         if k not in unread and (saved_model or {}).get(k) != (current_model or {}).get(k))
+        if isinstance(saved_model, dict) and isinstance(current_model, dict) and changed:
             # a preset default that moved (glm45-tiny's bias_update_rate did) can be set back field by field
             restore = ",".join(f"{k}={json.dumps(saved_model[k])}" for k in changed
                                if k in saved_model and k != "name" and _is_scalar(saved_model[k]))
