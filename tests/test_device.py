@@ -279,14 +279,21 @@ def test_fused_adamw_is_not_assumed_on_npu():
 
 
 @pytest.mark.parametrize("name", ["fp16", "float16", "half"])
-def test_fp16_training_is_refused_with_the_reason(monkeypatch, name):
+def test_fp16_training_is_refused_with_the_reason(monkeypatch, tmp_path, name):
     """WORKBENCH_DTYPE=fp16 trained under fp16 autocast with no loss scaling: 1.6% of the hidden-state gradients
     underflowed to zero at one micro-batch, 12.6% with 8 (grad accumulation)."""
     from workbench.errors import WorkbenchError
 
+    from workbench.cli import main
+    from workbench.train import TrainConfig, Trainer
+
     monkeypatch.setenv("WORKBENCH_DTYPE", name)
     with pytest.raises(WorkbenchError, match=r"fp16.*loss scaling.*bf16 or fp32"):
-        get_device("cpu").training_dtype
+        Trainer(TrainConfig(device="cpu", out_dir=str(tmp_path / "run"), progress=False), log=lambda line: None)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    # what only reads the dtype still works: `workbench info` failed on the refusal
+    assert get_device("cpu").training_dtype == torch.float16
+    assert main(["info", "--device", "cpu", "--json"]) == 0
 
 
 def test_an_fsdp_compute_dtype_of_fp16_is_refused():

@@ -396,11 +396,12 @@ class Device:
 
     @property
     def training_dtype(self) -> torch.dtype:
-        """bf16 (autocast) where bf16 is fast; fp32 otherwise. ``WORKBENCH_DTYPE=fp32|bf16`` overrides; fp16 is
-        refused (``check_training_dtype``): the trainer has no loss scaling."""
+        """bf16 (autocast) where bf16 is fast; fp32 otherwise. ``WORKBENCH_DTYPE=fp32|bf16|fp16`` overrides. The
+        trainer and ``parallelize`` refuse fp16 (``check_training_dtype``: no loss scaling); what only reads the
+        dtype (``workbench info``, kernel benchmarks, autocast for inference) takes it."""
         forced = os.environ.get("WORKBENCH_DTYPE", "").strip().lower()
         if forced:
-            return check_training_dtype(parse_dtype(forced), "WORKBENCH_DTYPE")
+            return parse_dtype(forced)
         return torch.bfloat16 if self.fast_bf16()[0] else torch.float32
 
     def autocast(self, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager:

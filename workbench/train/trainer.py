@@ -37,6 +37,7 @@ from torch.profiler import record_function
 
 from workbench.data import TokenLoader, build_tokenizer, load_corpus, load_tokenizer, pack_corpus
 from workbench.data.corpus import pre_v2_hash
+from workbench.device.detect import check_training_dtype
 from workbench.errors import WorkbenchError
 from workbench.results import write_json_atomic
 from workbench.train import checkpoint as ckpt
@@ -237,7 +238,8 @@ class Trainer:
     def _build(self, model, model_config, parallelize) -> None:
         config = self.config
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.dtype = self.device.training_dtype
+        # fp16 (WORKBENCH_DTYPE=fp16) is refused here, before the run folder is touched: nothing scales the loss
+        self.dtype = check_training_dtype(self.device.training_dtype, "WORKBENCH_DTYPE")
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.is_main_process)
         if self.is_main_process and not _is_run_folder_or_empty(self.run_dir):  # (before the lock file is made)
             raise WorkbenchError(f"{self.run_dir} holds files of something other than a training run (its "
