@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from workbench.errors import WorkbenchError
 from workbench.train import build_optimizer
 from workbench.train import checkpoint as ckpt
 
@@ -265,3 +266,24 @@ def test_a_checkpoint_pruned_while_it_is_verified_is_no_damage(tmp_path, monkeyp
     warned = []
     assert ckpt.latest_good_checkpoint(tmp_path, warn=warned.append, read_only=True).name == "step_0000003"
     assert raced and not warned, warned
+
+
+def test_a_run_that_outpaces_every_rescan_is_not_called_empty_or_damaged(tmp_path, monkeypatch):
+    """When the run replaced its newest checkpoint on every one of the reader's looks, latest_good_checkpoint
+    returned None and export said the run's checkpoints/ was 'empty or damaged'."""
+    import shutil
+
+    model, opt = _model_and_optimizer()
+    _save(tmp_path, 1, model, opt)
+    digest, step = ckpt._sha256, [1]
+
+    def replaced_every_time(path):  # each read: the run writes a newer checkpoint and prunes the one being read
+        step[0] += 1
+        current = path.parent if path.parent.name.startswith("step_") else path
+        shutil.copytree(current, tmp_path / f"step_{step[0]:07d}")
+        shutil.rmtree(current)
+        return digest(tmp_path / f"step_{step[0]:07d}" / path.name)
+
+    monkeypatch.setattr(ckpt, "_sha256", replaced_every_time)
+    with pytest.raises(WorkbenchError, match="still trains and replaced its newest checkpoint"):
+        ckpt.latest_good_checkpoint(tmp_path, warn=lambda message: pytest.fail(message), read_only=True)

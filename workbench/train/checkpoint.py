@@ -407,7 +407,10 @@ def latest_good_checkpoint(root: str | Path, warn: Callable[[str], None] | None 
                                    else "no earlier checkpoint is left"))
         else:
             return None
-    return None
+    # every look ended on a checkpoint the run replaced meanwhile: the run is healthy, only too quick for the reader
+    # (export used to call it "empty or damaged")
+    raise WorkbenchError(f"the run still trains and replaced its newest checkpoint under {root} {RESCANS} times while "
+                         f"it was being verified; try again, or pick one with --step N")
 
 
 # How often a reader looks again when the run, still training, replaced the checkpoint it was reading.
