@@ -25,10 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--stories must be >= 1, got {args.stories}")
     if args.out.is_dir():
         parser.error(f"{args.out} is a folder; give a file name, e.g. {args.out / 'synthstories-v1.txt'}")
-    try:
+    try:  # the file is opened before the stories are generated, so an unwritable path fails at once
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        stories = generate_stories(args.stories)
-        args.out.write_text("\n\n".join(stories) + "\n", encoding="utf-8")
+        with open(args.out, "w", encoding="utf-8") as file:
+            stories = generate_stories(args.stories)
+            file.write("\n\n".join(stories) + "\n")
     except OSError as exc:
         parser.error(f"cannot write {args.out}: {exc.strerror or exc}")
     print(f"{VERSION}: {len(stories)} stories, {args.out.stat().st_size / 1e6:.1f} MB -> {args.out}")

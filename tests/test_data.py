@@ -372,7 +372,7 @@ def test_a_damaged_pack_in_the_cache_is_packed_again(tmp_path, damage):
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # the damaged copy is gone
 
 
-def test_generate_default_corpus_script_checks_its_arguments_first(tmp_path, capsys):
+def test_generate_default_corpus_script_checks_its_arguments_first(tmp_path, capsys, monkeypatch):
     """--stories 0 and a path in a missing folder ended in tracebacks, the latter after generating every story."""
     import importlib.util
 
@@ -383,6 +383,14 @@ def test_generate_default_corpus_script_checks_its_arguments_first(tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         script.main([str(tmp_path / "x.txt"), "--stories", "0"])
     assert exit_info.value.code == 2 and "--stories must be >= 1" in capsys.readouterr().err
+    import workbench.data.stories as stories_module
+
+    generated = []
+    monkeypatch.setattr(script, "generate_stories", lambda n: generated.append(n) or ["a"] * n)
+    with pytest.raises(SystemExit):  # an unwritable file is found before any story is generated
+        script.main(["/proc/no_such_file.txt", "--stories", "3"])
+    assert "cannot write /proc/no_such_file.txt" in capsys.readouterr().err and generated == []
+    monkeypatch.setattr(script, "generate_stories", stories_module.generate_stories)
     nested = tmp_path / "new" / "folder" / "stories.txt"
     assert script.main([str(nested), "--stories", "2"]) == 0
     assert nested.read_text(encoding="utf-8").count("\n\n") == 1  # two stories, one paragraph break
