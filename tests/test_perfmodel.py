@@ -581,3 +581,17 @@ def test_interleaved_activation_memory_follows_megatrons_warmup():
     assert _interleaved(8, 2, stage=3)["activations_gb"] == pytest.approx(5 * per_layer + logits, rel=1e-9)  # (vp-1)pp+1
     # micro-batches per step == pp: all 4 x 2 chunks in warmup, 8 layers, as 1F1B's first stage (it counted 11)
     assert _interleaved(4, 2)["activations_gb"] == pytest.approx(_interleaved(4, 1)["activations_gb"], rel=1e-9)
+
+
+def test_a_single_node_smaller_than_the_domain_needs_no_scale_up_domain():
+    """The chips_per_node check refused one 4-GPU H100 node (count 4, chips_per_node 4), where whether the fabric
+    joins nodes makes no difference: there is no other node, and scale_up_domain 4 and 8 price the same step."""
+    base = {"model": {"preset": "glm4-small"}, "seq_len": 2048, "global_batch": 16, "search_top": 1}
+    for count in (4, 2):
+        plain = simulate({**base, "cluster": {"chip": "H100", "count": count, "chips_per_node": count}})
+        for domain in (count, 8):
+            said = simulate({**base, "cluster": {"chip": "H100", "count": count, "chips_per_node": count,
+                                                 "scale_up_domain": domain}})
+            assert said["step_time_s"] == pytest.approx(plain["step_time_s"], rel=1e-12)
+    with pytest.raises(ConfigError, match="chips_per_node = 4 is smaller than"):  # two nodes: it does matter
+        simulate({**base, "cluster": {"chip": "H100", "count": 8, "chips_per_node": 4}})

@@ -247,9 +247,10 @@ def parse_spec(spec: dict) -> Spec:
     # only an explicit scale_up_domain widens the catalog's: 16 chips in a node are not one 16-way NVLink domain
     domain = _number("cluster.scale_up_domain", cluster.get("scale_up_domain", chip.scale_up_domain or per_node),
                      integer=True, maximum=MAX_CHIPS)
-    if "chips_per_node" in cluster and "scale_up_domain" not in cluster and per_node < domain:
+    if "chips_per_node" in cluster and "scale_up_domain" not in cluster and per_node < domain and count > per_node:
         # a node smaller than the domain was silently ignored (one H100 per node still priced TP=8 over NVLink); the
-        # catalog cannot say whether the fabric stops at the node or joins nodes (NVL72, CloudMatrix384): ask
+        # catalog cannot say whether the fabric stops at the node or joins nodes (NVL72, CloudMatrix384): ask. Only
+        # with more than one node: a lone node prices the same either way (its links stop at count)
         raise ConfigError(f"cluster.chips_per_node = {per_node} is smaller than {chip.chip}'s scale-up domain of "
                           f"{domain} chips; give cluster.scale_up_domain: {per_node} if the scale-up fabric stops at "
                           f"the node, or {domain} if it joins nodes (NVL72, CloudMatrix384)")
