@@ -322,6 +322,18 @@ def test_a_measured_gemm_rate_never_exceeds_the_chips_peak():
         catalog._row_to_chip({**row, "measured_gemm_tflops": "400"})
     with pytest.raises(WorkbenchError, match="measured_gemm_tflops = 500 .*above its bf16 dense peak"):
         chip_from_dict({"chip": "lab-npu", "bf16_dense_tflops": 400, "measured_gemm_tflops": 500})
+    # overrides are checked too (they were not: a lowered peak under the B1's inherited 328 was priced), and the
+    # message says how to drop an inherited rate
+    with pytest.raises(WorkbenchError, match="measured_gemm_tflops = 328 .*measured_gemm_tflops: null drops"):
+        find_chip("910B1").with_overrides(bf16_dense_tflops=300)
+    with pytest.raises(WorkbenchError, match="measured_gemm_tflops = 1200 .*above its bf16 dense peak"):
+        find_chip("H100").with_overrides(measured_gemm_tflops=1200)
+    assert find_chip("910B1").with_overrides(bf16_dense_tflops=300, measured_gemm_tflops=None).measured_gemm_tflops is None
+    with pytest.raises(WorkbenchError, match="measured_gemm_tflops: null drops"):
+        chip_from_dict({"chip": "my910", "base": "Ascend 910B1", "bf16_dense_tflops": 300})
+    dropped = chip_from_dict({"chip": "my910", "base": "Ascend 910B1", "bf16_dense_tflops": 300,
+                              "measured_gemm_tflops": None})
+    assert dropped.measured_gemm_tflops is None
 
 
 def test_grace_superchip_gpus_are_not_their_hgx_namesakes():

@@ -595,3 +595,16 @@ def test_a_single_node_smaller_than_the_domain_needs_no_scale_up_domain():
             assert said["step_time_s"] == pytest.approx(plain["step_time_s"], rel=1e-12)
     with pytest.raises(ConfigError, match="chips_per_node = 4 is smaller than"):  # two nodes: it does matter
         simulate({**base, "cluster": {"chip": "H100", "count": 8, "chips_per_node": 4}})
+
+
+def test_a_cluster_override_cannot_put_the_measured_gemm_rate_above_the_peak():
+    """A chip dict with measured_gemm_tflops above its peak was refused, but the same figure as a cluster field
+    (or a lowered bf16 peak under a catalog chip's measured rate) was accepted and priced."""
+    base = {"model": {"preset": "glm4-small"}, "seq_len": 2048, "global_batch": 64, "search_top": 1}
+    for cluster in ({"chip": "H100", "count": 8, "measured_gemm_tflops": 1200},
+                    {"chip": "Ascend 910B1", "count": 8, "bf16_dense_tflops": 300}):
+        with pytest.raises(WorkbenchError, match="above its bf16 dense peak.*measured_gemm_tflops: null"):
+            simulate({**base, "cluster": cluster})
+    dropped = simulate({**base, "cluster": {"chip": "Ascend 910B1", "count": 8, "bf16_dense_tflops": 300,
+                                            "measured_gemm_tflops": None}})
+    assert dropped["feasible"]

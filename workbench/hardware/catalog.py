@@ -98,7 +98,9 @@ class Chip:
             if name in NUMERIC_FIELDS:
                 _check_number(name, value)
         notes = tuple((n, "user override", "user") for n in values if n in NUMERIC_FIELDS)
-        return dataclasses.replace(self, field_sources=notes + self.field_sources, **values)
+        # checked like a custom chip: a measured rate above a lowered peak (or a raised rate) priced a dead cap
+        return _check_consistent(dataclasses.replace(self, field_sources=notes + self.field_sources, **values),
+                                 "overridden chip")
 
     def as_row(self) -> dict[str, Any]:
         """A flat dict with every number and its source (for tables and JSON)."""
@@ -150,7 +152,8 @@ def _check_consistent(chip: "Chip", where: str) -> "Chip":
     measured, peak = chip.measured_gemm_tflops, chip.bf16_dense_tflops
     if measured is not None and peak is not None and measured > peak:
         raise WorkbenchError(f"{where} {chip.chip!r}: measured_gemm_tflops = {measured:g} is above its bf16 dense peak "
-                             f"{peak:g} TFLOP/s; give the peak of the chip that was measured, or leave the rate out")
+                             f"{peak:g} TFLOP/s; give the peak of the chip that was measured, or leave the rate out "
+                             f"(measured_gemm_tflops: null drops one inherited from a catalog chip)")
     return chip
 
 

@@ -236,7 +236,9 @@ def parse_spec(spec: dict) -> Spec:
         for k, v in overrides.items():
             # peaks, bandwidths, memory and power are divided by or compared with: 0 is never meaningful
             # (scale_up_gb_s: 0 would silently route scale-up traffic over the network)
-            _number(f"cluster.{k}", v, integer=k == "scale_up_domain", maximum=MAX_CHIPS if k == "scale_up_domain" else None)
+            # measured_gemm_tflops: null drops the catalog chip's measured rate (e.g. under a lowered bf16 peak)
+            _number(f"cluster.{k}", v, integer=k == "scale_up_domain", maximum=MAX_CHIPS if k == "scale_up_domain" else None,
+                    allow_none=k == "measured_gemm_tflops")
         chip = chip.with_overrides(**overrides)
     _check_chip(chip, cluster)
     count = _number("cluster.count", cluster["count"], integer=True, maximum=MAX_CHIPS)
