@@ -608,3 +608,18 @@ def test_a_cluster_override_cannot_put_the_measured_gemm_rate_above_the_peak():
     dropped = simulate({**base, "cluster": {"chip": "Ascend 910B1", "count": 8, "bf16_dense_tflops": 300,
                                             "measured_gemm_tflops": None}})
     assert dropped["feasible"]
+
+
+def test_dp_traffic_and_optimizer_are_priced_on_the_fullest_stage_of_the_split():
+    """Compute and memory put 8 layers + a 128k head on pp=2 as 5 + 3, but DP traffic and the optimizer were still
+    priced on ceil(8/2) = 4 layers + the head, 14% under the first stage's 5 layers + embedding."""
+    model = {**LLAMA8B, "layers": 8}
+    whole, split = (simulate(spec(model=model, global_batch=8, cluster={"chip": "H100", "count": 2 * pp},
+                                  efficiency={"dp_overlap": 0.0},  # nothing hidden: dp_comm is the whole traffic
+                                  layout={"tp": 1, "pp": pp, "dp": 2, "zero": 1, "recompute": "selective"}))
+                    for pp in (1, 2))
+    assert split["memory"]["stage"] == 0
+    share = split["memory"]["params_gb"] / whole["memory"]["params_gb"]  # stage 0: (5 layers + embedding) / all
+    assert share == pytest.approx(1.616 / 2.796, rel=0.01)
+    assert split["breakdown"]["optimizer"] == pytest.approx(share * whole["breakdown"]["optimizer"], rel=1e-9)
+    assert split["breakdown"]["dp_comm"] == pytest.approx(share * whole["breakdown"]["dp_comm"], rel=0.01)

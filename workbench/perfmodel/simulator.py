@@ -477,6 +477,42 @@ def _stage_work(spec: Spec, L: Layout, mbs: int) -> dict:
             "pp_t": pp_t}
 
 
+def _dp_and_optimizer(spec: Spec, L: Layout, links: dict, r: dict, dense: float, expert: float, micro: int,
+                      hide_last: float, hide_step: float) -> tuple[float, float]:
+    """(exposed DP traffic, optimizer time) of one pipeline stage holding ``dense`` + ``expert`` parameters per
+    device. ``hide_last``: the last micro-batch's backward; ``hide_step``: the whole step (see ``evaluate``)."""
+    eff = spec.efficiency
+    edp = max(L.tp * L.cp * L.dp // (L.ep * L.etp), 1)
+    dpc = L.dp * L.cp
+    gb, pb = eff.grad_reduce_bytes, r["el_bytes"]
+    edp_link = C.choose_link(spec.cluster, eff, L.tp * L.cp * L.dp) if edp > 1 else links["dp"]
+    grad_rs = C.reduce_scatter(dense * gb, dpc, links["dp"]) + C.reduce_scatter(expert * gb, edp, edp_link)
+    param_ag = C.all_gather(dense * pb, dpc, links["dp"]) + C.all_gather(expert * pb, edp, edp_link)
+    if L.zero == 0:
+        dp_t = C.all_reduce(dense * gb, dpc, links["dp"]) + C.all_reduce(expert * gb, edp, edp_link)
+        dp_exposed = max(0.0, dp_t - hide_last)
+    elif L.zero == 1 or (L.zero == 2 and micro == 1):
+        # ZeRO-1 (and ZeRO-2 with one micro-batch): full gradients accumulate locally; one reduce-scatter at the
+        # end of the step, then the updated parameters are all-gathered
+        dp_exposed = max(0.0, grad_rs + param_ag - hide_last)
+    elif L.zero == 2:
+        # ZeRO-2 keeps only 1/dp of the gradients (see memory()), so it cannot accumulate full gradients over
+        # micro-batches: each micro-batch's gradients are reduce-scattered into the shard (DeepSpeed stage 2, FSDP
+        # SHARD_GRAD_OP), micro x the ZeRO-1 gradient traffic. Like ZeRO-3's per-micro-batch traffic it can hide
+        # behind the whole step; but the last micro-batch's reduce-scatter and the parameter all-gather still
+        # face the ZeRO-1 limit (only the last backward to hide behind), so ZeRO-2 is never cheaper than ZeRO-1.
+        dp_exposed = max(max(0.0, grad_rs + param_ag - hide_last), micro * grad_rs + param_ag - hide_step)
+    else:  # ZeRO-3 / FSDP: gather parameters for forward and backward, reduce-scatter gradients, per micro-batch
+        # Most of it hides behind the whole step, but the last backward still re-gathers the parameters and
+        # reduce-scatters the gradients, the same bytes as ZeRO-1's end-of-step traffic with only that backward to
+        # hide behind: without this floor ZeRO-3 moved 33% more bytes than ZeRO-1 and was priced faster.
+        dp_t = micro * (2 * param_ag + grad_rs)
+        dp_exposed = max(max(0.0, grad_rs + param_ag - hide_last), dp_t - hide_step)
+    shard = (dense / (dpc if L.zero >= 1 else 1) + expert / (edp if L.zero >= 1 else 1))
+    optimizer = shard * (30.0 if spec.precision != "fp32" else 24.0) / r["mem"]
+    return dp_exposed, optimizer
+
+
 def stage_split(spec: Spec, L: Layout, mbs: int) -> list[int]:
     """Whole layers per pipeline stage for this layout (``pipeline_split`` with the priced head + MTP work)."""
     if L.pp == 1:
@@ -502,7 +538,6 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False, work: di
     r, links, pp_t = work["r"], work["links"], work["pp_t"]
     ev.links = {k: {"link": v.name, "busbw_gb_s": None if math.isinf(v.busbw) else v.busbw / GB} for k, v in links.items()}
     micro = spec.global_batch // (mbs * L.dp)
-    per_stage = math.ceil(m.layers / L.pp)
     if m.layers % (L.pp * L.vp):
         ev.notes.append(f"layers = {m.layers} not divisible by pp x vp = {L.pp}x{L.vp}: uneven stages ({split} layers "
                         f"per stage; Megatron needs --pipeline-model-parallel-layout or --decoder-first/last-pipeline-"
@@ -518,39 +553,14 @@ def evaluate(spec: Spec, L: Layout, mbs: int, check_only: bool = False, work: di
     bubble = (L.pp - 1) / L.vp * mean_stage
     steady = micro * slowest
 
-    # data parallel gradient (and parameter) collectives
-    dense, expert = _params_per_device(spec, L, per_stage, L.pp == 1, True)
-    edp = max(L.tp * L.cp * L.dp // (L.ep * L.etp), 1)
-    dpc = L.dp * L.cp
-    gb, pb = eff.grad_reduce_bytes, r["el_bytes"]
-    edp_link = C.choose_link(spec.cluster, eff, L.tp * L.cp * L.dp) if edp > 1 else links["dp"]
-    grad_rs = C.reduce_scatter(dense * gb, dpc, links["dp"]) + C.reduce_scatter(expert * gb, edp, edp_link)
-    param_ag = C.all_gather(dense * pb, dpc, links["dp"]) + C.all_gather(expert * pb, edp, edp_link)
+    # data parallel gradient (and parameter) collectives and the optimizer step, on every stage of the split (the
+    # slowest gates the step; ceil(layers / pp) + the head priced 4 layers + a 128k head where the first of pp=2
+    # holds 5 layers + the embedding, 14% more); distinct stages only, so the search is no slower
     hide_last = eff.dp_overlap * (mb["gemm"] + mb["attention"]) * 2 / 3  # the last micro-batch's backward
     hide_step = eff.dp_overlap * (steady + bubble) * 0.999  # the whole step (traffic issued micro-batch by micro-batch)
-    if L.zero == 0:
-        dp_t = C.all_reduce(dense * gb, dpc, links["dp"]) + C.all_reduce(expert * gb, edp, edp_link)
-        dp_exposed = max(0.0, dp_t - hide_last)
-    elif L.zero == 1 or (L.zero == 2 and micro == 1):
-        # ZeRO-1 (and ZeRO-2 with one micro-batch): full gradients accumulate locally; one reduce-scatter at the
-        # end of the step, then the updated parameters are all-gathered
-        dp_exposed = max(0.0, grad_rs + param_ag - hide_last)
-    elif L.zero == 2:
-        # ZeRO-2 keeps only 1/dp of the gradients (memory() above), so it cannot accumulate full gradients over
-        # micro-batches: each micro-batch's gradients are reduce-scattered into the shard (DeepSpeed stage 2, FSDP
-        # SHARD_GRAD_OP), micro x the ZeRO-1 gradient traffic. Like ZeRO-3's per-micro-batch traffic it can hide
-        # behind the whole step; but the last micro-batch's reduce-scatter and the parameter all-gather still
-        # face the ZeRO-1 limit (only the last backward to hide behind), so ZeRO-2 is never cheaper than ZeRO-1.
-        dp_exposed = max(max(0.0, grad_rs + param_ag - hide_last), micro * grad_rs + param_ag - hide_step)
-    else:  # ZeRO-3 / FSDP: gather parameters for forward and backward, reduce-scatter gradients, per micro-batch
-        # Most of it hides behind the whole step, but the last backward still re-gathers the parameters and
-        # reduce-scatters the gradients, the same bytes as ZeRO-1's end-of-step traffic with only that backward to
-        # hide behind: without this floor ZeRO-3 moved 33% more bytes than ZeRO-1 and was priced faster.
-        dp_t = micro * (2 * param_ag + grad_rs)
-        dp_exposed = max(max(0.0, grad_rs + param_ag - hide_last), dp_t - hide_step)
-    shard = (dense / (dpc if L.zero >= 1 else 1) + expert / (edp if L.zero >= 1 else 1))
-    optimizer = shard * (30.0 if spec.precision != "fp32" else 24.0) / r["mem"]
-
+    stages = sorted({(n, i == 0, i == L.pp - 1) for i, n in enumerate(split)})
+    dp_exposed, optimizer = max((_dp_and_optimizer(spec, L, links, r, *_params_per_device(spec, L, *stage), micro,
+                                                   hide_last, hide_step) for stage in stages), key=sum)
     breakdown = {
         "compute": micro * (mb["gemm"] + mb["attention"] + mb["elementwise"] + mb["kernels"] + mb["recompute"]),
         "tp_comm": micro * mb["tp"], "ep_comm": micro * mb["ep"], "cp_comm": micro * mb["cp"], "pp_comm": micro * pp_t,
