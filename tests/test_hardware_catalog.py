@@ -363,9 +363,13 @@ def test_a_name_the_device_layer_reports_is_a_chip_name_too(device_name):
 
 
 def test_a_typed_name_still_wins_over_a_device_name():
-    """'Ascend910B' is torch_npu's name for a first-generation 910 but what people write for the 2023 910B: the
-    typed-name lookup keeps the latter (the device name is the fallback, not the first choice)."""
-    assert find_chip("Ascend910B").chip == "Ascend 910B (generic)"
+    """'Ascend910B' is torch_npu's name for a first-generation 910 but what people write for the 2023 910B: copied
+    from `workbench info` it gave the 2023 chip (256 vs 320 TFLOP/s), so that spelling is refused as ambiguous; with
+    a space it is the 2023 chip, and SoC names that mean one chip resolve as the device layer reads them."""
+    with pytest.raises(UnknownChipError, match="ambiguous.*'Ascend 910 \\(2019\\)'.*'Ascend 910B \\(generic\\)'"):
+        find_chip("Ascend910B")
+    assert find_chip("Ascend 910B").chip == find_chip("910B").chip == "Ascend 910B (generic)"
+    assert find_chip("Ascend910B3").chip == "Ascend 910B3" and find_chip("Ascend910A").chip == "Ascend 910 (2019)"
     assert match_device_name("Ascend910B").chip == "Ascend 910 (2019)"
     for not_a_device_name in ("H1000", "H100 slow net"):  # a device pattern inside a longer name is not enough
         with pytest.raises(UnknownChipError):

@@ -2,7 +2,8 @@
 
 Two lookups: ``find_chip`` for names people type ("h100", "Ascend 910B", "H100-SXM"; a catalog name's remark in
 parentheses may be left out: "Ascend 910" is "Ascend 910 (2019)"; a device name as ``workbench info`` prints it,
-"Ascend910_9391", is tried last), and ``match_device_name`` for
+"Ascend910_9391", resolves as the device layer reads it, and "Ascend910B", which torch_npu and people read as two
+different chips, is refused as ambiguous), and ``match_device_name`` for
 the name torch reports for a live device ("NVIDIA H100 80GB HBM3", "Ascend910B2"), through the
 ``device_name_patterns`` column (lower-case substrings; the longest matching pattern wins, so "ascend910b2" beats
 "ascend910b"; a pattern starting with "=" must equal the whole name and wins over every substring: a plain
@@ -333,6 +334,10 @@ def _variant_conflict(name: str, chip: Chip) -> str | None:
     return None
 
 
+# a SoC name as torch_npu reports it: "Ascend910B", "Ascend910B3", "Ascend910_9391", "Ascend910ProB" (no space)
+_ASCEND_SOC_NAME = re.compile(r"Ascend\d{3}[A-Za-z0-9_\-]*")
+
+
 def find_chip(name: str | Chip) -> Chip:
     """The chip named ``name`` (loosely: case, spaces, vendor and 'SXM' don't matter), registered chips included.
 
@@ -346,6 +351,18 @@ def find_chip(name: str | Chip) -> Chip:
     exact = {_exact_key(c.chip): c for c in all_chips()}
     if _exact_key(name) in exact:  # its own name: nothing to second-guess
         return exact[_exact_key(name)]
+    if _ASCEND_SOC_NAME.fullmatch(name.strip()):
+        # torch_npu's own SoC spelling, as `workbench info` prints it, means what the device layer makes of it,
+        # except where people write the same letters for another chip: "Ascend910B" is a first-generation 910 to
+        # torch_npu and the 2023 chip to most readers, so it is refused rather than guessed either way
+        by_device = match_device_name(name.strip())
+        typed = _find_loosely(name) if by_device is not None else None
+        if by_device is not None and typed is not None and typed is not by_device:
+            raise UnknownChipError(f"chip {name!r} is ambiguous: torch_npu reports a first-generation part by that "
+                                   f"SoC name ({by_device.chip!r}), and people write it for {typed.chip!r}; name "
+                                   f"the one you mean")
+        if by_device is not None:
+            return by_device
     chip = _find_loosely(name)
     conflict = _variant_conflict(name, chip)
     if conflict:
