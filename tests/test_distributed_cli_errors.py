@@ -196,14 +196,12 @@ def test_comm_bench_runs_each_op_and_message_size_once(tmp_path):
     assert [(r["op"], r["size_bytes"]) for r in rows] == [("all_reduce", 4), ("all_reduce", 8)]
 
 
-def test_sigterm_to_the_launcher_stops_torchrun_and_every_worker(tmp_path):
-    """torchrun runs in its own session, so a SIGTERM (timeout, CI, a closed terminal) killed only the launcher and
-    left torchrun and the workers running; Ctrl-C already stopped them all."""
+def _launch_two_sleepers(tmp_path, **popen_kwargs):
+    """`workbench launch --nproc 2` of a script whose ranks write their pids into tmp_path/pids, then sleep 120 s.
+    Returns the launcher's Popen and the pids folder."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     worker = tmp_path / "sleeper.py"
@@ -215,8 +213,19 @@ def test_sigterm_to_the_launcher_stops_torchrun_and_every_worker(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     launcher = subprocess.Popen([sys.executable, "-m", "workbench", "launch", "--nproc", "2", "--run-dir",
                                  str(tmp_path / "run"), "--", str(worker)], env={**env, "PIDS": str(pids)},
-                                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                cwd=Path(__file__).resolve().parents[1], **popen_kwargs)
+    return launcher, pids
+
+
+def test_sigterm_to_the_launcher_stops_torchrun_and_every_worker(tmp_path):
+    """torchrun runs in its own session, so a SIGTERM (timeout, CI, a closed terminal) killed only the launcher and
+    left torchrun and the workers running; Ctrl-C already stopped them all."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    launcher, pids = _launch_two_sleepers(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
         while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
@@ -344,23 +353,11 @@ def test_sigkill_of_the_launcher_takes_torchrun_and_every_worker_with_it(tmp_pat
     import os
     import signal
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     from workbench.distributed.launcher.launch import _descendants
 
-    worker = tmp_path / "sleeper.py"
-    worker.write_text("import os, pathlib, time\n"
-                      "pathlib.Path(os.environ['PIDS'], os.environ['RANK']).write_text(str(os.getpid()))\n"
-                      "time.sleep(120)\n")
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    launcher = subprocess.Popen([sys.executable, "-m", "workbench", "launch", "--nproc", "2", "--run-dir",
-                                 str(tmp_path / "run"), "--", str(worker)], env={**env, "PIDS": str(pids)},
-                                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    launcher, pids = _launch_two_sleepers(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     below = []
     try:
         deadline = time.monotonic() + 90
