@@ -85,7 +85,6 @@ def export_run(run: str | Path, out: str | Path, step: int | None = None) -> dic
     """Export run folder ``run`` to ``out`` (which must not hold files yet). Returns what was written."""
     from workbench.interop.hf import config_to_hf, to_hf
     from workbench.model import ModelConfig, build_model
-    from workbench.train import checkpoint as ckpt
 
     run, out = Path(run), Path(out)
     config_path = run / "config.json"
