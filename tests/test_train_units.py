@@ -624,6 +624,19 @@ def test_config_json_records_the_layout_a_launched_run_trained(tmp_path, monkeyp
     assert recorded["train"]["parallel"] == "dp=2" and recorded["world_size"] == 2
 
 
+def test_an_op_failing_inside_the_compiled_trace_is_not_blamed_on_the_compiler(tmp_path):
+    """dynamo's TorchRuntimeError (an op of the model failed on fake tensors, e.g. a shape mismatch) was reported as
+    'torch.compile failed ...; run without --compile', as if the compiler were at fault."""
+    from torch._dynamo.exc import TorchRuntimeError
+
+    trainer = Trainer(tiny_config(tmp_path, compile=True), model=StandIn(), log=quiet)
+    with pytest.raises(WorkbenchError, match="an op failed while torch.compile traced the model .*if it fails there "
+                                             "too, the model or its settings are at fault"):
+        with trainer._compile_errors_explained():
+            raise TorchRuntimeError("shape '[2, 3]' is invalid for input of size 5")
+    trainer.close()
+
+
 def test_only_rank_zero_speaks(tmp_path, monkeypatch):
     """Under data parallelism every rank printed each step, with its own tokens/s, and the 'done' line."""
     import workbench.train.trainer as trainer_module

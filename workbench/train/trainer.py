@@ -385,6 +385,12 @@ class Trainer:
             if not (self.config.compile and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))):
                 raise
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if type(exc).__name__ == "TorchRuntimeError":
+                # dynamo ran an op of the model on fake tensors and the op itself failed (a shape mismatch, a bad
+                # setting): usually the model's error, which eager PyTorch raises too, not the compiler's
+                raise WorkbenchError(f"an op failed while torch.compile traced the model ({first_line[:300]}); run "
+                                     f"without --compile: if it fails there too, the model or its settings are at "
+                                     f"fault, not the compiler") from exc
             raise WorkbenchError(f"torch.compile failed ({type(exc).__name__}: {first_line[:300]}); run without "
                                  f"--compile") from exc
 
