@@ -30,11 +30,14 @@ from workbench.errors import ConfigError
 TRAINER_LAYOUTS = ({"dp"}, set())
 
 
+def effective_parallel(parallel: str, world_size: int) -> str:
+    """The trainer's layout as it runs: its default "dp=1" (or "") means "all ranks data parallel" under a launch."""
+    return f"dp={world_size}" if world_size > 1 and parallel.strip() in ("", "dp=1") else parallel
+
+
 def resolve_layout(parallel: str, world_size: int):
-    """The trainer's layout; its default "dp=1" means "all ranks data parallel" under a launch."""
-    if parallel.strip() in ("", "dp=1") and world_size > 1:
-        parallel = f"dp={world_size}"
-    layout = parse_layout(parallel, world_size=world_size)
+    """The trainer's layout (``effective_parallel``), checked: data parallel only."""
+    layout = parse_layout(effective_parallel(parallel, world_size), world_size=world_size)
     if set(layout.active) not in TRAINER_LAYOUTS:
         raise ConfigError(f"workbench train runs data parallel layouts (dp=N) under torchrun; {layout} shards the "
                           "model, which the trainer's rank-0 checkpoints do not support yet. Use "

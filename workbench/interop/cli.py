@@ -22,10 +22,6 @@ from pathlib import Path
 from workbench.errors import WorkbenchError
 from workbench.params import output_folder
 
-# How often export chooses again when the run, still training, deleted the checkpoint it was reading.
-TRIES = 5
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `workbench train` (holds config.json and checkpoints/)")
     p.add_argument("--out", type=output_folder, required=True, help="new folder for the transformers checkpoint")
@@ -56,13 +52,14 @@ def _checkpoint(run: Path, step: int | None) -> Path:
 def _load_checkpoint(run: Path, step: int | None, model) -> Path:
     """Load the checkpoint to export into ``model``; returns its folder. A run that still trains may delete the chosen
     checkpoint while it is read (its --keep-last pruning, after writing a newer one): that is no damage, so export
-    takes the then-newest one, up to ``TRIES`` times, instead of calling the run's checkpoint partial or corrupt."""
+    takes the then-newest one, up to ``checkpoint.RESCANS`` times (as often as the checkpoint search looks again),
+    instead of calling the run's checkpoint partial or corrupt."""
     from safetensors import SafetensorError
 
     from workbench.train import checkpoint as ckpt
 
     root = run / "checkpoints"
-    for _ in range(TRIES):
+    for _ in range(ckpt.RESCANS):
         newest = ckpt.newest_step(root)
         path = _checkpoint(run, step)
         try:
@@ -77,8 +74,9 @@ def _load_checkpoint(run: Path, step: int | None, model) -> Path:
                 raise WorkbenchError(f"the checkpoint of step {step} in {run} was deleted while export read it (the "
                                      f"run still trains and keeps only its newest --keep-last checkpoints); export "
                                      f"another --step, or the newest without --step") from None
-    raise WorkbenchError(f"{run} still trains and replaced its newest checkpoint {TRIES} times while export read it; "
-                         f"export again, or export once the run is done (or pass --step N of a checkpoint it keeps)")
+    raise WorkbenchError(f"{run} still trains and replaced its newest checkpoint {ckpt.RESCANS} times while export "
+                         f"read it; export again, or export once the run is done (or pass --step N of a checkpoint it "
+                         f"keeps)")
 
 
 def export_run(run: str | Path, out: str | Path, step: int | None = None) -> dict:

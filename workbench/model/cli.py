@@ -60,8 +60,6 @@ def _vocabulary_note() -> str:
     """The tiny presets are counted at their own 2048-token vocabulary, while `workbench train` sizes the embedding
     to its tokenizer: without this line the table's 17.84M for glm4-tiny contradicted train's and README's 16.0M."""
     from workbench.data.tokenizer import ByteTokenizer
-    from workbench.model import get_preset
-    from workbench.model.accounting import count_parameters
 
     tiny = get_preset("glm4-tiny")
     byte_vocab = ByteTokenizer().vocab_size

@@ -37,7 +37,7 @@ from torch.profiler import record_function
 
 from workbench.data import TokenLoader, build_tokenizer, load_corpus, load_tokenizer, pack_corpus
 from workbench.data.corpus import pre_v2_hash
-from workbench.device.detect import check_training_dtype
+from workbench.device.detect import check_training_dtype, dtype_name, parse_dtype
 from workbench.errors import WorkbenchError
 from workbench.results import write_json_atomic
 from workbench.train import checkpoint as ckpt
@@ -620,7 +620,7 @@ class Trainer:
         if trained is not None and trained != current:
             forced = os.environ.get("WORKBENCH_DTYPE", "").strip()
             why = f"WORKBENCH_DTYPE={forced}" if forced else "this machine's default"
-            setting = _DTYPE_SETTING.get(trained, trained)
+            setting = dtype_name(parse_dtype(trained))  # the WORKBENCH_DTYPE spelling of the checkpoint's dtype
             raise WorkbenchError(f"--resume: the checkpoint in {path} trained in {trained}, this run would train in "
                                  f"{current} ({why}); resume with WORKBENCH_DTYPE={setting} to continue the same run, "
                                  f"or start a new --out")
@@ -651,11 +651,11 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         c = self.config
         if self.is_main_process:
-            train_settings = c.to_dict()
-            if self.world_size > 1 and c.parallel.strip() in ("", "dp=1"):
-                # under a launch the default "dp=1" means every rank data parallel (resolve_layout): config.json
-                # recorded "dp=1" for a run that trained dp=2
-                train_settings["parallel"] = f"dp={self.world_size}"
+            from workbench.distributed.train_hooks import effective_parallel
+
+            # the layout as it ran: under a launch the default "dp=1" trains every rank data parallel (config.json
+            # recorded "dp=1" for a run that trained dp=2)
+            train_settings = {**c.to_dict(), "parallel": effective_parallel(c.parallel, self.world_size)}
             write_json_atomic(self.run_dir / "config.json", {
                 "train": train_settings, "world_size": self.world_size, "model": _as_dict(self.model_config),
                 "device": str(self.device.torch_device),
@@ -756,9 +756,6 @@ class Trainer:
         from workbench.viz import save_figure
 
         return save_figure(loss_figure(self.history), self.run_dir / "figures" / "loss.html")
-
-
-_DTYPE_SETTING = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # the WORKBENCH_DTYPE value of each
 
 
 def _dtype_name(dtype: Any) -> str:
