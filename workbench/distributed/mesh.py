@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from workbench.device import Device, DeviceUnavailableError, get_device
-from workbench.device.detect import VISIBLE_DEVICES_ENV, parse_device_spec
+from workbench.device.detect import DIST_BACKENDS, VISIBLE_DEVICES_ENV, parse_device_spec
 from workbench.distributed.layout import ParallelLayout, parse_layout
 from workbench.errors import ConfigError
 
@@ -49,8 +49,11 @@ def is_launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-# Backends that bind a communicator to one device (init_process_group's device_id); gloo binds none.
-DEVICE_BOUND_BACKENDS = ("nccl", "hccl", "xccl")
+# The device type whose tensors a backend's collectives take, from the device layer's backend table (gloo also
+# takes cuda; we give it cpu tensors); the backends other than gloo bind a communicator to one device
+# (init_process_group's device_id).
+BACKEND_DEVICE_TYPES = {"gloo": "cpu", **{b: t for t, b in DIST_BACKENDS.items() if b != "gloo"}}
+DEVICE_BOUND_BACKENDS = tuple(b for b, t in BACKEND_DEVICE_TYPES.items() if t != "cpu")
 
 # What init_distributed bound this launched process to, until destroy_distributed (read by process_device).
 _BOUND: DistInfo | None = None
@@ -142,10 +145,6 @@ def _mesh_device_type(device: str | Device | None) -> str:
 def submesh(mesh: DeviceMesh, name: str) -> DeviceMesh | None:
     """``mesh[name]`` when the mesh has that dim, else None."""
     return mesh[name] if mesh.mesh_dim_names and name in mesh.mesh_dim_names else None
-
-
-# The device type whose tensors a backend's collectives take (gloo also takes cuda; we give it cpu tensors).
-BACKEND_DEVICE_TYPES = {"gloo": "cpu", "nccl": "cuda", "hccl": "npu", "xccl": "xpu"}
 
 
 def comm_device(group=None) -> torch.device:
