@@ -44,6 +44,16 @@ def _top_level_help() -> str:
     return "\n".join(lines)
 
 
+# What a write can run into, and what to do: a full disk, the file-size limit (`ulimit -f`, or the largest file of
+# the file system) and a disk quota. The OS error names the file; train adds the --resume hint.
+WRITE_ADVICE = {
+    errno.ENOSPC: "free some space",
+    errno.EFBIG: "a file reached the file-size limit (ulimit -f) or the largest file the file system holds: raise "
+                 "the limit or choose another --out",
+    getattr(errno, "EDQUOT", -1): "the disk quota is used up: free some space",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         code = _main(argv)
@@ -83,8 +93,9 @@ def _main(argv: list[str] | None) -> int:
         raise
     except _user_errors() as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and command == "train":
-            message = f"{message}; free some space (a training run continues from its last checkpoint with --resume)"
+        advice = WRITE_ADVICE.get(exc.errno) if isinstance(exc, OSError) else None
+        if advice and command == "train":
+            message = f"{message}; {advice} (a training run continues from its last checkpoint with --resume)"
         print(f"workbench {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP during a launch (launcher.Terminated)

@@ -10,7 +10,6 @@ preset or device) end with one clear line and exit status 2 (workbench/cli.py pr
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 
 # Set before torch (and its OpenMP) is imported by run(): a shorter spin before idle OpenMP threads sleep keeps a
@@ -106,24 +105,6 @@ def summary_line(summary: dict) -> str:
             f"tok/s, MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} ({summary.get('peak_source')})")
 
 
-# What a write can run into besides a full disk (ENOSPC, which workbench/cli.py explains for every train run):
-# the file-size limit (`ulimit -f`, or the largest file of the file system) and a disk quota.
-WRITE_LIMITS = {
-    errno.EFBIG: "a file reached the file-size limit (ulimit -f) or the largest file the file system holds: raise "
-                 "the limit or choose another --out",
-    getattr(errno, "EDQUOT", -1): "the disk quota is used up: free some space",
-}
-
-
-def write_limit_error(exc: OSError) -> WorkbenchError | None:
-    """One line for a write stopped by a file-size limit or a quota: the OS error (it names the file) and what to do,
-    with --resume as for a full disk; None for any other OSError."""
-    advice = WRITE_LIMITS.get(exc.errno)
-    if advice is None:
-        return None
-    return WorkbenchError(f"{exc}; {advice} (a training run continues from its last checkpoint with --resume)")
-
-
 def run(args: argparse.Namespace) -> int:
     from workbench.distributed.train_hooks import distributed_train_kwargs, finish_distributed
     from workbench.train.trainer import train
@@ -131,13 +112,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_early(config)
     # Under torchrun (`workbench launch -- train ...`): join the process group and apply --parallel; {} otherwise.
-    try:
-        summary = train(config, **distributed_train_kwargs(config))
-    except OSError as exc:
-        limit = write_limit_error(exc)
-        if limit is None:
-            raise
-        raise limit from exc
+    summary = train(config, **distributed_train_kwargs(config))  # (write limits: workbench/cli.py's WRITE_ADVICE)
     finish_distributed(summary)
     if int(os.environ.get("RANK", "0")) == 0:  # under `workbench launch`, rank 0 speaks for the run
         print(summary_line(summary))
